@@ -1,0 +1,112 @@
+"""``mvg-rt``: a thin command line over the job modules. No math lives here.
+
+Errors the user can fix print one line and exit 2; anything else prints one line
+and exits 1, with the traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from mvg_rt.errors import EXIT_USAGE, MvgError
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and advice would drown the job's own progress."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    for log in (dlog, tlog):
+        log.set_verbosity_error()
+        log.disable_progress_bar()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """mvg-rt: fast, offline MVG disease-progression simulation (PIE + SEINE)."""
+    ctx.obj = {"debug": debug}
+    _quiet_libraries()
+
+
+def _default_out() -> Path:
+    return Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
+
+
+@cli.command()
+@click.option("--image", type=click.Path(dir_okay=False), help="Input PNG/JPEG/DICOM. Default: the bundled demo image.")
+@click.option("--prompt", help="Disease-state prompt, e.g. 'severe cardiomegaly'.")
+@click.option("--negative-prompt", default="", show_default=True, help="Unconditional prompt for CFG.")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="ROI mask image (same aspect ratio).")
+@click.option("--roi-box", help="ROI box x0,y0,x1,y1 in input-image pixels.")
+@click.option("--roi-ellipse", help="ROI ellipse cx,cy,rx,ry in input-image pixels.")
+@click.option("--feather", type=float, default=0.0, show_default=True, help="Soft ROI edge width in pixels.")
+@click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder. Default: embedded demo model.")
+@click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Domain-fine-tuned UNet folder.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--rounds", type=int, default=10, show_default=True, help="PIE rounds N.")
+@click.option("--strength", type=float, default=0.6, show_default=True, help="Roll-back strength gamma.")
+@click.option("--steps", type=int, default=50, show_default=True, help="Scheduler steps T per round.")
+@click.option("--guidance", type=float, default=7.5, show_default=True, help="CFG scale.")
+@click.option("--beta1", type=float, default=0.01, show_default=True, help="Edit kept outside the ROI (Eq 6).")
+@click.option("--beta2", type=float, default=0.75, show_default=True, help="Edit kept inside the ROI (Eq 6).")
+@click.option("--scheduler", default=None, help="pndm, ddim, ddpm, euler, euler-ancestral, dpm-multistep, lms. Default: the model's.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resolution", type=int, help="Model resolution (multiple of 8). Default: the model's.")
+@click.option("--fps", type=float, default=2.0, show_default=True, help="Frames per second of the GIF/MP4.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder. Default: runs/mvg-<time>.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
+@click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
+def simulate(**opts: object) -> None:
+    """Simulate disease progression: N PIE rounds from IMAGE towards PROMPT inside the ROI."""
+    from mvg_rt.commands.simulate import run
+
+    run(**opts)
+
+
+@cli.command("make-tiny-model")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_tiny_model(out_dir: Path, seed: int) -> None:
+    """Write a random-init tiny SD 1.x-architecture model folder (for tests and docs)."""
+    from mvg_rt.commands.make_tiny_model import run
+
+    run(out_dir, seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors, exit 2 for fixable input problems."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("MVG_RT_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="mvg-rt", standalone_mode=False)
+    except MvgError as err:
+        click.echo(f"mvg-rt: error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        click.echo("mvg-rt: interrupted; no partial output was kept", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("mvg-rt: interrupted; no partial output was kept", err=True)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - last line of defence: one line unless --debug
+        if debug:
+            raise
+        click.echo(f"mvg-rt: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+                   err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""``mvg-rt simulate``: turn command-line options into a simulation job and show its progress."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mvg_rt.errors import MvgError
+from mvg_rt.io.images import check_resolution
+from mvg_rt.io.masks import choose_mask
+from mvg_rt.io.output_dir import check_output_dir
+from mvg_rt.runtime.pipelines.pie import PieSettings
+from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
+
+
+def _open_runtime(opts: dict[str, Any]):
+    from mvg_rt.demo.default import demo_runtime
+    from mvg_rt.runtime.factory import torch_runtime
+
+    if opts["unet_dir"] and not opts["model_dir"]:
+        raise MvgError("--unet needs --model-dir (the SD folder that provides the text encoder, VAE and scheduler)")
+    if opts["model_dir"]:
+        return torch_runtime(opts["model_dir"], opts["unet_dir"], opts["device"])
+    return demo_runtime(opts["device"])
+
+
+def run(**opts: Any) -> None:
+    console = Console(stderr=True)
+    settings = PieSettings(rounds=opts["rounds"], strength=opts["strength"], steps=opts["steps"],
+                           guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
+                           scheduler=opts["scheduler"])
+    out: Path = opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
+    check_output_dir(out, opts["overwrite"])
+    if opts["fps"] <= 0:
+        raise MvgError(f"--fps must be positive (got {opts['fps']})")
+
+    from mvg_rt.demo.default import DEMO_CASE
+
+    uses_demo_image = opts["image"] is None
+    image_path = str(DEMO_CASE.image) if uses_demo_image else opts["image"]
+    prompt = opts["prompt"] or (DEMO_CASE.prompt if uses_demo_image else None)
+    if prompt is None:
+        raise MvgError("--prompt is required with --image: describe the disease state, e.g. 'severe cardiomegaly'")
+    inputs = load_inputs(image_path, prompt, opts["negative_prompt"], opts["record_paths"])
+
+    runtime = _open_runtime(opts)
+    resolution = check_resolution(opts["resolution"] or runtime.default_resolution, runtime.model.vae_scale_factor)
+    no_roi_given = not (opts["mask_path"] or opts["roi_box"] or opts["roi_ellipse"])
+    mask_path = str(DEMO_CASE.mask) if uses_demo_image and no_roi_given else opts["mask_path"]
+    inputs.roi = choose_mask(inputs.image.pixels.shape, resolution, mask_path, opts["roi_box"],
+                             opts["roi_ellipse"], opts["feather"])
+    options = SimulationOptions(pie=settings, resolution=resolution, seed=opts["seed"], fps=opts["fps"],
+                                out=out, overwrite=opts["overwrite"], record_paths=opts["record_paths"])
+    if runtime.notice:
+        console.print(f"[yellow]note:[/yellow] {runtime.notice}")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        rounds_task = progress.add_task("PIE rounds", total=settings.rounds)
+        steps_task = progress.add_task("denoising steps", total=None)
+
+        def on_step(round_index: int, step: int, steps: int) -> None:
+            progress.update(steps_task, completed=step, total=steps,
+                            description=f"round {round_index} steps")
+
+        def on_round(round_index: int) -> None:
+            progress.update(rounds_task, completed=round_index)
+
+        folder = simulate(runtime, inputs, options, on_step=on_step, on_round=on_round)
+    click.echo(f"wrote {settings.rounds + 1} states, mask.png, progression.gif and run.json to {folder}")

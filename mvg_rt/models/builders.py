@@ -1,0 +1,86 @@
+"""Random-initialised models of the real SD 1.x architectures, and writing them as folders.
+
+Tests need models that are fast; benchmarks need the real architectures at full
+size. Latency does not depend on weight values, and no weights can be downloaded
+here, so both come from the same builder: a named config (data, under
+``configs/``) and a seed.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mvg_rt.models.diffusers_folder import DiffusersModels
+
+SHIPPED_TOKENIZER = resources.files("mvg_rt.models") / "tokenizer"
+SIZES = ("tiny", "sd14")
+
+
+def builtin_config(name: str) -> dict[str, Any]:
+    """A config shipped in ``mvg_rt/models/configs/<name>.json``."""
+    return json.loads((resources.files("mvg_rt.models") / "configs" / f"{name}.json").read_text())
+
+
+def build_models(size: str = "tiny", seed: int = 0) -> DiffusersModels:
+    """SD 1.x text encoder, VAE and UNet of the given size with seeded random weights.
+
+    ``tiny`` uses the tokenizer the project ships; ``sd14`` uses the same tokenizer
+    files but the full CLIP ViT-L/14 text model (vocab 49408), which is only ever
+    fed token ids, so the tokenizer's smaller vocabulary does not matter for timing.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    tokenizer = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER), local_files_only=True)
+    text_config = builtin_config(f"{size}_text_encoder" if size == "tiny" else "sd14_text_encoder")
+    if size == "tiny":
+        text_config |= {
+            "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()
+    vae = AutoencoderKL.from_config(builtin_config(f"{size}_vae")).eval()
+    unet = UNet2DConditionModel.from_config(builtin_config(f"{size}_unet")).eval()
+    return DiffusersModels(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        scheduler_config=builtin_config("sd14_scheduler"),
+        sources={"random_init": f"{size}, seed {seed}"},
+    )
+
+
+def write_model_folder(models: DiffusersModels, out_dir: str | Path) -> Path:
+    """Write a complete diffusers pipeline folder (loadable by diffusers and by mvg-rt)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models.tokenizer.save_pretrained(str(out / "tokenizer"))
+    models.text_encoder.save_pretrained(str(out / "text_encoder"), safe_serialization=True)
+    models.vae.save_pretrained(str(out / "vae"), safe_serialization=True)
+    models.unet.save_pretrained(str(out / "unet"), safe_serialization=True)
+    (out / "scheduler").mkdir(exist_ok=True)
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(models.scheduler_config, indent=2))
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", models.scheduler_config.get("_class_name", "PNDMScheduler")],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (out / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    return out

@@ -1,0 +1,80 @@
+"""The one interface every backend implements.
+
+Pipelines (PIE, transitions) call the typed methods below and nothing else, so a
+backend is swapped without touching pipeline math. A backend implements a single
+primitive, :meth:`Backend.infer` (the name follows polygraphy's runners): run one
+named component on named tensors. Tensors cross this boundary on
+``backend.device`` in float32 (token ids in int64); a backend that computes in
+FP16 casts inside, so scheduler arithmetic in the pipelines always stays FP32.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from mvg_rt.components import SEINE, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
+from mvg_rt.errors import MvgError
+
+
+class Backend(ABC):
+    """Runs the networks of one model on one device."""
+
+    #: Short name used on the command line and in reports (torch, ort, trt).
+    name: str = "abstract"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @property
+    @abstractmethod
+    def components(self) -> frozenset[str]:
+        """Names of the components this backend can run."""
+
+    @abstractmethod
+    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Run ``component`` on ``feeds`` (keyed by input name); return outputs keyed by name."""
+
+    def describe(self) -> dict[str, object]:
+        """What ran (recorded in run.json and benchmark reports)."""
+        return {"backend": self.name, "device": str(self.device)}
+
+    def close(self) -> None:
+        """Release device memory held by the backend (engines, sessions, graphs)."""
+
+    def require(self, component: ComponentSpec) -> None:
+        if component.name not in self.components:
+            raise MvgError(
+                f"the {self.name} backend has no {component.name} component: "
+                f"export/build it (mvg-rt export --help) or use a model folder that has it"
+            )
+
+    def _run(self, component: ComponentSpec, *tensors: Tensor) -> Tensor:
+        self.require(component)
+        feeds = dict(zip(component.input_names, tensors, strict=True))
+        return self.infer(component, feeds)[component.output_names[0]]
+
+    # Typed calls used by the pipelines -------------------------------------------------
+
+    def encode_text(self, input_ids: Tensor) -> Tensor:
+        """(B, 77) int64 token ids -> (B, 77, hidden) embeddings."""
+        return self._run(TEXT_ENCODER, input_ids)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) images in [-1, 1] -> (B, 2*C, H/8, W/8) posterior mean and logvar."""
+        return self._run(VAE_ENCODER, images)
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """(B, C, H/8, W/8) unscaled latents -> (B, 3, H, W) images in about [-1, 1]."""
+        return self._run(VAE_DECODER, latents)
+
+    def predict_noise(self, sample: Tensor, timestep: Tensor, text_embeddings: Tensor) -> Tensor:
+        """UNet epsilon prediction for a (B, 4, h, w) sample at per-item timesteps (B,)."""
+        return self._run(UNET, sample, timestep, text_embeddings)
+
+    def predict_video_noise(self, sample: Tensor, timestep: Tensor, text_embeddings: Tensor) -> Tensor:
+        """SEINE epsilon prediction for a (B, 9, F, h, w) sample -> (B, 4, F, h, w)."""
+        return self._run(SEINE, sample, timestep, text_embeddings)

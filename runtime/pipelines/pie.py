@@ -1,0 +1,175 @@
+"""PIE: progressive image editing (MVG paper Eq 5-6), over any :class:`Backend`.
+
+One round is img2img from the previous state, with the region outside the ROI
+pinned to the original image (noised to the current timestep) at every step after
+the first, and a final latent blend with the original (Eq 6). N rounds chain: each
+round starts from the previous round's uint8 output, as the reference does.
+
+Random numbers, per round, from one CPU generator, in this order (the PIE
+reference's order, so the same seed reproduces it):
+
+1. previous state: VAE posterior sample, then the img2img noise;
+2. original image: VAE posterior sample (z0 of Eq 6), then one noise draw the
+   reference makes and never uses;
+3. original image again: VAE posterior sample, then the noise shared by all of
+   the round's outside-ROI references ``inter[i]``.
+
+Each draw has the latent shape (1, 4, H/8, W/8). The original's posterior moments
+are deterministic, so they are encoded once and sampled twice a round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mvg_rt.errors import MvgError
+from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
+from mvg_rt.runtime.pipelines.roi import blend_with_original, replace_outside_roi
+from mvg_rt.runtime.pipelines.schedulers import img2img_timesteps, make_scheduler, step_kwargs
+from mvg_rt.runtime.pipelines.text import encode_texts
+
+StepCallback = Callable[[int, int, int], None]  # (round index from 1, step index from 1, steps in round)
+
+
+@dataclass(frozen=True)
+class PieSettings:
+    """PIE settings; defaults are the paper's best (N=10, gamma=0.6, beta1=0.01, beta2=0.75, T=50)."""
+
+    rounds: int = 10
+    strength: float = 0.6
+    steps: int = 50
+    guidance_scale: float = 7.5
+    beta1: float = 0.01
+    beta2: float = 0.75
+    scheduler: str | None = None  # None: the model's own scheduler
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise MvgError(f"--rounds must be at least 1 (got {self.rounds})")
+        if not 0 < self.strength <= 1:
+            raise MvgError(f"--strength must be in (0, 1] (got {self.strength}); the paper uses 0.6")
+        if self.steps < 1:
+            raise MvgError(f"--steps must be at least 1 (got {self.steps})")
+        if int(self.steps * self.strength) < 1:
+            raise MvgError(
+                f"--steps {self.steps} x --strength {self.strength} leaves no denoising step: raise either"
+            )
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise MvgError(f"--{name} must be in [0, 1] (got {getattr(self, name)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelInfo:
+    """What the pipeline needs to know about the model besides its networks."""
+
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+    vae_scaling_factor: float = 0.18215
+    vae_scale_factor: int = 8
+    latent_channels: int = 4
+
+
+class PieSession:
+    """The PIE state shared by all rounds of one simulation: prompt embeddings, original, mask."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        model: ModelInfo,
+        settings: PieSettings,
+        original: Tensor,
+        latent_mask: Tensor,
+        prompt: str,
+        negative_prompt: str = "",
+    ) -> None:
+        """``original`` is (H, W, 3) uint8; ``latent_mask`` is (1, C, H/8, W/8) in [0, 1]."""
+        self.backend, self.model, self.settings = backend, model, settings
+        self.device = backend.device
+        self.use_cfg = settings.guidance_scale > 1.0
+        texts = [negative_prompt, prompt] if self.use_cfg else [prompt]  # [uncond, cond], as diffusers
+        self.text_embeddings = encode_texts(backend, model.tokenizer, texts)
+        self.original = original
+        self.mask = latent_mask.to(self.device)
+        self.original_moments = backend.encode_images(images_to_model_range(original[None]).to(self.device))
+
+    def run_round(self, previous: Tensor, generator: torch.Generator, round_index: int = 1,
+                  on_step: StepCallback | None = None) -> Tensor:
+        """One PIE round from ``previous`` ((H, W, 3) uint8) -> the next state, (H, W, 3) uint8."""
+        latents = self.round_latents(previous, generator, round_index, on_step)
+        return model_range_to_images(self.decode(latents))[0]
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Scaled latents -> decoder output (B, 3, H, W) in about [-1, 1]."""
+        return self.backend.decode_latents(latents / self.model.vae_scaling_factor)
+
+    def round_latents(self, previous: Tensor, generator: torch.Generator, round_index: int = 1,
+                      on_step: StepCallback | None = None) -> Tensor:
+        """The round's final latents (after Eq 6), before decoding."""
+        settings, model, sf = self.settings, self.model, self.model.vae_scaling_factor
+        scheduler = make_scheduler(model.scheduler_config, settings.scheduler)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        timesteps = img2img_timesteps(scheduler, settings.steps, settings.strength)
+
+        # RNG order: see the module docstring.
+        previous_moments = self.backend.encode_images(images_to_model_range(previous[None]).to(self.device))
+        start = posterior_sample(previous_moments, generator) * sf
+        latents = scheduler.add_noise(start, cpu_randn(start.shape, generator, self.device), timesteps[:1])
+        original_latents = posterior_sample(self.original_moments, generator) * sf
+        cpu_randn(start.shape, generator, self.device)  # drawn and unused by the reference
+        reference = posterior_sample(self.original_moments, generator) * sf
+        references = self._noised_to_each(reference, cpu_randn(start.shape, generator, self.device), timesteps)
+
+        extra = step_kwargs(scheduler, generator, settings.eta)
+        for i, t in enumerate(timesteps):
+            if i >= 1:
+                latents = replace_outside_roi(latents, references[i : i + 1], self.mask)
+            noise = self._guided_noise(scheduler, latents, t)
+            latents = scheduler.step(noise, t, latents, **extra).prev_sample
+            if on_step is not None:
+                on_step(round_index, i + 1, len(timesteps))
+
+        return blend_with_original(latents, original_latents, self.mask, settings.beta1, settings.beta2)
+
+    def _guided_noise(self, scheduler: Any, latents: Tensor, t: Tensor) -> Tensor:
+        """Classifier-free guided epsilon, batch order [uncond, cond]."""
+        batch = torch.cat([latents] * 2) if self.use_cfg else latents
+        batch = scheduler.scale_model_input(batch, t)
+        timestep = t.to(device=self.device, dtype=torch.float32).expand(batch.shape[0])
+        noise = self.backend.predict_noise(batch, timestep, self.text_embeddings)
+        if not self.use_cfg:
+            return noise
+        uncond, cond = noise.chunk(2)
+        return uncond + self.settings.guidance_scale * (cond - uncond)
+
+    def _noised_to_each(self, clean: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``clean`` noised to every timestep of the round with one shared noise: (k, C, h, w).
+
+        A separate scheduler does it, because sigma-based schedulers tie ``add_noise``
+        to their step state once ``set_begin_index`` was called.
+        """
+        noiser = make_scheduler(self.model.scheduler_config, self.settings.scheduler)
+        noiser.set_timesteps(self.settings.steps, device=self.device)
+        return noiser.add_noise(clean.expand(len(timesteps), -1, -1, -1), noise.expand(len(timesteps), -1, -1, -1),
+                                timesteps)
+
+
+def run_pie(session: PieSession, generator: torch.Generator, on_step: StepCallback | None = None,
+            on_round: Callable[[int, Tensor], None] | None = None) -> list[Tensor]:
+    """All rounds; returns [original, state_1, ..., state_N] as (H, W, 3) uint8 tensors."""
+    states = [session.original]
+    for round_index in range(1, session.settings.rounds + 1):
+        states.append(session.run_round(states[-1], generator, round_index, on_step))
+        if on_round is not None:
+            on_round(round_index, states[-1])
+    return states
