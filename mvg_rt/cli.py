@@ -52,6 +52,11 @@ def _default_out() -> Path:
 @click.option("--feather", type=float, default=0.0, show_default=True, help="Soft ROI edge width in pixels.")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder. Default: embedded demo model.")
 @click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Domain-fine-tuned UNet folder.")
+@click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="torch", show_default=True,
+              help="torch: PyTorch over --model-dir; ort: ONNX Runtime over --engines.")
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False), help="Engines folder from mvg-rt export.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Which artifacts of --engines to run.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--rounds", type=int, default=10, show_default=True, help="PIE rounds N.")
 @click.option("--strength", type=float, default=0.6, show_default=True, help="Roll-back strength gamma.")
@@ -62,13 +67,58 @@ def _default_out() -> Path:
 @click.option("--scheduler", default=None, help="pndm, ddim, ddpm, euler, euler-ancestral, dpm-multistep, lms. Default: the model's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resolution", type=int, help="Model resolution (multiple of 8). Default: the model's.")
-@click.option("--fps", type=float, default=2.0, show_default=True, help="Frames per second of the GIF/MP4.")
+@click.option("--no-transition", is_flag=True, help="PIE states only: no SEINE transition clips.")
+@click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint. Default: <model-dir>/seine/.")
+@click.option("--frames", type=int, default=16, show_default=True, help="Frames K per transition clip.")
+@click.option("--transition-steps", type=int, default=250, show_default=True, help="SEINE sampling steps.")
+@click.option("--transition-sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm", show_default=True)
+@click.option("--transition-guidance", type=float, default=8.0, show_default=True, help="SEINE CFG scale.")
+@click.option("--fps", type=float, default=8.0, show_default=True, help="Frames per second of the MP4/GIF.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder. Default: runs/mvg-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
 @click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
 def simulate(**opts: object) -> None:
-    """Simulate disease progression: N PIE rounds from IMAGE towards PROMPT inside the ROI."""
+    """Simulate disease progression: N PIE rounds from IMAGE towards PROMPT inside the ROI, then SEINE
+    transition clips between consecutive states, written as a video plus the state images."""
     from mvg_rt.commands.simulate import run
+
+    run(**opts)
+
+
+@cli.command("export")
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder.")
+@click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Domain-fine-tuned UNet folder.")
+@click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint (seine.pt or .safetensors).")
+@click.option("--seine-config", help="SEINE architecture: full, tiny or a JSON file. Default: from the checkpoint, else full.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Engines folder to write, e.g. engines/sd14.")
+@click.option("--fp16", is_flag=True, help="Also write FP16 graphs (float32 inputs/outputs).")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
+@click.option("--slim/--no-slim", default=True, show_default=True, help="Clean the graphs up with onnxslim.")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx.export path (dynamo=False / dynamo=True).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new export succeeded).")
+def export(**opts: object) -> None:
+    """Export every network to ONNX (one file per component) plus manifest.json."""
+    from mvg_rt.commands.export import run
+
+    run(**opts)
+
+
+@cli.command("check")
+@click.option("--engines", "engines_dir", required=True, type=click.Path(file_okay=False), help="Engines folder.")
+@click.option("--model-dir", type=click.Path(file_okay=False), help="Reference model folder. Default: the manifest's.")
+@click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Fine-tuned UNet the engines came from.")
+@click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint the engines came from.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Device of the checked backend: cpu or cuda[:N].")
+@click.option("--rounds", type=int, default=2, show_default=True, help="PIE rounds of the end-to-end check.")
+@click.option("--steps", type=int, default=6, show_default=True, help="Scheduler steps of the end-to-end check.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--skip-end-to-end", is_flag=True, help="Only the per-component comparison.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+def check(**opts: object) -> None:
+    """Compare the engines with the PyTorch FP32 reference; exit 1 if a tolerance is exceeded."""
+    from mvg_rt.commands.check import run
 
     run(**opts)
 

@@ -4,8 +4,9 @@ This module owns files and provenance; the math lives in ``mvg_rt.runtime.pipeli
 Outputs (all written to a staging folder that becomes ``--out`` only on success):
 
 - ``states/state_00.png`` (the input at model resolution) .. ``state_NN.png``
+- ``frames/frame_0000.png`` ..: every video frame once (with transitions)
 - ``mask.png``: the ROI actually used, at image resolution
-- ``progression.gif``
+- ``progression.mp4`` (H.264) and ``progression.gif``: the frames, or the states without transitions
 - ``run.json``: settings, seed, versions, model hashes, timings, per-round change
 """
 
@@ -26,10 +27,12 @@ import torch
 from mvg_rt.io.images import LoadedImage, check_resolution, read_image, resize_and_crop, save_png
 from mvg_rt.io.masks import RoiMask, choose_mask
 from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
-from mvg_rt.io.video import write_gif
+from mvg_rt.components import SEINE
+from mvg_rt.io.video import write_gif, write_mp4
 from mvg_rt.runtime.factory import Runtime
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, StepCallback
 from mvg_rt.runtime.pipelines.roi import latent_mask
+from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSampler, TransitionSettings, join_clips
 
 
 @dataclass
@@ -47,6 +50,7 @@ class SimulationInputs:
 @dataclass
 class SimulationOptions:
     pie: PieSettings = field(default_factory=PieSettings)
+    transition: TransitionSettings | None = field(default_factory=TransitionSettings)  # None: PIE only
     resolution: int = 512
     seed: int = 0
     fps: float = 2.0
@@ -88,62 +92,118 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions,
-             on_step: StepCallback | None = None, on_round: Callable[[int], None] | None = None) -> Path:
-    """Run the whole job; returns the output folder (complete, or absent on error)."""
-    resolution = check_resolution(options.resolution, runtime.model.vae_scale_factor)
-    check_output_dir(options.out, options.overwrite)
-    original = resize_and_crop(inputs.image.pixels, resolution)
-    roi = inputs.roi or choose_mask(inputs.image.pixels.shape, resolution)
+@dataclass
+class SimulationResult:
+    """Everything the job produced, in memory, before anything is written."""
+
+    states: list[np.ndarray]
+    rounds: list[dict[str, Any]]
+    frames: list[np.ndarray] | None = None  # the joined video, when transitions ran
+    clips: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, original: np.ndarray,
+             roi: RoiMask, generator: torch.Generator, on_step: StepCallback | None,
+             on_round: Callable[[int], None] | None) -> SimulationResult:
     device = runtime.backend.device
     mask_latent = latent_mask(torch.from_numpy(roi.pixels), runtime.model.vae_scale_factor,
                               runtime.model.latent_channels)
-    generator = torch.Generator().manual_seed(options.seed)
-
     started = time.perf_counter()
     session = PieSession(runtime.backend, runtime.model, options.pie, torch.from_numpy(original).to(device),
                          mask_latent, inputs.prompt, inputs.negative_prompt)
-    setup_seconds = time.perf_counter() - started
     weight = roi.pixels[..., 0].astype(np.float64) / 255.0
-    states = [original]
-    rounds: list[dict[str, Any]] = []
+    result = SimulationResult(states=[original], rounds=[],
+                              timings={"pie_setup_seconds": round(time.perf_counter() - started, 4)})
     for index in range(1, options.pie.rounds + 1):
         round_start = time.perf_counter()
-        state = session.run_round(torch.from_numpy(states[-1]).to(device), generator, index, on_step).cpu().numpy()
-        rounds.append({"round": index, "seconds": round(time.perf_counter() - round_start, 4),
-                       "change": _round_change(states[-1], state, weight)})
-        states.append(state)
+        previous = torch.from_numpy(result.states[-1]).to(device)
+        state = session.run_round(previous, generator, index, on_step).cpu().numpy()
+        result.rounds.append({"round": index, "seconds": round(time.perf_counter() - round_start, 4),
+                              "change": _round_change(result.states[-1], state, weight)})
+        result.states.append(state)
         if on_round is not None:
             on_round(index)
+    result.timings["pie_seconds"] = round(time.perf_counter() - started, 4)
+    return result
 
+
+def _run_transitions(runtime: Runtime, inputs: SimulationInputs, settings: TransitionSettings, roi: RoiMask,
+                     result: SimulationResult, generator: torch.Generator, on_clip_step: ClipStepCallback | None,
+                     on_clip: Callable[[int], None] | None) -> None:
+    started = time.perf_counter()
+    sampler = TransitionSampler(runtime.backend, runtime.model, settings, inputs.prompt)
+    weight = torch.from_numpy(roi.pixels[..., 0].astype(np.float32) / 255.0)
+    clips = []
+    for index, (start, end) in enumerate(zip(result.states[:-1], result.states[1:]), start=1):
+        clip_start = time.perf_counter()
+        clip = sampler.clip(torch.from_numpy(start), torch.from_numpy(end), weight, generator, index, on_clip_step)
+        clips.append(clip.cpu())
+        result.clips.append({"clip": index, "seconds": round(time.perf_counter() - clip_start, 4)})
+        if on_clip is not None:
+            on_clip(index)
+    result.frames = [frame.numpy() for frame in join_clips(clips)]
+    result.timings["transition_seconds"] = round(time.perf_counter() - started, 4)
+
+
+def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, roi: RoiMask,
+            result: SimulationResult) -> dict[str, Any]:
+    return {
+        "mvg_rt_run": 1,
+        "notice": runtime.notice,
+        "input": {
+            "sha256": inputs.image_sha256,
+            "format": inputs.image.source_format,
+            "bits": inputs.image.source_bits,
+            "size": list(inputs.image.pixels.shape[:2]),
+            **({"path": inputs.image_path} if inputs.image_path else {}),
+        },
+        "prompt": inputs.prompt,
+        "negative_prompt": inputs.negative_prompt,
+        "roi": {"source": roi.source, "coverage": round(roi.coverage, 4)},
+        "resolution": options.resolution,
+        "seed": options.seed,
+        "pie": options.pie.to_dict(),
+        "transition": options.transition.to_dict() if options.transition else None,
+        "video": {"frames": len(result.frames or result.states), "fps": options.fps},
+        "backend": runtime.backend.describe(),
+        "model": runtime.provenance,
+        "versions": _versions(),
+        "timings": result.timings,
+        "rounds": result.rounds,
+        "clips": result.clips,
+    }
+
+
+def _write(staging: Path, record: dict[str, Any], roi: RoiMask, result: SimulationResult, fps: float) -> None:
+    (staging / "states").mkdir()
+    for index, state in enumerate(result.states):
+        save_png(state, staging / "states" / f"state_{index:02d}.png")
+    save_png(roi.pixels, staging / "mask.png")
+    video = result.frames if result.frames is not None else result.states
+    if result.frames is not None:
+        (staging / "frames").mkdir()
+        for index, frame in enumerate(result.frames):
+            save_png(frame, staging / "frames" / f"frame_{index:04d}.png")
+    write_mp4(video, staging / "progression.mp4", fps)
+    write_gif(video, staging / "progression.gif", fps)
+    (staging / "run.json").write_text(json.dumps(record, indent=2))
+
+
+def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions,
+             on_step: StepCallback | None = None, on_round: Callable[[int], None] | None = None,
+             on_clip_step: ClipStepCallback | None = None, on_clip: Callable[[int], None] | None = None) -> Path:
+    """Run the whole job; returns the output folder (complete, or absent on error)."""
+    options.resolution = check_resolution(options.resolution, runtime.model.vae_scale_factor)
+    check_output_dir(options.out, options.overwrite)
+    if options.transition is not None:
+        runtime.backend.require(SEINE)  # fail before the PIE rounds, not after them
+    original = resize_and_crop(inputs.image.pixels, options.resolution)
+    roi = inputs.roi or choose_mask(inputs.image.pixels.shape, options.resolution)
+    generator = torch.Generator().manual_seed(options.seed)
+    result = _run_pie(runtime, inputs, options, original, roi, generator, on_step, on_round)
+    if options.transition is not None:
+        _run_transitions(runtime, inputs, options.transition, roi, result, generator, on_clip_step, on_clip)
     with staged_output_dir(options.out, options.overwrite) as staging:
-        (staging / "states").mkdir()
-        for index, state in enumerate(states):
-            save_png(state, staging / "states" / f"state_{index:02d}.png")
-        save_png(roi.pixels, staging / "mask.png")
-        write_gif(states, staging / "progression.gif", options.fps)
-        record = {
-            "mvg_rt_run": 1,
-            "notice": runtime.notice,
-            "input": {
-                "sha256": inputs.image_sha256,
-                "format": inputs.image.source_format,
-                "bits": inputs.image.source_bits,
-                "size": list(inputs.image.pixels.shape[:2]),
-                **({"path": inputs.image_path} if inputs.image_path else {}),
-            },
-            "prompt": inputs.prompt,
-            "negative_prompt": inputs.negative_prompt,
-            "roi": {"source": roi.source, "coverage": round(roi.coverage, 4)},
-            "resolution": resolution,
-            "seed": options.seed,
-            "pie": options.pie.to_dict(),
-            "backend": runtime.backend.describe(),
-            "model": runtime.provenance,
-            "versions": _versions(),
-            "timings": {"setup_seconds": round(setup_seconds, 4),
-                        "pie_seconds": round(sum(r["seconds"] for r in rounds), 4)},
-            "rounds": rounds,
-        }
-        (staging / "run.json").write_text(json.dumps(record, indent=2))
+        _write(staging, _record(runtime, inputs, options, roi, result), roi, result, options.fps)
     return options.out

@@ -15,9 +15,11 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mvg_rt.models.builders import build_models, write_model_folder
+    from mvg_rt.models.builders import build_models, build_seine, write_model_folder
 
-    return write_model_folder(build_models("tiny", seed=0), tmp_path_factory.mktemp("tiny") / "model")
+    models = build_models("tiny", seed=0)
+    return write_model_folder(models, tmp_path_factory.mktemp("tiny") / "model",
+                              seine=build_seine(models.unet, "tiny", seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +37,42 @@ def tiny_runtime(tiny_model_dir: Path):
 
 
 @pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture):
+    """Run ``mvg-rt ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from mvg_rt.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
 def image_64() -> np.ndarray:
     """A smooth 64x64 RGB test image (smooth so VAE round trips are meaningful)."""
     y, x = np.mgrid[0:64, 0:64] / 63.0
     gray = 0.5 + 0.35 * np.sin(3 * x) * np.cos(2 * y)
     return (np.stack([gray, gray * 0.9, gray * 0.8], axis=2) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_seine_checkpoint(tiny_model_dir: Path) -> Path:
+    """The tiny SEINE (seeded from the tiny UNet, temporal layers and extra inputs non-zero)."""
+    return tiny_model_dir / "seine" / "seine.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_seine_checkpoint: Path) -> Path:
+    """The tiny model + SEINE exported once (FP32 and FP16, no slim: slim is tested on its own). Read-only."""
+    from mvg_rt.export.build import ExportRequest, export_engines
+
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    export_engines(ExportRequest(model_dir=tiny_model_dir, out=out, seine=tiny_seine_checkpoint, fp16=True,
+                                 slim=False))
+    return out

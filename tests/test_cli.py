@@ -12,19 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mvg_rt.cli import main
 
-FAST = ["--rounds", "2", "--steps", "4", "--strength", "0.5"]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+FAST = ["--rounds", "2", "--steps", "4", "--strength", "0.5", "--frames", "3", "--transition-steps", "2"]
 
 
 @pytest.fixture
@@ -34,15 +23,15 @@ def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
     return path
 
 
-def test_simulate_writes_every_output(tmp_path: Path, tiny_model_dir: Path, xray: Path, capsys):
+def test_simulate_writes_every_output(tmp_path: Path, tiny_model_dir: Path, xray: Path, run_cli):
     out = tmp_path / "run"
     code, _, err = run_cli(["simulate", "--model-dir", str(tiny_model_dir), "--image", str(xray), "--prompt",
                             "severe cardiomegaly", "--roi-ellipse", "96,64,40,30", "--feather", "6",
-                            "--out", str(out), *FAST], capsys)
+                            "--out", str(out), *FAST])
     assert code == 0, err
     assert sorted(p.name for p in (out / "states").iterdir()) == ["state_00.png", "state_01.png", "state_02.png"]
     assert Image.open(out / "mask.png").size == (64, 64)
-    assert Image.open(out / "progression.gif").n_frames == 3
+    assert Image.open(out / "progression.gif").n_frames == 2 * (3 - 1) + 1  # two clips of 3 frames
     record = json.loads((out / "run.json").read_text())
     assert record["pie"]["rounds"] == 2 and record["seed"] == 0
     assert record["model"]["model_dir_sha256"] and record["versions"]["torch"]
@@ -52,16 +41,16 @@ def test_simulate_writes_every_output(tmp_path: Path, tiny_model_dir: Path, xray
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
-def test_existing_results_are_kept_unless_overwrite(tmp_path: Path, tiny_model_dir: Path, xray: Path, capsys):
+def test_existing_results_are_kept_unless_overwrite(tmp_path: Path, tiny_model_dir: Path, xray: Path, run_cli):
     out = tmp_path / "run"
     out.mkdir()
     (out / "earlier.txt").write_text("keep me")
     args = ["simulate", "--model-dir", str(tiny_model_dir), "--image", str(xray), "--prompt", "x", "--out", str(out),
-            "--rounds", "1", "--steps", "2", "--strength", "0.5"]
-    code, _, err = run_cli(args, capsys)
+            "--rounds", "1", "--steps", "2", "--strength", "0.5", "--no-transition"]
+    code, _, err = run_cli(args)
     assert code == 2 and "already holds results" in err
     assert (out / "earlier.txt").read_text() == "keep me"
-    code, _, err = run_cli([*args, "--overwrite"], capsys)
+    code, _, err = run_cli([*args, "--overwrite"])
     assert code == 0, err
     assert not (out / "earlier.txt").exists() and (out / "run.json").exists()
 
@@ -91,10 +80,10 @@ def _bad_inputs(tmp_path: Path, tiny_model_dir: Path, xray: Path) -> dict[str, t
     }
 
 
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path: Path, tiny_model_dir: Path, xray: Path, capsys):
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path: Path, tiny_model_dir: Path, xray: Path, run_cli):
     for name, (args, words) in _bad_inputs(tmp_path, tiny_model_dir, xray).items():
         out = tmp_path / f"out-{name.replace(' ', '-')}"
-        code, _, err = run_cli(["simulate", *args, "--out", str(out)], capsys)
+        code, _, err = run_cli(["simulate", *args, "--out", str(out)])
         assert code == 2, (name, err)
         assert words in err, (name, err)
         assert err.count("\n") == 1 and "Traceback" not in err, (name, err)
@@ -102,9 +91,10 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path: Path, tiny_mo
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_default_demo_runs_with_no_model_argument(tmp_path: Path, capsys):
+def test_default_demo_runs_with_no_model_argument(tmp_path: Path, run_cli):
     out = tmp_path / "demo"
-    code, stdout, err = run_cli(["simulate", "--out", str(out), "--rounds", "1", "--steps", "4"], capsys)
+    code, stdout, err = run_cli(["simulate", "--out", str(out), "--rounds", "1", "--steps", "4", "--frames", "3",
+                                   "--transition-steps", "2"])
     assert code == 0, err
     record = json.loads((out / "run.json").read_text())
     assert record["prompt"] == "severe cardiomegaly" and record["roi"]["source"] == "mask file"

@@ -11,10 +11,12 @@ from mvg_rt.io.output_dir import staged_output_dir
 
 
 def run(out_dir: Path, seed: int) -> None:
-    from mvg_rt.models.builders import build_models, write_model_folder
+    from mvg_rt.models.builders import build_models, build_seine, write_model_folder
 
     if out_dir.exists() and any(out_dir.iterdir()):
         raise MvgError(f"{out_dir} already exists and is not empty: choose a new folder")
     with staged_output_dir(out_dir, overwrite=True) as staging:
-        write_model_folder(build_models("tiny", seed), staging)
-    click.echo(f"wrote tiny random-init model to {out_dir} (architecture test model: outputs are noise)")
+        models = build_models("tiny", seed)
+        write_model_folder(models, staging, seine=build_seine(models.unet, "tiny", seed))
+    click.echo(f"wrote tiny random-init model (SD 1.x + SEINE architectures) to {out_dir}: "
+               "a test model, its outputs are noise")

@@ -15,6 +15,7 @@ from mvg_rt.io.images import check_resolution
 from mvg_rt.io.masks import choose_mask
 from mvg_rt.io.output_dir import check_output_dir
 from mvg_rt.runtime.pipelines.pie import PieSettings
+from mvg_rt.runtime.pipelines.transition import TransitionSettings
 from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
 
 
@@ -22,11 +23,35 @@ def _open_runtime(opts: dict[str, Any]):
     from mvg_rt.demo.default import demo_runtime
     from mvg_rt.runtime.factory import torch_runtime
 
+    backend = opts.get("backend") or "torch"
+    if backend != "torch":
+        return _open_engines_runtime(backend, opts)
+    if opts.get("engines_dir"):
+        raise MvgError("--engines is read by --backend ort/trt; add --backend ort, or drop --engines")
     if opts["unet_dir"] and not opts["model_dir"]:
         raise MvgError("--unet needs --model-dir (the SD folder that provides the text encoder, VAE and scheduler)")
+    if opts["seine"] and not opts["model_dir"]:
+        raise MvgError("--seine needs --model-dir (SEINE uses that folder's text encoder and VAE)")
+    with_seine = not opts["no_transition"]
     if opts["model_dir"]:
-        return torch_runtime(opts["model_dir"], opts["unet_dir"], opts["device"])
+        return torch_runtime(opts["model_dir"], opts["unet_dir"], opts["device"], seine=opts["seine"],
+                             with_seine=with_seine)
     return demo_runtime(opts["device"])
+
+
+def _open_engines_runtime(backend: str, opts: dict[str, Any]):
+    """An exported engines folder; a --model-dir/--unet given too must be the one it was exported from."""
+    from mvg_rt.runtime.factory import engines_runtime
+
+    if not opts.get("engines_dir"):
+        raise MvgError(f"--backend {backend} needs --engines DIR (write one with mvg-rt export --model-dir DIR "
+                       "--out engines/NAME)")
+    runtime = engines_runtime(backend, opts["engines_dir"], opts.get("precision") or "fp32", opts["device"])
+    if opts["model_dir"] or opts["unet_dir"]:
+        from mvg_rt.export.manifest import Manifest
+
+        Manifest.read(opts["engines_dir"]).check_source(opts["model_dir"], opts["unet_dir"])
+    return runtime
 
 
 def run(**opts: Any) -> None:
@@ -34,6 +59,9 @@ def run(**opts: Any) -> None:
     settings = PieSettings(rounds=opts["rounds"], strength=opts["strength"], steps=opts["steps"],
                            guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
                            scheduler=opts["scheduler"])
+    transition = None if opts["no_transition"] else TransitionSettings(
+        frames=opts["frames"], steps=opts["transition_steps"], sampler=opts["transition_sampler"],
+        guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"])
     out: Path = opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
     check_output_dir(out, opts["overwrite"])
     if opts["fps"] <= 0:
@@ -54,7 +82,7 @@ def run(**opts: Any) -> None:
     mask_path = str(DEMO_CASE.mask) if uses_demo_image and no_roi_given else opts["mask_path"]
     inputs.roi = choose_mask(inputs.image.pixels.shape, resolution, mask_path, opts["roi_box"],
                              opts["roi_ellipse"], opts["feather"])
-    options = SimulationOptions(pie=settings, resolution=resolution, seed=opts["seed"], fps=opts["fps"],
+    options = SimulationOptions(pie=settings, transition=transition, resolution=resolution, seed=opts["seed"], fps=opts["fps"],
                                 out=out, overwrite=opts["overwrite"], record_paths=opts["record_paths"])
     if runtime.notice:
         console.print(f"[yellow]note:[/yellow] {runtime.notice}")
@@ -71,5 +99,16 @@ def run(**opts: Any) -> None:
         def on_round(round_index: int) -> None:
             progress.update(rounds_task, completed=round_index)
 
-        folder = simulate(runtime, inputs, options, on_step=on_step, on_round=on_round)
-    click.echo(f"wrote {settings.rounds + 1} states, mask.png, progression.gif and run.json to {folder}")
+        clips_task = progress.add_task("transition clips", total=settings.rounds if transition else 0)
+
+        def on_clip_step(clip_index: int, step: int, steps: int) -> None:
+            progress.update(steps_task, completed=step, total=steps, description=f"clip {clip_index} steps")
+
+        def on_clip(clip_index: int) -> None:
+            progress.update(clips_task, completed=clip_index)
+
+        folder = simulate(runtime, inputs, options, on_step=on_step, on_round=on_round, on_clip_step=on_clip_step,
+                          on_clip=on_clip)
+    video = f"{settings.rounds * (transition.frames - 1) + 1} frames" if transition else "the states"
+    click.echo(f"wrote {settings.rounds + 1} states, {video} as progression.mp4/.gif, mask.png and run.json "
+               f"to {folder}")

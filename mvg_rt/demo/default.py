@@ -38,13 +38,14 @@ def _cache_dir() -> Path:
 def tiny_model_dir() -> Path:
     """A tiny random-init model folder, built once into the user cache."""
     from mvg_rt.io.output_dir import staged_output_dir
-    from mvg_rt.models.builders import build_models, write_model_folder
+    from mvg_rt.models.builders import build_models, build_seine, write_model_folder
 
-    folder = _cache_dir() / "tiny-random-v1"
+    folder = _cache_dir() / "tiny-random-v2"
     if not (folder / "model_index.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         with staged_output_dir(folder, overwrite=True) as staging:
-            write_model_folder(build_models("tiny", seed=0), staging)
+            models = build_models("tiny", seed=0)
+            write_model_folder(models, staging, seine=build_seine(models.unet, "tiny", seed=0))
     return folder
 
 

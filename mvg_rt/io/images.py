@@ -117,7 +117,7 @@ def resize_and_crop(pixels: np.ndarray, resolution: int, resample: Image.Resampl
     resized = np.asarray(Image.fromarray(pixels).resize((new_w, new_h), resample))
     top = int(round((new_h - resolution) / 2.0))
     left = int(round((new_w - resolution) / 2.0))
-    return np.ascontiguousarray(resized[top : top + resolution, left : left + resolution])
+    return resized[top : top + resolution, left : left + resolution].copy()  # writable, contiguous
 
 
 def check_resolution(resolution: int, scale: int = 8) -> int:

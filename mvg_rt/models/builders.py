@@ -19,6 +19,7 @@ from mvg_rt.models.diffusers_folder import DiffusersModels
 
 SHIPPED_TOKENIZER = resources.files("mvg_rt.models") / "tokenizer"
 SIZES = ("tiny", "sd14")
+SEINE_FILE = "seine.safetensors"
 
 
 def builtin_config(name: str) -> dict[str, Any]:
@@ -61,10 +62,38 @@ def build_models(size: str = "tiny", seed: int = 0) -> DiffusersModels:
     )
 
 
-def write_model_folder(models: DiffusersModels, out_dir: str | Path) -> Path:
-    """Write a complete diffusers pipeline folder (loadable by diffusers and by mvg-rt)."""
+def build_seine(unet: Any, size: str = "tiny", seed: int = 0) -> Any:
+    """A SEINE denoiser initialised from ``unet`` by SEINE's recipe.
+
+    For the tiny random model the temporal layers and the extra input channels are
+    also randomised (the recipe zeroes them), so that every path of the 3D model
+    carries signal in tests and benchmarks.
+    """
+    from mvg_rt.models.seine_checkpoint import seine_from_unet2d
+    from mvg_rt.models.seine_unet import load_builtin_config
+
+    seine = seine_from_unet2d(unet, load_builtin_config("tiny" if size == "tiny" else "full"))
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in seine.named_parameters():
+            if "attn_temp" in name or "norm_temp" in name or name == "conv_in.weight":
+                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    return seine
+
+
+def write_model_folder(models: DiffusersModels, out_dir: str | Path, seine: Any = None) -> Path:
+    """Write a complete diffusers pipeline folder (loadable by diffusers and by mvg-rt).
+
+    A SEINE denoiser, if given, goes to ``seine/seine.safetensors`` with its config in
+    the file's metadata; mvg-rt picks it up from there for the transitions.
+    """
+    from mvg_rt.models.seine_checkpoint import save_seine_checkpoint
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if seine is not None:
+        (out / "seine").mkdir(exist_ok=True)
+        save_seine_checkpoint(seine, out / "seine" / SEINE_FILE)
     models.tokenizer.save_pretrained(str(out / "tokenizer"))
     models.text_encoder.save_pretrained(str(out / "text_encoder"), safe_serialization=True)
     models.vae.save_pretrained(str(out / "vae"), safe_serialization=True)
