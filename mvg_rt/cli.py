@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from mvg_rt.errors import EXIT_USAGE, MvgError
 
@@ -53,10 +54,10 @@ def _default_out() -> Path:
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder. Default: embedded demo model.")
 @click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Domain-fine-tuned UNet folder.")
 @click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="torch", show_default=True,
-              help="torch: PyTorch over --model-dir; ort: ONNX Runtime over --engines.")
+              help="torch: PyTorch over --model-dir; ort: ONNX Runtime / trt: TensorRT over --engines.")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False), help="Engines folder from mvg-rt export.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Which artifacts of --engines to run.")
+              help="Which artifacts of --engines to run (torch on CUDA: the compute dtype).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--rounds", type=int, default=10, show_default=True, help="PIE rounds N.")
 @click.option("--strength", type=float, default=0.6, show_default=True, help="Roll-back strength gamma.")
@@ -77,23 +78,32 @@ def _default_out() -> Path:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder. Default: runs/mvg-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
 @click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
+@click.option("--cuda-graphs", is_flag=True,
+              help="CUDA only: replay the denoisers as CUDA graphs (torch/trt: captured per call; ort: its own).")
+@click.option("--low-memory", is_flag=True,
+              help="CUDA only (Jetson-class): load engines one stage at a time, decode one frame per call.")
 def simulate(**opts: object) -> None:
     """Simulate disease progression: N PIE rounds from IMAGE towards PROMPT inside the ROI, then SEINE
     transition clips between consecutive states, written as a video plus the state images."""
     from mvg_rt.commands.simulate import run
 
-    run(**opts)
+    context = click.get_current_context()
+    explicit = {name for name in opts if context.get_parameter_source(name) != ParameterSource.DEFAULT}
+    run(explicit=explicit, **opts)
 
 
 @cli.command("export")
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder.")
 @click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Domain-fine-tuned UNet folder.")
-@click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint (seine.pt or .safetensors).")
+@click.option("--seine", type=click.Path(dir_okay=False),
+              help="SEINE checkpoint (seine.pt or .safetensors). Default: <model-dir>/seine/ when present.")
+@click.option("--no-seine", is_flag=True, help="Export the PIE networks only.")
 @click.option("--seine-config", help="SEINE architecture: full, tiny or a JSON file. Default: from the checkpoint, else full.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Engines folder to write, e.g. engines/sd14.")
 @click.option("--fp16", is_flag=True, help="Also write FP16 graphs (float32 inputs/outputs).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
-@click.option("--slim/--no-slim", default=True, show_default=True, help="Clean the graphs up with onnxslim.")
+@click.option("--slim/--no-slim", default=False, show_default=True,
+              help="Clean the FP32 graphs up with onnxslim (fewer nodes; same outputs and ORT speed).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="torch.onnx.export path (dynamo=False / dynamo=True).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new export succeeded).")
@@ -121,6 +131,55 @@ def check(**opts: object) -> None:
     from mvg_rt.commands.check import run
 
     run(**opts)
+
+
+@cli.command("build")
+@click.option("--engines", "engines_dir", required=True, type=click.Path(file_okay=False),
+              help="Engines folder from mvg-rt export (engines/NAME); the .plan files are written into it.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="fp16: from the FP16 ONNX, strongly typed; fp32: from the FP32 ONNX, TF32 off.")
+@click.option("--resolution", "resolutions", multiple=True,
+              help="Image size N or HEIGHTxWIDTH the engines must take (repeatable). Default: the model's.")
+@click.option("--frames", "frames", type=int, multiple=True, help="SEINE frames K (repeatable). Default: 16.")
+@click.option("--axis", "axes", multiple=True,
+              help="Profile of one axis: [component.]axis=min:opt:max or axis=N, e.g. unet.batch=2 (repeatable).")
+@click.option("--static-batch", is_flag=True, help="UNet/SEINE take exactly the CFG pair (batch 2): no batch 1.")
+@click.option("--decode-batch", type=int, default=4, show_default=True, help="Largest VAE decode batch (frames per call).")
+@click.option("--component", "components", multiple=True, help="Build only these components (repeatable). Default: all.")
+@click.option("--workspace", "workspace_mb", type=int, help="Builder workspace limit in MiB. Default: TensorRT's.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file. Default: <engines>/timing.cache.")
+@click.option("--builder-level", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="TensorRT builder optimization level.")
+@click.option("--low-memory", is_flag=True, help="Jetson-class: 1 GiB workspace, decode batch 1, no auxiliary streams.")
+def build(**opts: object) -> None:
+    """Build TensorRT engines (one .plan per component) from an engines folder's ONNX graphs."""
+    from mvg_rt.commands.build import run
+
+    run(**opts)
+
+
+@cli.command("train-demo")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model folder to write.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every step budget (quick runs).")
+@click.option("--overwrite", is_flag=True, help="Replace --out (only once training succeeded).")
+def train_demo(out: Path, seed: int, scale: float, overwrite: bool) -> None:
+    """Train the demo model (SD 1.x + SEINE architectures, toy widths) on chest X-ray phantoms."""
+    from mvg_rt.commands.train_demo import run
+
+    run(out, seed, scale, overwrite)
+
+
+@cli.command("eval")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder written by mvg-rt simulate.")
+@click.option("--against", type=click.Path(file_okay=False, path_type=Path), help="A second run to compare with.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
+def evaluate(run_dir: Path, against: Path | None, json_path: Path | None) -> None:
+    """CTR trajectory, identity outside the ROI, per-round change; PSNR/SSIM against a second run."""
+    from mvg_rt.commands.evaluate import run
+
+    run(run_dir, against, json_path)
 
 
 @cli.command("make-tiny-model")

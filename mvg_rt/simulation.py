@@ -28,8 +28,10 @@ from mvg_rt.io.images import LoadedImage, check_resolution, read_image, resize_a
 from mvg_rt.io.masks import RoiMask, choose_mask
 from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
 from mvg_rt.components import SEINE
+from mvg_rt.eval.progression import evaluate_states, round_changes
 from mvg_rt.io.video import write_gif, write_mp4
 from mvg_rt.runtime.factory import Runtime
+from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession, GraphedTransitionSampler
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, StepCallback
 from mvg_rt.runtime.pipelines.roi import latent_mask
 from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSampler, TransitionSettings, join_clips
@@ -51,6 +53,7 @@ class SimulationInputs:
 class SimulationOptions:
     pie: PieSettings = field(default_factory=PieSettings)
     transition: TransitionSettings | None = field(default_factory=TransitionSettings)  # None: PIE only
+    graphed_loops: bool = False  # whole denoising steps as static-buffer loops (CUDA-graph replays on GPU)
     resolution: int = 512
     seed: int = 0
     fps: float = 2.0
@@ -67,17 +70,6 @@ def load_inputs(image_path: str, prompt: str, negative_prompt: str = "", record_
 
         raise MvgError("--prompt is empty: describe the disease state to simulate, e.g. 'severe cardiomegaly'")
     return SimulationInputs(image, digest, prompt, negative_prompt, image_path=image_path if record_path else None)
-
-
-def _round_change(previous: np.ndarray, current: np.ndarray, weight: np.ndarray) -> dict[str, float]:
-    """RMS change (0..1 intensity units) inside (mask-weighted) and outside the ROI."""
-    diff2 = ((current.astype(np.float64) - previous.astype(np.float64)) / 255.0) ** 2
-    diff2 = diff2.mean(axis=2)
-
-    def rms(w: np.ndarray) -> float:
-        return float(np.sqrt((diff2 * w).sum() / w.sum())) if w.sum() > 0 else 0.0
-
-    return {"inside_roi": rms(weight), "outside_roi": rms(1.0 - weight)}
 
 
 def _versions() -> dict[str, str]:
@@ -110,8 +102,9 @@ def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     mask_latent = latent_mask(torch.from_numpy(roi.pixels), runtime.model.vae_scale_factor,
                               runtime.model.latent_channels)
     started = time.perf_counter()
-    session = PieSession(runtime.backend, runtime.model, options.pie, torch.from_numpy(original).to(device),
-                         mask_latent, inputs.prompt, inputs.negative_prompt)
+    session_type = GraphedPieSession if options.graphed_loops else PieSession
+    session = session_type(runtime.backend, runtime.model, options.pie, torch.from_numpy(original).to(device),
+                           mask_latent, inputs.prompt, inputs.negative_prompt)
     weight = roi.pixels[..., 0].astype(np.float64) / 255.0
     result = SimulationResult(states=[original], rounds=[],
                               timings={"pie_setup_seconds": round(time.perf_counter() - started, 4)})
@@ -120,7 +113,7 @@ def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
         previous = torch.from_numpy(result.states[-1]).to(device)
         state = session.run_round(previous, generator, index, on_step).cpu().numpy()
         result.rounds.append({"round": index, "seconds": round(time.perf_counter() - round_start, 4),
-                              "change": _round_change(result.states[-1], state, weight)})
+                              "change": round_changes([result.states[-1], state], weight)[0]})
         result.states.append(state)
         if on_round is not None:
             on_round(index)
@@ -128,11 +121,12 @@ def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     return result
 
 
-def _run_transitions(runtime: Runtime, inputs: SimulationInputs, settings: TransitionSettings, roi: RoiMask,
+def _run_transitions(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, roi: RoiMask,
                      result: SimulationResult, generator: torch.Generator, on_clip_step: ClipStepCallback | None,
                      on_clip: Callable[[int], None] | None) -> None:
     started = time.perf_counter()
-    sampler = TransitionSampler(runtime.backend, runtime.model, settings, inputs.prompt)
+    sampler_type = GraphedTransitionSampler if options.graphed_loops else TransitionSampler
+    sampler = sampler_type(runtime.backend, runtime.model, options.transition, inputs.prompt)
     weight = torch.from_numpy(roi.pixels[..., 0].astype(np.float32) / 255.0)
     clips = []
     for index, (start, end) in enumerate(zip(result.states[:-1], result.states[1:]), start=1):
@@ -165,6 +159,7 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "seed": options.seed,
         "pie": options.pie.to_dict(),
         "transition": options.transition.to_dict() if options.transition else None,
+        "graphed_loops": options.graphed_loops,
         "video": {"frames": len(result.frames or result.states), "fps": options.fps},
         "backend": runtime.backend.describe(),
         "model": runtime.provenance,
@@ -172,6 +167,7 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "timings": result.timings,
         "rounds": result.rounds,
         "clips": result.clips,
+        "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0),
     }
 
 
@@ -203,7 +199,7 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     generator = torch.Generator().manual_seed(options.seed)
     result = _run_pie(runtime, inputs, options, original, roi, generator, on_step, on_round)
     if options.transition is not None:
-        _run_transitions(runtime, inputs, options.transition, roi, result, generator, on_clip_step, on_clip)
+        _run_transitions(runtime, inputs, options, roi, result, generator, on_clip_step, on_clip)
     with staged_output_dir(options.out, options.overwrite) as staging:
         _write(staging, _record(runtime, inputs, options, roi, result), roi, result, options.fps)
     return options.out

@@ -59,6 +59,7 @@ def torch_runtime(model_dir: str | Path, unet_dir: str | Path | None = None, dev
     ``seine/seine.safetensors`` is used when present. ``with_seine=False`` skips it
     (PIE only), which saves loading ~3.6 GB for the full-size denoiser.
     """
+    from mvg_rt.models.builders import SEINE_FILE
     from mvg_rt.models.component_modules import component_modules
     from mvg_rt.models.diffusers_folder import fingerprint, load_diffusers_folder
     from mvg_rt.runtime.backends.torch_backend import TorchBackend
@@ -67,8 +68,8 @@ def torch_runtime(model_dir: str | Path, unet_dir: str | Path | None = None, dev
     models = load_diffusers_folder(model_dir, unet_dir)
     seine_path = seine if isinstance(seine, (str, Path)) else None
     seine_module = _resolve_seine(model_dir, seine, with_seine)
-    if seine_module is not None and seine_path is None and (model_dir / "seine").is_dir():
-        seine_path = model_dir / "seine"
+    if seine_module is not None and seine_path is None and (model_dir / "seine" / SEINE_FILE).is_file():
+        seine_path = model_dir / "seine" / SEINE_FILE  # the file, as export's manifest fingerprints it
     backend = TorchBackend(component_modules(models, seine_module), _device(device), dtype)
     info = ModelInfo(models.tokenizer, models.scheduler_config, models.vae_scaling_factor,
                      models.vae_scale_factor, models.latent_channels)
@@ -122,15 +123,43 @@ def ort_runtime(engines_dir: str | Path, precision: str = "fp32", device: str = 
     return Runtime(backend, engines_model_info(manifest), provenance)
 
 
-# Backends that run an engines folder: name -> opener(engines_dir, precision, device). The TensorRT
-# backend adds "trt" here.
-ENGINE_RUNTIMES: dict[str, Any] = {"ort": ort_runtime}
+def trt_runtime(engines_dir: str | Path, precision: str = "fp16", device: str = "cuda", cuda_graphs: bool = False,
+                low_memory: bool = False) -> Runtime:
+    """TensorRT engines built by ``mvg-rt build`` in an engines folder (needs an NVIDIA GPU and TensorRT 10)."""
+    from mvg_rt.components import PIE_COMPONENTS
+    from mvg_rt.export.manifest import Manifest
+    from mvg_rt.export.trt_artifacts import import_tensorrt, rebuild_command
+
+    import_tensorrt()  # first: without it nothing below can work, and the error says how to install it
+    manifest = Manifest.read(engines_dir)
+    missing = [c for c in PIE_COMPONENTS if manifest.find(c, "trt", precision) is None]
+    if missing:
+        raise MvgError(f"engines folder {engines_dir} has no {precision} TensorRT engine for {', '.join(missing)}: "
+                       f"build them with {rebuild_command(engines_dir, precision=precision)}")
+    from mvg_rt.runtime.backends.tensorrt_backend import TrtBackend
+
+    backend = TrtBackend(engines_dir, precision, device, manifest, cuda_graphs=cuda_graphs, low_memory=low_memory)
+    provenance = {
+        "engines": str(Path(engines_dir)),
+        "model_dir_sha256": manifest.source.model_dir_sha256,
+        "unet_sha256": manifest.source.unet_sha256,
+        "seine_sha256": manifest.source.seine_sha256,
+        "resolution": manifest.model.resolution,
+        "artifacts": {a.component: a.sha256 for a in manifest.artifacts
+                      if a.kind == "trt" and a.precision == precision},
+    }
+    return Runtime(backend, engines_model_info(manifest), provenance)
 
 
-def engines_runtime(backend: str, engines_dir: str | Path, precision: str = "fp32", device: str = "cpu") -> Runtime:
-    """Open ``engines_dir`` with the named engines backend (ort, later trt)."""
+# Backends that run an engines folder: name -> opener(engines_dir, precision=, device=, **options).
+ENGINE_RUNTIMES: dict[str, Any] = {"ort": ort_runtime, "trt": trt_runtime}
+
+
+def engines_runtime(backend: str, engines_dir: str | Path, precision: str = "fp32", device: str = "cpu",
+                    **options: Any) -> Runtime:
+    """Open ``engines_dir`` with the named engines backend (ort, trt); ``options`` go to its opener."""
     opener = ENGINE_RUNTIMES.get(backend)
     if opener is None:
         raise MvgError(f"--backend {backend} is not available in this build: use one of "
                        f"{', '.join(['torch', *ENGINE_RUNTIMES])}")
-    return opener(engines_dir, precision=precision, device=device)
+    return opener(engines_dir, precision=precision, device=device, **options)

@@ -15,6 +15,7 @@ def run(**opts: Any) -> None:
         model_dir=Path(opts["model_dir"]), out=Path(opts["out"]),
         unet_dir=Path(opts["unet_dir"]) if opts["unet_dir"] else None,
         seine=Path(opts["seine"]) if opts["seine"] else None, seine_config=opts["seine_config"],
+        with_seine=not opts.get("no_seine"),
         fp16=opts["fp16"], opset=opts["opset"], slim=opts["slim"], exporter=opts["exporter"],
         overwrite=opts["overwrite"])
     manifest = export_engines(request, progress=lambda line: click.echo(line, err=True))

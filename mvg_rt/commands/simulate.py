@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -33,10 +34,41 @@ def _open_runtime(opts: dict[str, Any]):
     if opts["seine"] and not opts["model_dir"]:
         raise MvgError("--seine needs --model-dir (SEINE uses that folder's text encoder and VAE)")
     with_seine = not opts["no_transition"]
+    dtype = _torch_dtype(opts)
     if opts["model_dir"]:
-        return torch_runtime(opts["model_dir"], opts["unet_dir"], opts["device"], seine=opts["seine"],
-                             with_seine=with_seine)
-    return demo_runtime(opts["device"])
+        runtime = torch_runtime(opts["model_dir"], opts["unet_dir"], opts["device"], seine=opts["seine"],
+                                with_seine=with_seine, dtype=dtype)
+    elif dtype != torch.float32:
+        raise MvgError("--precision fp16 with --backend torch needs --model-dir (the embedded demo model runs fp32)")
+    else:
+        runtime = demo_runtime(opts["device"], with_seine=with_seine)
+    if opts.get("cuda_graphs"):
+        from mvg_rt.runtime.backends.cuda_graphs import GraphedBackend
+
+        runtime.backend = GraphedBackend(runtime.backend)
+    return runtime
+
+
+def _torch_dtype(opts: dict[str, Any]) -> torch.dtype:
+    """--precision for the PyTorch backend: fp16 is the GPU baseline, so it needs a CUDA device."""
+    if (opts.get("precision") or "fp32") == "fp32":
+        return torch.float32
+    if not str(opts["device"]).startswith("cuda"):
+        raise MvgError(f"--precision fp16 with --backend torch runs on a GPU: pass --device cuda (got --device "
+                       f"{opts['device']}) or use --precision fp32")
+    return torch.float16
+
+
+def _check_gpu_options(opts: dict[str, Any]) -> None:
+    """--cuda-graphs / --low-memory are GPU features: refused on a CPU device with one line."""
+    for flag, key in (("--cuda-graphs", "cuda_graphs"), ("--low-memory", "low_memory")):
+        if opts.get(key) and not str(opts["device"]).startswith("cuda"):
+            raise MvgError(f"{flag} needs a CUDA device (got --device {opts['device']}): pass --device cuda or "
+                           f"drop {flag}")
+    if opts.get("cuda_graphs"):
+        from mvg_rt.runtime.backends.cuda_graphs import require_cuda_graphs
+
+        require_cuda_graphs(opts["device"])
 
 
 def _open_engines_runtime(backend: str, opts: dict[str, Any]):
@@ -46,7 +78,15 @@ def _open_engines_runtime(backend: str, opts: dict[str, Any]):
     if not opts.get("engines_dir"):
         raise MvgError(f"--backend {backend} needs --engines DIR (write one with mvg-rt export --model-dir DIR "
                        "--out engines/NAME)")
-    runtime = engines_runtime(backend, opts["engines_dir"], opts.get("precision") or "fp32", opts["device"])
+    options: dict[str, Any] = {}
+    if backend == "trt":
+        options = {"cuda_graphs": bool(opts.get("cuda_graphs")), "low_memory": bool(opts.get("low_memory"))}
+    elif backend == "ort" and opts.get("cuda_graphs"):
+        from mvg_rt.runtime.backends.onnxruntime_backend import OrtSettings
+
+        options = {"settings": OrtSettings(cuda_graph=True)}
+    runtime = engines_runtime(backend, opts["engines_dir"], opts.get("precision") or "fp32", opts["device"],
+                              **options)
     if opts["model_dir"] or opts["unet_dir"]:
         from mvg_rt.export.manifest import Manifest
 
@@ -54,14 +94,27 @@ def _open_engines_runtime(backend: str, opts: dict[str, Any]):
     return runtime
 
 
-def run(**opts: Any) -> None:
+def _apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> None:
+    """The demo case's recommended settings, for the options the user left at their defaults."""
+    from mvg_rt.demo.default import DEMO_CASE
+
+    for name, value in DEMO_CASE.settings.items():
+        if name not in explicit:
+            opts[name] = value
+
+
+def run(explicit: set[str] | None = None, **opts: Any) -> None:
     console = Console(stderr=True)
+    if not opts["model_dir"] and (opts.get("backend") or "torch") == "torch":
+        _apply_demo_settings(opts, explicit or set())
     settings = PieSettings(rounds=opts["rounds"], strength=opts["strength"], steps=opts["steps"],
                            guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
                            scheduler=opts["scheduler"])
+    _check_gpu_options(opts)
     transition = None if opts["no_transition"] else TransitionSettings(
         frames=opts["frames"], steps=opts["transition_steps"], sampler=opts["transition_sampler"],
-        guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"])
+        guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"],
+        decode_batch=1 if opts.get("low_memory") else TransitionSettings.decode_batch)
     out: Path = opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
     check_output_dir(out, opts["overwrite"])
     if opts["fps"] <= 0:
@@ -82,7 +135,8 @@ def run(**opts: Any) -> None:
     mask_path = str(DEMO_CASE.mask) if uses_demo_image and no_roi_given else opts["mask_path"]
     inputs.roi = choose_mask(inputs.image.pixels.shape, resolution, mask_path, opts["roi_box"],
                              opts["roi_ellipse"], opts["feather"])
-    options = SimulationOptions(pie=settings, transition=transition, resolution=resolution, seed=opts["seed"], fps=opts["fps"],
+    options = SimulationOptions(pie=settings, transition=transition, graphed_loops=bool(opts.get("cuda_graphs")),
+                                resolution=resolution, seed=opts["seed"], fps=opts["fps"],
                                 out=out, overwrite=opts["overwrite"], record_paths=opts["record_paths"])
     if runtime.notice:
         console.print(f"[yellow]note:[/yellow] {runtime.notice}")

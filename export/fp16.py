@@ -1,0 +1,157 @@
+"""FP16 copies of exported FP32 graphs (onnxruntime.transformers' float16 converter).
+
+Weights and activations become float16; graph inputs and outputs stay float32
+(``keep_io_types``), so every backend is fed the same tensors whatever the precision.
+
+Kept in FP32, chosen by measurement (tests/test_onnx_export.py keeps the check):
+max abs error / (1 - cosine) vs the PyTorch FP32 reference on the tiny models, FP16
+evaluated op by op with ``onnx.reference`` (every tensor rounded to FP16, products
+accumulated in FP32, which is what GPU kernels do):
+
+* the sinusoidal timestep embedding, found by :func:`timestep_embedding_nodes`
+  (everything from the ``timestep`` input up to the first MatMul/Gemm of the time
+  MLP, plus its frequency constants). ``t * freq`` rounded to FP16 is off by up to
+  0.25 rad at t ~ 999 (FP16 spacing in [512, 1024) is 0.5): the sinusoid itself
+  had max abs error 0.14 (t=999) in FP16, exactly 0 with the block. UNet output at
+  t=999: 5.2e-3 / 1.4e-5 -> 3.1e-3 / 2.6e-6; SEINE: 4.2e-3 / 9.4e-6 -> 1.8e-3 / 1.3e-6.
+* the normalisations (InstanceNormalization, which GroupNorm exports to,
+  LayerNormalization, GroupNormalization): UNet 3.1e-3 -> 2.5e-3 (t=999) and
+  2.8e-3 -> 1.8e-3 (t=1), VAE decoder 1.1e-2 -> 8.9e-3, VAE encoder 1.7e-3 ->
+  1.2e-3. Their mean/variance reductions also overflow in FP16 once activations
+  pass ~256 (x^2 > 65504), which real VAE decoders reach; TensorRT warns about
+  FP16 LayerNorm for the same reason.
+
+Softmax stays FP16: blocking it changed the errors by less than their spread
+(UNet 2.5e-3 -> 2.3e-3 at t=999 but 1.8e-3 -> 1.9e-3 at t=1) and costs two Casts
+per attention; ORT and TensorRT softmax kernels accumulate in FP32 internally.
+
+The converter routes every tensor between two blocked nodes through FP16, which
+would undo the blocks; :func:`collapse_fp16_round_trips` removes those round trips.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import onnx
+
+from mvg_rt.errors import MvgError
+
+KEEP_FP32_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+TIMESTEP_INPUT = "timestep"
+_LINEAR = ("MatMul", "Gemm")
+
+
+def timestep_embedding_nodes(model: onnx.ModelProto, input_name: str = TIMESTEP_INPUT) -> list[str]:
+    """Names of the nodes between the timestep input and the first MatMul/Gemm (the sinusoid)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    if input_name not in {i.name for i in model.graph.input}:
+        return []
+    blocked: list[str] = []
+    seen: set[int] = set()
+    queue = deque([input_name])
+    while queue:
+        for node in consumers.get(queue.popleft(), []):
+            if id(node) in seen or node.op_type in _LINEAR:
+                continue
+            seen.add(id(node))
+            if not node.name:
+                raise MvgError("the exported graph has unnamed nodes; re-export it with mvg-rt export")
+            blocked.append(node.name)
+            queue.extend(node.output)
+    # The frequencies are Constant nodes; the converter would round them to FP16 (an error of
+    # t * 2^-11 * freq at t ~ 1000) and cast them back, so they are kept FP32 too.
+    producers = {out: node for node in model.graph.node for out in node.output}
+    by_name = {node.name: node for node in model.graph.node}
+    constants = {producers[i].name for n in blocked for i in by_name[n].input
+                 if i in producers and producers[i].op_type == "Constant"}
+    return blocked + sorted(constants - set(blocked))
+
+
+def collapse_fp16_round_trips(model: onnx.ModelProto) -> int:
+    """Make ``Cast(to=float) <- Cast(to=float16) <- x`` read ``x`` directly; returns how many.
+
+    The converter keeps blocked nodes in FP32 but routes every tensor between two
+    blocked nodes through FP16 (it casts each blocked output down, and back up for
+    the next blocked node), which would undo the block: t * freq would still be
+    rounded to FP16. A round trip through FP16 never adds information, so skipping
+    it is always at least as accurate.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    collapsed = 0
+    for node in model.graph.node:
+        if node.op_type != "Cast" or _cast_to(node) != onnx.TensorProto.FLOAT:
+            continue
+        parent = producers.get(node.input[0])
+        if parent is not None and parent.op_type == "Cast" and _cast_to(parent) == onnx.TensorProto.FLOAT16:
+            node.input[0] = parent.input[0]
+            collapsed += 1
+    return collapsed
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def convert_to_fp16(src: Path, dst: Path, keep_fp32_ops: tuple[str, ...] = KEEP_FP32_OPS,
+                    keep_timestep_fp32: bool = True) -> Path:
+    """Write an FP16 copy of the FP32 graph ``src`` to ``dst`` (float32 inputs/outputs)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from mvg_rt.export.onnx_export import infer_shapes, save_onnx
+
+    model = onnx.load(str(src), load_external_data=True)
+    nodes = timestep_embedding_nodes(model) if keep_timestep_fp32 else []
+    converted = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(keep_fp32_ops),
+        node_block_list=nodes,
+        disable_shape_infer=True,  # the graph was shape-inferred at export; >2 GB inputs cannot be re-inferred in memory
+    )
+    collapse_fp16_round_trips(converted)
+    wrapper = OnnxModel(converted)
+    wrapper.prune_graph()  # drops the Casts the collapse left unused
+    wrapper.topological_sort()  # the converter appends its Cast nodes at the end
+    save_onnx(wrapper.model, dst)
+    infer_shapes(dst)
+    cleaned = onnx.load(str(dst), load_external_data=False)  # external weights (if any) stay where they are
+    if remove_identity_casts(cleaned):
+        onnx.save_model(cleaned, str(dst))
+    return dst
+
+
+def remove_identity_casts(model: onnx.ModelProto) -> int:
+    """Drop Casts whose input already has the target type (left by the collapse); returns how many.
+
+    Needs the graph's value_info (run shape inference first).
+    """
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
+    types |= {t.name: t.data_type for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    keep = []
+    for node in graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        if (node.op_type == "Cast" and node.output[0] not in outputs
+                and types.get(node.input[0]) == _cast_to(node)):
+            rename[node.output[0]] = node.input[0]
+            continue
+        keep.append(node)
+    if not rename:
+        return 0
+    for output in graph.output:  # graph outputs are never renamed (see the condition above)
+        assert output.name not in rename
+    del graph.node[:]
+    graph.node.extend(keep)
+    stale = set(rename)
+    kept_info = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    return len(rename)

@@ -1,0 +1,44 @@
+"""``mvg-rt build``: turn command-line options into a TensorRT build and report what was written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mvg_rt.export.profiles import AxisOverride, ProfileSettings, parse_resolution
+from mvg_rt.export.tensorrt_build import BuildSettings
+
+
+def settings_from_options(opts: dict[str, Any], default_resolution: int) -> BuildSettings:
+    """The build settings the options describe (pure: the CLI tests call it directly)."""
+    resolutions = tuple(parse_resolution(r) for r in opts.get("resolutions") or ()) or (
+        (default_resolution, default_resolution),)
+    low_memory = bool(opts.get("low_memory"))
+    decode_batch = opts.get("decode_batch") or 4
+    profile = ProfileSettings(
+        resolutions=resolutions,
+        frames=tuple(opts.get("frames") or ()) or (16,),
+        cfg_batch="static" if opts.get("static_batch") else "dynamic",
+        decode_batch=1 if low_memory else decode_batch,
+        overrides=tuple(AxisOverride.parse(a) for a in opts.get("axes") or ()),
+    )
+    return BuildSettings(
+        precision=opts.get("precision") or "fp16", profile=profile,
+        components=tuple(opts.get("components") or ()), workspace_mb=opts.get("workspace_mb"),
+        timing_cache=Path(opts["timing_cache"]) if opts.get("timing_cache") else None,
+        builder_level=opts.get("builder_level", 3), low_memory=low_memory)
+
+
+def run(**opts: Any) -> None:
+    from mvg_rt.export.manifest import Manifest
+    from mvg_rt.export.tensorrt_build import build_engines
+
+    manifest = Manifest.read(opts["engines_dir"])
+    settings = settings_from_options(opts, manifest.model.resolution)
+    built = build_engines(opts["engines_dir"], settings, progress=lambda line: click.echo(line, err=True))
+    names = ", ".join(a.component for a in built)
+    click.echo(f"wrote {len(built)} {settings.precision} TensorRT engines ({names}) to {opts['engines_dir']}; run "
+               f"them with mvg-rt simulate --backend trt --engines {opts['engines_dir']} --precision "
+               f"{settings.precision} --device cuda")

@@ -1,0 +1,340 @@
+"""Training the demo model on chest X-ray phantoms, on a CPU, in under an hour.
+
+The demo model has the real architecture families (CLIP text model + CLIP BPE
+tokenizer, AutoencoderKL, UNet2DConditionModel, SEINE 3D denoiser) at toy widths,
+so everything mvg-rt does to SD 1.4 + SEINE (PIE, transitions, export, engines)
+runs on it unchanged, and its outputs can be checked against the phantoms' known
+disease state. Stages, each seeded and with a step budget:
+
+1. VAE on random 64x64 crops of 128x128 phantoms (it is fully convolutional, and
+   crops cost a quarter of full images); L1 reconstruction + a small KL term, then
+   the latent scaling factor is set to 1 / std of the latents, as SD 1.x's 0.18215 is.
+2. Text encoder + UNet jointly, epsilon prediction on SD 1.4's noise schedule, with
+   report-style captions dropped 10% of the time so classifier-free guidance works.
+3. SEINE, initialised from the trained UNet by SEINE's own recipe, on severity
+   sweeps of one patient (the first and last frames given, as SEINE's "onelast1"),
+   epsilon prediction on guided-diffusion's linear schedule, captions with SEINE's
+   "smooth transition." suffix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mvg_rt.demo.phantom import DiseaseState, PatientAnatomy, caption_for, progression_clip, sample_dataset
+from mvg_rt.runtime.pipelines.gaussian_schedule import linear_betas
+from mvg_rt.runtime.pipelines.transition import known_frame_mask, transition_prompt
+
+Log = Callable[[str], None]
+CONFIGS = resources.files("mvg_rt.demo") / "configs"
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    steps: int
+    batch: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class DemoTrainingConfig:
+    """Everything that decides the demo weights (written next to them as train_config.json)."""
+
+    seed: int = 0
+    resolution: int = 128
+    train_images: int = 4000
+    clip_frames: int = 8
+    train_clips: int = 600
+    vae_crop: int = 64
+    vae: StageBudget = StageBudget(steps=2500, batch=8, lr=1e-3)
+    unet: StageBudget = StageBudget(steps=6000, batch=32, lr=5e-4)
+    seine: StageBudget = StageBudget(steps=2000, batch=4, lr=2e-4)
+    kl_weight: float = 1e-6
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    threads: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def scaled(self, factor: float) -> DemoTrainingConfig:
+        """The same recipe with every step budget multiplied by ``factor`` (quick runs, tests)."""
+        scale = lambda b: StageBudget(max(1, int(b.steps * factor)), b.batch, b.lr)  # noqa: E731
+        return DemoTrainingConfig(**{**asdict(self), "vae": scale(self.vae), "unet": scale(self.unet),
+                                     "seine": scale(self.seine)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def config_json(name: str) -> dict[str, Any]:
+    return json.loads((CONFIGS / f"{name}.json").read_text())
+
+
+def to_model_range(images: np.ndarray) -> Tensor:
+    """(N, H, W) uint8 grey -> (N, 3, H, W) in [-1, 1] (the SD pipelines' RGB input)."""
+    grey = torch.from_numpy(images).float() / 127.5 - 1.0
+    return grey[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+class Ema:
+    """Exponential moving average of a module's weights (what gets shipped)."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.module, self.decay, self.updates = copy.deepcopy(module).eval(), decay, 0
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))  # warm-up
+        for ema_p, p in zip(self.module.parameters(), module.parameters()):
+            ema_p.lerp_(p.detach(), 1 - decay)
+
+
+def _cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _every(step: int, steps: int, count: int = 10) -> bool:
+    return step == steps - 1 or step % max(1, steps // count) == 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def phantom_dataset(config: DemoTrainingConfig) -> tuple[np.ndarray, list[str]]:
+    """(N, R, R) uint8 phantoms and their report-style captions."""
+    images, captions = [], []
+    for sample in sample_dataset(config.train_images, config.seed, config.resolution):
+        images.append(sample.image)
+        captions.append(sample.caption)
+    return np.stack(images), captions
+
+
+def phantom_clips(config: DemoTrainingConfig) -> tuple[np.ndarray, list[str]]:
+    """(M, K, R, R) uint8 severity sweeps of one patient each, and the caption of the end state."""
+    rng = np.random.default_rng(config.seed + 1)
+    clips, captions = [], []
+    for _ in range(config.train_clips):
+        anatomy = PatientAnatomy.sample(rng)
+        start, end = DiseaseState.sample(rng), DiseaseState.sample(rng)
+        clips.append(progression_clip(anatomy, start, end, config.clip_frames, config.resolution))
+        captions.append(caption_for(end))
+    return np.stack(clips), captions
+
+
+# ----------------------------------------------------------------------------- stage 1: VAE
+
+
+def train_vae(images: np.ndarray, config: DemoTrainingConfig, log: Log) -> Any:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL.from_config(config_json("demo_vae"))
+    budget, crop = config.vae, config.vae_crop
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=budget.lr, weight_decay=0.0)
+    schedule = _cosine_lr(optimizer, budget.steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    data = to_model_range(images)
+    started = time.perf_counter()
+    for step in range(budget.steps):
+        index = torch.randint(len(data), (budget.batch,), generator=generator)
+        top, left = torch.randint(0, data.shape[-1] - crop + 1, (2,), generator=generator).tolist()
+        batch = data[index, :, top : top + crop, left : left + crop]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator)).sample
+        loss = (recon - batch).abs().mean() + config.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if _every(step, budget.steps):
+            log(f"vae step {step + 1}/{budget.steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
+    vae.eval()
+    with torch.no_grad():
+        means = torch.cat([vae.encode(data[i : i + 64]).latent_dist.mean for i in range(0, min(len(data), 512), 64)])
+    vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    return vae
+
+
+@torch.no_grad()
+def encode_moments(vae: Any, images: Tensor, batch: int = 64) -> Tensor:
+    """Posterior (mean, logvar) moments of every image, in model range."""
+    return torch.cat([vae.encode(images[i : i + batch]).latent_dist.parameters for i in range(0, len(images), batch)])
+
+
+def sample_latents(moments: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+    mean, logvar = moments.chunk(2, dim=1)
+    noise = torch.randn(mean.shape, generator=generator)
+    return (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * noise) * scale
+
+
+def tokenize(tokenizer: Any, texts: list[str]) -> Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _drop_captions(captions: list[str], probability: float, generator: torch.Generator) -> list[str]:
+    keep = torch.rand(len(captions), generator=generator) >= probability
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+# ----------------------------------------------------------------------------- stage 2: text encoder + UNet
+
+
+def train_text_unet(moments: Tensor, captions: list[str], scale: float, tokenizer: Any,
+                    config: DemoTrainingConfig, log: Log) -> tuple[Any, Any]:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from mvg_rt.models.builders import builtin_config
+
+    torch.manual_seed(config.seed + 2)
+    text_config = config_json("demo_text_encoder") | {
+        "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    unet = UNet2DConditionModel.from_config(config_json("demo_unet"))
+    noise_schedule = DDPMScheduler.from_config(builtin_config("sd14_scheduler"))
+    parameters = list(text_encoder.parameters()) + list(unet.parameters())
+    budget = config.unet
+    optimizer = torch.optim.AdamW(parameters, lr=budget.lr, weight_decay=1e-2)
+    schedule = _cosine_lr(optimizer, budget.steps)
+    ema_text, ema_unet = Ema(text_encoder, config.ema_decay), Ema(unet, config.ema_decay)
+    generator = torch.Generator().manual_seed(config.seed + 3)
+    started = time.perf_counter()
+    for step in range(budget.steps):
+        index = torch.randint(len(moments), (budget.batch,), generator=generator)
+        latents = sample_latents(moments[index], scale, generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (budget.batch,), generator=generator)
+        noisy = noise_schedule.add_noise(latents, noise, timesteps)
+        texts = _drop_captions([captions[i] for i in index.tolist()], config.caption_dropout, generator)
+        embeddings = text_encoder(tokenize(tokenizer, texts)).last_hidden_state
+        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=embeddings).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        ema_text.update(text_encoder)
+        ema_unet.update(unet)
+        if _every(step, budget.steps):
+            log(f"unet step {step + 1}/{budget.steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
+    return ema_text.module, ema_unet.module
+
+
+# ----------------------------------------------------------------------------- stage 3: SEINE
+
+
+def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: Any, unet: Any, tokenizer: Any,
+                config: DemoTrainingConfig, log: Log) -> Any:
+    from mvg_rt.models.seine_checkpoint import seine_from_unet2d
+    from mvg_rt.models.seine_unet import SeineConfig
+
+    torch.manual_seed(config.seed + 4)
+    seine = seine_from_unet2d(unet, SeineConfig.from_dict(config_json("demo_seine")))
+    seine.train()
+    scale = float(vae.config.scaling_factor)
+    count, frames = clips.shape[:2]
+    frame_moments = encode_moments(vae, to_model_range(clips.reshape(-1, *clips.shape[2:])))
+    frame_moments = frame_moments.view(count, frames, *frame_moments.shape[1:])
+    blank_moments = encode_moments(vae, torch.zeros(1, 3, clips.shape[-2], clips.shape[-1]))
+    with torch.no_grad():
+        embeddings_by_text = {}
+        for text in sorted(set(captions)) + [""]:
+            prompt = transition_prompt(text, "smooth transition.") if text else ""
+            embeddings_by_text[text] = text_encoder(tokenize(tokenizer, [prompt])).last_hidden_state[0]
+    alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - linear_betas())).float()
+    frame_mask = known_frame_mask(frames).view(1, 1, frames, 1, 1)
+    budget = config.seine
+    optimizer = torch.optim.AdamW(seine.parameters(), lr=budget.lr, weight_decay=1e-2)
+    schedule = _cosine_lr(optimizer, budget.steps)
+    ema = Ema(seine, config.ema_decay)
+    generator = torch.Generator().manual_seed(config.seed + 5)
+    started = time.perf_counter()
+    for step in range(budget.steps):
+        index = torch.randint(count, (budget.batch,), generator=generator)
+        video = sample_latents(frame_moments[index].flatten(0, 1), scale, generator)
+        video = video.view(budget.batch, frames, *video.shape[1:]).transpose(1, 2)  # (B, C, K, h, w)
+        blank = sample_latents(blank_moments.expand(budget.batch * (frames - 2), -1, -1, -1), scale, generator)
+        blank = blank.view(budget.batch, frames - 2, *blank.shape[1:]).transpose(1, 2)
+        masked = torch.cat([video[:, :, :1], blank, video[:, :, -1:]], dim=2)
+        noise = torch.randn(video.shape, generator=generator)
+        timesteps = torch.randint(0, len(alphas_cumprod), (budget.batch,), generator=generator)
+        abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+        noisy = abar.sqrt() * video + (1 - abar).sqrt() * noise
+        condition = torch.cat([frame_mask.expand(budget.batch, 1, -1, *video.shape[-2:]), masked], dim=1)
+        texts = _drop_captions([captions[i] for i in index.tolist()], config.caption_dropout, generator)
+        embeddings = torch.stack([embeddings_by_text[t] for t in texts])
+        prediction = seine(torch.cat([noisy, condition], dim=1), timesteps.float(), embeddings)
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(seine.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        ema.update(seine)
+        if _every(step, budget.steps):
+            log(f"seine step {step + 1}/{budget.steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
+    return ema.module.eval()
+
+
+# ----------------------------------------------------------------------------- all stages
+
+
+def train_demo(config: DemoTrainingConfig, out_dir: Path, log: Log) -> dict[str, Any]:
+    """Train every stage and write a diffusers-format folder (+ seine/) into ``out_dir``."""
+    from transformers import CLIPTokenizer
+
+    from mvg_rt.models.builders import SHIPPED_TOKENIZER, builtin_config, write_model_folder
+    from mvg_rt.models.diffusers_folder import DiffusersModels
+
+    torch.set_num_threads(config.threads)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    tokenizer = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER), local_files_only=True)
+    images, captions = phantom_dataset(config)
+    clips, clip_captions = phantom_clips(config)
+    timings["data_seconds"] = time.perf_counter() - clock
+    log(f"{len(images)} phantoms and {len(clips)} clips of {config.clip_frames} frames "
+        f"({timings['data_seconds']:.0f}s)")
+
+    clock = time.perf_counter()
+    vae = train_vae(images, config, log)
+    timings["vae_seconds"] = time.perf_counter() - clock
+    scale = float(vae.config.scaling_factor)
+    moments = encode_moments(vae, to_model_range(images))
+
+    clock = time.perf_counter()
+    text_encoder, unet = train_text_unet(moments, captions, scale, tokenizer, config, log)
+    timings["unet_seconds"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    seine = train_seine(clips, clip_captions, vae, text_encoder, unet, tokenizer, config, log)
+    timings["seine_seconds"] = time.perf_counter() - clock
+
+    models = DiffusersModels(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
+                             scheduler_config=builtin_config("sd14_scheduler"))
+    write_model_folder(models, out_dir, seine=seine)
+    timings["total_seconds"] = sum(timings.values())
+    (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return {"timings": {k: round(v, 1) for k, v in timings.items()}, "vae_scaling_factor": scale}

@@ -1,0 +1,354 @@
+"""ONNX Runtime backend over an engines folder's ONNX artifacts (FP32 or FP16).
+
+* CPU: feeds go in as numpy arrays (zero-copy views of CPU tensors).
+* CUDA: I/O binding on device memory. Inputs are bound to the torch CUDA tensors'
+  ``data_ptr()``, outputs to torch tensors allocated here, and ORT runs on torch's
+  current stream (``user_compute_stream``), so nothing is copied through the host and
+  no extra synchronisation is needed. ``cuda_graph=True`` turns on ORT's CUDA graphs
+  (``enable_cuda_graph``): each (component, input shapes) gets static input/output
+  buffers and its own ``gpu_graph_id``; a call copies the feeds into the static
+  inputs and replays. ORT can only capture a graph when every node runs on the CUDA
+  EP; dynamic-axis graphs keep small shape computations on the CPU, in which case
+  the session is created without CUDA graphs and :meth:`describe` says so.
+
+Every feed is checked against the shapes the manifest declares for the artifact
+(fixed dims such as 4 latent channels, 77 tokens or the text width must match;
+named axes must agree across inputs and satisfy the manifest's ranges), so a wrong
+shape is a one-line :class:`MvgError` instead of an ORT stack trace.
+
+Session settings (:class:`OrtSettings`) default to what measured fastest on a
+2-core CPU; :data:`DEFAULT_SETTINGS` records the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mvg_rt.components import COMPONENTS, ComponentSpec
+from mvg_rt.errors import MvgError
+from mvg_rt.export.manifest import Artifact, Manifest, TensorDecl
+from mvg_rt.runtime.backends.base import Backend
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+FUSION_MODEL_TYPES = {"text_encoder": "clip", "vae_encoder": "vae", "vae_decoder": "vae", "unet": "unet"}
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """ONNX Runtime session settings (see :data:`DEFAULT_SETTINGS` for how the defaults were chosen)."""
+
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default, one thread per physical core
+    spin: bool = True  # let idle intra-op threads busy-wait (fast when the cores are ours, costly when shared)
+    graph_optimization: str = "all"  # disable | basic | extended | all
+    transformer_fusions: bool = False  # onnxruntime.transformers optimizer (model_type unet/vae/clip) at load
+    cuda_graph: bool = False  # CUDA only: capture and replay (see module docstring)
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in OPT_LEVELS:
+            raise MvgError(f"graph optimisation must be one of {', '.join(OPT_LEVELS)} "
+                           f"(got {self.graph_optimization!r})")
+        if self.intra_op_threads < 0:
+            raise MvgError(f"intra-op threads must be >= 0 (got {self.intra_op_threads})")
+
+
+DEFAULT_SETTINGS = OrtSettings()
+"""Chosen by measurement: full-size SD 1.4 UNet (random weights), batch 2 (CFG) at 256x256 (32x32 latents),
+FP32, ONNX Runtime 1.32 CPU EP on a 2-core machine shared with other jobs; variants loaded side by side and run
+interleaved, min (median) of 5 calls:
+
+* graph optimisation: all 2.71 s (2.95); extended 2.99; disable 2.98 (3.67); basic 3.18 (4.19) -> "all".
+* intra-op threads: 2 (ORT's default, one per core) 2.7 s with both cores free but 6-7 s while another process
+  holds one; 1 thread 5.2-5.4 s steady -> the default (all cores); set 1 on an oversubscribed machine.
+* spinning off: 2.89 s (3.25) vs on 2.73 s (2.81) -> keep ORT's default.
+* onnxruntime.transformers fusions (model_type unet, CUDA-only fusions off): FP16 UNet 2.99 s vs 3.10 s, but
+  loading takes 90 s instead of 18 s; on our FP32 graphs its QuickGelu matcher raises, and a >2 GB graph cannot be
+  fused in memory -> off (the switch stays for the CUDA EP, where its GroupNorm/attention fusions matter).
+* for scale: PyTorch eager FP32 on the same input 17.7-21 s; FP16 graphs on the CPU EP 3.1 s (no gain: the CPU
+  EP computes most FP16 ops in FP32 behind inserted Casts). The tiny model (5-40 ms a call) is dominated by
+  scheduling noise and decided nothing.
+"""
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise MvgError(f"--device {device}: the ort backend runs on cpu or cuda[:N]")
+    return device
+
+
+def _check_dims(component: str, decl: TensorDecl, shape: tuple[int, ...], dims: dict[str, int],
+                artifact: Artifact) -> None:
+    """Check one feed against its declaration; records the sizes of named axes in ``dims``."""
+    allowed = decl.describe()
+    got = "(" + ", ".join(str(s) for s in shape) + ")"
+
+    def fail(why: str) -> MvgError:
+        return MvgError(f"{component}: input {decl.name} has shape {got}, allowed {allowed} ({why}); "
+                        f"feed the shape the engines were exported for")
+
+    if len(shape) != len(decl.shape):
+        raise fail(f"{len(shape)} dims instead of {len(decl.shape)}")
+    for size, want in zip(shape, decl.shape):
+        if isinstance(want, int):
+            if size != want:
+                raise fail(f"{size} where the graph has a fixed {want}")
+            continue
+        if want in dims and dims[want] != size:
+            raise fail(f"{want} is {size} here but {dims[want]} in another input")
+        axis = artifact.axes.get(want)
+        if axis is not None and not axis.allows(size):
+            raise fail(f"{want} must be {axis.describe()}")
+        dims[want] = size
+
+
+def check_feeds(artifact: Artifact, feeds: Mapping[str, Tensor]) -> dict[str, int]:
+    """Validate ``feeds`` against the artifact's declared inputs; returns the named axes' sizes."""
+    dims: dict[str, int] = {}
+    for decl in artifact.inputs:
+        if decl.name not in feeds:
+            raise MvgError(f"{artifact.component}: input {decl.name} was not fed (inputs: "
+                           f"{', '.join(d.name for d in artifact.inputs)})")
+        _check_dims(artifact.component, decl, tuple(feeds[decl.name].shape), dims, artifact)
+    return dims
+
+
+def output_shape(decl: TensorDecl, dims: dict[str, int], scale: int) -> list[int]:
+    """An output's concrete shape from the inputs' axis sizes (pixels = latents * scale)."""
+    derived = dict(dims)
+    for pixel, latent in (("height", "latent_height"), ("width", "latent_width")):
+        if latent in dims and pixel not in dims:
+            derived[pixel] = dims[latent] * scale
+        if pixel in dims and latent not in dims:
+            derived[latent] = dims[pixel] // scale
+    try:
+        return [d if isinstance(d, int) else derived[d] for d in decl.shape]
+    except KeyError as err:
+        raise MvgError(f"cannot size output {decl.name} {decl.describe()}: axis {err} is not set by any input; "
+                       "re-export the engines") from err
+
+
+@dataclass
+class _GraphSlot:
+    """Static buffers of one captured CUDA graph."""
+
+    graph_id: int
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
+    binding: Any
+
+
+@dataclass
+class _Session:
+    session: Any
+    input_dtypes: dict[str, torch.dtype]
+    cuda_graph: bool = False
+    slots: dict[tuple, _GraphSlot] = field(default_factory=dict)
+
+
+class OrtBackend(Backend):
+    name = "ort"
+
+    def __init__(self, engines_dir: str | Path, precision: str = "fp32", device: str | torch.device = "cpu",
+                 settings: OrtSettings | None = None, manifest: Manifest | None = None) -> None:
+        super().__init__(_parse_device(device))
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.manifest = manifest or Manifest.read(engines_dir)
+        self.precision = precision
+        self.settings = settings or DEFAULT_SETTINGS
+        self.artifacts = {name: a for name in COMPONENTS
+                          if (a := self.manifest.find(name, "onnx", precision)) is not None}
+        if not self.artifacts:
+            have = sorted({a.precision for a in self.manifest.artifacts if a.kind == "onnx"})
+            raise MvgError(f"engines folder {self.manifest.root} has no {precision} ONNX artifacts"
+                           f"{' (it has ' + ', '.join(have) + ')' if have else ''}: re-export it"
+                           f"{' with --fp16' if precision == 'fp16' else ''} or pass --precision "
+                           f"{have[0] if have else 'fp32'}")
+        self.paths = {name: self.manifest.verify(a) for name, a in self.artifacts.items()}  # fail before any work
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise MvgError(f"--device {self.device}: this onnxruntime has no CUDA execution provider; "
+                           "install onnxruntime-gpu (pip install 'mvg-rt[gpu]') or use --device cpu")
+        self.sessions: dict[str, _Session] = {}
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ Backend
+
+    @property
+    def components(self) -> frozenset[str]:
+        return frozenset(self.artifacts)
+
+    def describe(self) -> dict[str, object]:
+        return super().describe() | {
+            "precision": self.precision,
+            "engines": str(self.manifest.root),
+            "onnxruntime": self.ort.__version__,
+            "providers": self._providers_names(),
+            "settings": asdict(self.settings),
+            **({"notes": self.notes} if self.notes else {}),
+        }
+
+    def close(self) -> None:
+        self.sessions.clear()
+
+    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        self.require(component)
+        artifact = self.artifacts[component.name]
+        dims = check_feeds(artifact, feeds)
+        state = self._session(component.name)
+        if self.device.type == "cpu":
+            return self._run_cpu(state, artifact, feeds)
+        return self._run_cuda(state, artifact, feeds, dims)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _providers_names(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.type == "cuda" else [
+            "CPUExecutionProvider"]
+
+    def session_options(self) -> Any:
+        ort = self.ort
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+        levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        options.graph_optimization_level = levels[self.settings.graph_optimization]
+        if self.settings.intra_op_threads:
+            options.intra_op_num_threads = self.settings.intra_op_threads
+        if not self.settings.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
+    def _providers(self, cuda_graph: bool) -> list[Any]:
+        if self.device.type == "cpu":
+            return ["CPUExecutionProvider"]
+        cuda: dict[str, str] = {"device_id": str(self.device.index or 0),
+                                "enable_cuda_graph": "1" if cuda_graph else "0"}
+        if torch.cuda.is_available():
+            cuda["user_compute_stream"] = str(torch.cuda.current_stream(self.device).cuda_stream)
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+
+    def _model_source(self, name: str) -> str | bytes:
+        path = self.paths[name]
+        if not self.settings.transformer_fusions or name not in FUSION_MODEL_TYPES:
+            return str(path)
+        return self._fused(name, path)
+
+    def _fused(self, name: str, path: Path) -> str | bytes:
+        """The graph after onnxruntime.transformers' fusions for its model type (kept in memory)."""
+        from onnxruntime.transformers.fusion_options import FusionOptions
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        artifact = self.artifacts[name]
+        if artifact.external_data:  # >2 GB: cannot be held as one protobuf; ORT's own fusions still apply
+            self.notes.append(f"{name}: transformer fusions skipped (graph over 2 GB)")
+            return str(path)
+        model_type = FUSION_MODEL_TYPES[name]
+        options = FusionOptions(model_type)
+        if self.device.type == "cpu":  # these fusions emit contrib ops that only the CUDA EP implements
+            for flag in ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
+                         "enable_packed_qkv", "enable_packed_kv", "enable_bias_add"):
+                setattr(options, flag, False)
+        try:
+            optimized = optimize_model(str(path), model_type=model_type, opt_level=0, optimization_options=options,
+                                       use_gpu=self.device.type == "cuda", only_onnxruntime=False)
+        except Exception as err:  # noqa: BLE001 - its pattern matchers assume graphs shaped like its own exports
+            self.notes.append(f"{name}: transformer fusions failed ({type(err).__name__}: {_first_line(err)}); "
+                              "running the graph unfused")
+            return str(path)
+        return optimized.model.SerializeToString()
+
+    def _session(self, name: str) -> _Session:
+        state = self.sessions.get(name)
+        if state is not None:
+            return state
+        source = self._model_source(name)
+        want_graph = self.settings.cuda_graph and self.device.type == "cuda"
+        try:
+            session = self.ort.InferenceSession(source, self.session_options(),
+                                                providers=self._providers(want_graph))
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+            if not want_graph:
+                raise MvgError(f"onnxruntime cannot load {self.paths[name]} ({_first_line(err)}); "
+                               f"re-export it (mvg-rt export --help)") from err
+            # Capture needs every node on the CUDA EP; dynamic-axis graphs keep shape math on the CPU.
+            self.notes.append(f"{name}: CUDA graph refused by onnxruntime ({_first_line(err)}); running without")
+            session = self.ort.InferenceSession(source, self.session_options(), providers=self._providers(False))
+            want_graph = False
+        dtypes = {i.name: _ort_type_to_torch(i.type) for i in session.get_inputs()}
+        state = _Session(session, dtypes, cuda_graph=want_graph)
+        self.sessions[name] = state
+        return state
+
+    # ------------------------------------------------------------------ running
+
+    def _run_cpu(self, state: _Session, artifact: Artifact, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        arrays = {name: feeds[name].detach().to("cpu", state.input_dtypes[name]).contiguous().numpy()
+                  for name in state.input_dtypes}
+        outputs = state.session.run([d.name for d in artifact.outputs], arrays)
+        return {d.name: torch.from_numpy(np.ascontiguousarray(o)).float() for d, o in zip(artifact.outputs, outputs)}
+
+    def _run_cuda(self, state: _Session, artifact: Artifact, feeds: Mapping[str, Tensor],
+                  dims: dict[str, int]) -> dict[str, Tensor]:
+        scale = self.manifest.model.vae_scale_factor
+        inputs = {name: feeds[name].to(self.device, dtype).contiguous() for name, dtype in state.input_dtypes.items()}
+        if state.cuda_graph:
+            return self._run_cuda_graph(state, artifact, inputs, dims, scale)
+        outputs = {d.name: torch.empty(output_shape(d, dims, scale), device=self.device,
+                                       dtype=_TORCH_DTYPES[d.dtype]) for d in artifact.outputs}
+        binding = self._bind(state, inputs, outputs)
+        state.session.run_with_iobinding(binding)
+        return {name: t.float() for name, t in outputs.items()}
+
+    def _bind(self, state: _Session, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> Any:
+        binding = state.session.io_binding()
+        index = self.device.index or 0
+        for name, tensor in inputs.items():
+            binding.bind_input(name, "cuda", index, _numpy_dtype(tensor.dtype), list(tensor.shape), tensor.data_ptr())
+        for name, tensor in outputs.items():
+            binding.bind_output(name, "cuda", index, _numpy_dtype(tensor.dtype), list(tensor.shape),
+                                tensor.data_ptr())
+        return binding
+
+    def _run_cuda_graph(self, state: _Session, artifact: Artifact, inputs: dict[str, Tensor], dims: dict[str, int],
+                        scale: int) -> dict[str, Tensor]:
+        key = tuple((name, tuple(t.shape)) for name, t in inputs.items())
+        slot = state.slots.get(key)
+        if slot is None:
+            static_in = {name: t.clone() for name, t in inputs.items()}
+            static_out = {d.name: torch.empty(output_shape(d, dims, scale), device=self.device,
+                                              dtype=_TORCH_DTYPES[d.dtype]) for d in artifact.outputs}
+            slot = _GraphSlot(len(state.slots) + 1, static_in, static_out, self._bind(state, static_in, static_out))
+            state.slots[key] = slot
+        else:
+            for name, tensor in inputs.items():
+                slot.inputs[name].copy_(tensor)
+        options = self.ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", str(slot.graph_id))
+        state.session.run_with_iobinding(slot.binding, options)  # first run per id captures, later runs replay
+        return {name: t.float().clone() for name, t in slot.outputs.items()}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+def _ort_type_to_torch(ort_type: str) -> torch.dtype:
+    name = ort_type.removeprefix("tensor(").removesuffix(")")
+    return {"float": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}[name]
+
+
+def _numpy_dtype(dtype: torch.dtype) -> type:
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}[dtype]
+
