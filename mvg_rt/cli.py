@@ -119,6 +119,8 @@ def export(**opts: object) -> None:
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Reference model folder. Default: the manifest's.")
 @click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Fine-tuned UNet the engines came from.")
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint the engines came from.")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="Check the ONNX graphs (ONNX Runtime) or the TensorRT engines.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device of the checked backend: cpu or cuda[:N].")
 @click.option("--rounds", type=int, default=2, show_default=True, help="PIE rounds of the end-to-end check.")
@@ -175,11 +177,12 @@ def train_demo(out: Path, seed: int, scale: float, overwrite: bool) -> None:
               help="Run folder written by mvg-rt simulate.")
 @click.option("--against", type=click.Path(file_okay=False, path_type=Path), help="A second run to compare with.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
-def evaluate(run_dir: Path, against: Path | None, json_path: Path | None) -> None:
+@click.option("--figure", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: states strip + CTR.")
+def evaluate(run_dir: Path, against: Path | None, json_path: Path | None, figure: Path | None) -> None:
     """CTR trajectory, identity outside the ROI, per-round change; PSNR/SSIM against a second run."""
     from mvg_rt.commands.evaluate import run
 
-    run(run_dir, against, json_path)
+    run(run_dir, against, json_path, figure)
 
 
 @cli.command("make-tiny-model")
@@ -190,6 +193,53 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
     from mvg_rt.commands.make_tiny_model import run
 
     run(out_dir, seed)
+
+
+@cli.command("bench")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "ort", "trt"]),
+              help="Backends to compare (repeatable). Default: torch and ort.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (GPU: FP16 variants).")
+@click.option("--cuda-graphs", is_flag=True, help="CUDA only: add the CUDA-graph variant of every backend.")
+@click.option("--resolution", type=int, default=256, show_default=True, help="Image size (multiple of 64).")
+@click.option("--frames", type=int, default=16, show_default=True, help="SEINE frames of the seine component.")
+@click.option("--components", help="Comma list of components to time (empty: none). Default: all five.")
+@click.option("--e2e", is_flag=True, help="Also time PIE round, PIE run, transition clip, full simulation.")
+@click.option("--peers", is_flag=True, help="Also run diffusers img2img eager and Optimum ORT, and the per-step "
+              "overhead comparison on the tiny model.")
+@click.option("--repeat", type=int, default=5, show_default=True, help="Timed calls per component.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed calls first.")
+@click.option("--row-budget", type=float, default=60.0, show_default=True,
+              help="Seconds of timed calls per component row after which timing stops (at least 2 calls).")
+@click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder (+ seine/). "
+              "Default: the real architectures with random weights.")
+@click.option("--size", type=click.Choice(["sd14", "tiny"]), default="sd14", show_default=True,
+              help="Random-weight architecture size without --model-dir.")
+@click.option("--engines", "engines_dir", type=click.Path(file_okay=False), help="Reuse this exported engines folder.")
+@click.option("--cache", type=click.Path(file_okay=False), help="Cache for models/exports. Default: ~/.cache/mvg-rt/bench.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True,
+              help="Folder for bench.json, bench.md, bench.png.")
+@click.option("--rounds", type=int, help="PIE rounds of the simulation. Default: 2 on CPU, 10 on CUDA.")
+@click.option("--steps", type=int, help="Scheduler steps T. Default: 20 on CPU, 50 on CUDA.")
+@click.option("--strength", type=float, default=0.6, show_default=True)
+@click.option("--guidance", type=float, default=7.5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--transition-frames", type=int, help="Frames per clip end to end. Default: 4 on CPU, 16 on CUDA.")
+@click.option("--transition-steps", type=int, help="SEINE steps end to end. Default: 3 on CPU, 250 on CUDA.")
+@click.option("--no-transitions", is_flag=True, help="End to end: PIE only.")
+@click.option("--e2e-repeat", type=int, help="Timed PIE rounds per pipeline. Default: 1 on CPU (3 tiny), 3 on CUDA.")
+@click.option("--loops", default="eager,lean", show_default=True, help="PIE round loops: eager (diffusers "
+              "scheduler) and/or lean (static buffers, scheduler tables).")
+@click.option("--in-process/--isolate", "in_process", default=None,
+              help="Measure in this process, or each job in a fresh one. Default: isolate unless --size tiny.")
+@click.option("--optimum-python", help="Python with optimum[onnxruntime] for the Optimum peer.")
+@click.option("--no-optimum", is_flag=True, help="Skip the Optimum peer.")
+@click.option("--overhead-repeat", type=int, default=5, show_default=True, help="Rounds per overhead measurement.")
+@click.option("--keep-work", is_flag=True, help="Keep the outputs (.npy) the differences were computed from.")
+def bench(**opts: object) -> None:
+    """Benchmark components and pipelines per backend against the PyTorch reference and peers."""
+    from mvg_rt.commands.bench import run
+
+    run(**opts)
 
 
 def main(argv: list[str] | None = None) -> None:

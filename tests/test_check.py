@@ -147,3 +147,23 @@ def test_ssim_of_constant_images_is_the_luminance_term():
     a, b = np.full((16, 16, 3), 100.0), np.full((16, 16, 3), 120.0)
     c1 = (0.01 * 255) ** 2
     assert ssim(a, b) == pytest.approx((2 * 100 * 120 + c1) / (100**2 + 120**2 + c1))
+
+
+def test_trt_cases_are_filtered_by_engine_profile():
+    from types import SimpleNamespace
+
+    import torch
+
+    from mvg_rt.check.components import within_profile
+
+    engine = SimpleNamespace(details={"profiles": {"sample": {"min": [1, 4, 8, 8], "opt": [2, 4, 8, 8],
+                                                              "max": [2, 4, 16, 16]}}})
+    assert within_profile(engine, {"sample": torch.zeros(2, 4, 16, 8), "timestep": torch.zeros(2)})
+    assert not within_profile(engine, {"sample": torch.zeros(2, 4, 24, 8)})  # outside: reported, not compared
+    assert not within_profile(engine, {"sample": torch.zeros(2, 4, 8)})  # wrong rank
+
+
+def test_check_trt_without_tensorrt_is_one_line(tiny_engines, tiny_model_dir, run_cli):
+    code, _, err = run_cli(["check", "--engines", str(tiny_engines), "--model-dir", str(tiny_model_dir),
+                            "--backend", "trt", "--precision", "fp16", "--skip-end-to-end"])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err

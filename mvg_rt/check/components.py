@@ -114,13 +114,31 @@ def compare_outputs(reference: Tensor, candidate: Tensor) -> tuple[float, float,
     return float(stats.max_absdiff), float(stats.max_reldiff), float(cosine[0][pair][0]["y"].cosine_similarity)
 
 
+def within_profile(engine: Any, feeds: dict[str, Tensor]) -> bool:
+    """Whether every feed's shape lies in the TensorRT engine's optimisation profile."""
+    profiles = engine.details.get("profiles") or {}
+    for name, tensor in feeds.items():
+        shape_range = profiles.get(name)
+        if shape_range is None:
+            continue
+        low, high = shape_range["min"], shape_range["max"]
+        if len(low) != tensor.dim() or any(not lo <= n <= hi for lo, n, hi in zip(low, tensor.shape, high)):
+            return False
+    return True
+
+
 def check_component(name: str, manifest: Any, tokenizer: Any, reference: Backend, candidate: Backend,
-                    precision: str) -> list[ComponentResult]:
+                    precision: str, kind: str = "onnx") -> tuple[list[ComponentResult], list[str]]:
+    """Results per case, and the labels of cases skipped as outside a TensorRT engine's profile."""
     spec = COMPONENTS[name]
     tolerance = COMPONENT[precision]
     artifact = manifest.require(name, "onnx", precision)
-    results = []
+    engine = manifest.require(name, "trt", precision) if kind == "trt" else None
+    results, skipped = [], []
     for label, feeds in component_cases(name, manifest, tokenizer, reference, artifact):
+        if engine is not None and not within_profile(engine, feeds):
+            skipped.append(f"{name} {label}")
+            continue
         ref = reference.infer(spec, feeds)[spec.output_names[0]].cpu().float()
         out = candidate.infer(spec, feeds)[spec.output_names[0]].cpu().float()
         if ref.shape != out.shape:
@@ -133,4 +151,4 @@ def check_component(name: str, manifest: Any, tokenizer: Any, reference: Backend
         passed = bool(np.isfinite(max_abs) and max_abs <= limit and cosine >= tolerance.cosine)
         results.append(ComponentResult(name, label, max_abs, max_rel, cosine, ref_max, limit, tolerance.cosine,
                                        passed))
-    return results
+    return results, skipped

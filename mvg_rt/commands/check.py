@@ -38,7 +38,7 @@ def reference_sources(manifest: Any, opts: dict[str, Any], precision: str) -> tu
     source = manifest.source
     model_dir = _recorded("--model-dir", opts.get("model_dir"), source.model_dir, True)
     unet_dir = _recorded("--unet", opts.get("unet_dir"), source.unet_dir, source.unet_sha256 is not None)
-    has_seine = manifest.find("seine", "onnx", precision) is not None
+    has_seine = manifest.find("seine", "onnx", precision) is not None or manifest.find("seine", "trt", precision)
     seine = _recorded("--seine", opts.get("seine"), source.seine, has_seine)
     manifest.check_source(model_dir, unet_dir, seine)
     return model_dir, unet_dir, seine
@@ -63,18 +63,19 @@ def run(**opts: Any) -> None:
     from mvg_rt.check.tolerances import describe
     from mvg_rt.components import COMPONENTS, PIE_COMPONENTS
     from mvg_rt.export.manifest import Manifest
-    from mvg_rt.runtime.backends.onnxruntime_backend import OrtBackend
-    from mvg_rt.runtime.factory import Runtime, engines_model_info, torch_runtime
+    from mvg_rt.runtime.factory import Runtime, engines_model_info, engines_runtime, torch_runtime
     from mvg_rt.runtime.pipelines.pie import PieSettings
 
     precision = opts["precision"]
     settings = PieSettings(rounds=opts["rounds"], steps=opts["steps"], strength=0.6)
+    backend_name = opts.get("backend") or "ort"
+    kind = "trt" if backend_name == "trt" else "onnx"
     manifest = Manifest.read(opts["engines_dir"])
-    components = [c for c in COMPONENTS if manifest.find(c, "onnx", precision)]
+    components = [c for c in COMPONENTS if manifest.find(c, kind, precision)]
     if not components:
-        manifest.require("unet", "onnx", precision)  # raises with what the folder has
+        manifest.require("unet", kind, precision)  # raises with what the folder has
     model_dir, unet_dir, seine_path = reference_sources(manifest, opts, precision)
-    candidate = OrtBackend(opts["engines_dir"], precision, opts["device"], manifest=manifest)
+    candidate = engines_runtime(backend_name, opts["engines_dir"], precision, opts["device"]).backend
 
     seine_module = None
     if seine_path is not None:
@@ -86,9 +87,11 @@ def run(**opts: Any) -> None:
     reference = torch_runtime(model_dir, unet_dir, "cpu", seine=seine_module)
     tokenizer = engines_model_info(manifest).tokenizer
 
-    component_results = []
+    component_results, skipped = [], []
     for name in components:
-        component_results += check_component(name, manifest, tokenizer, reference.backend, candidate, precision)
+        results, outside = check_component(name, manifest, tokenizer, reference.backend, candidate, precision, kind)
+        component_results += results
+        skipped += outside
     frame_results = []
     pie_ready = all(c in components for c in PIE_COMPONENTS)
     if not opts["skip_end_to_end"] and pie_ready:
@@ -100,7 +103,8 @@ def run(**opts: Any) -> None:
 
     console = Console()
     console.print(_table(
-        f"components: {precision} ONNX Runtime ({opts['device']}) vs PyTorch FP32",
+        f"components: {precision} {'TensorRT' if kind == 'trt' else 'ONNX Runtime'} ({opts['device']}) vs "
+        "PyTorch FP32",
         ["component", "case", "max abs", "limit", "max rel", "cosine", "ok"],
         [[r.component, r.case, f"{r.max_abs:.2e}", f"{r.limit_abs:.1e}", f"{r.max_rel:.2e}", f"{r.cosine:.7f}",
           "yes" if r.passed else "NO"] for r in component_results]))
@@ -113,11 +117,16 @@ def run(**opts: Any) -> None:
              for r in frame_results]))
     elif not pie_ready:
         console.print("end to end: skipped (the engines folder lacks a PIE component)")
+    if skipped:
+        console.print(f"skipped, outside the engines' profiles (rebuild with more --resolution/--frames to cover "
+                      f"them): {', '.join(skipped)}")
 
     report = {
         "engines": str(opts["engines_dir"]),
+        "backend": backend_name,
         "precision": precision,
         "device": opts["device"],
+        "skipped_outside_profile": skipped,
         "reference": {"model_dir": model_dir, "unet": unet_dir, "seine": seine_path},
         "tolerances": describe(),
         "components": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.to_dict().items()}

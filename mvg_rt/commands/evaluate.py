@@ -15,7 +15,7 @@ def _fmt(values: list | None, index: int, digits: int = 3) -> str:
     return "-" if not values else f"{values[index]:.{digits}f}"
 
 
-def run(run_dir: Path, against: Path | None, json_path: Path | None) -> None:
+def run(run_dir: Path, against: Path | None, json_path: Path | None, figure: Path | None = None) -> None:
     report = evaluate_run(run_dir, against)
     table = Table(title=f"progression of {run_dir}")
     for column in ("state", "CTR", "SSIM outside ROI", "identity (VAE-I)", "change inside", "change outside"):
@@ -40,3 +40,10 @@ def run(run_dir: Path, against: Path | None, json_path: Path | None) -> None:
     if json_path is not None:
         write_report(report, json_path)
         click.echo(f"wrote {json_path}")
+    if figure is not None:
+        from mvg_rt.eval.figure import progression_figure
+        from mvg_rt.eval.progression import read_run
+
+        states, _, _ = read_run(run_dir)
+        progression_figure(states, report, figure, title=f"{run_dir.name}: PIE states and CTR")
+        click.echo(f"wrote {figure}")

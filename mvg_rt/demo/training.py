@@ -60,8 +60,8 @@ class DemoTrainingConfig:
     train_clips: int = 600
     vae_crop: int = 64
     vae: StageBudget = StageBudget(steps=2500, batch=8, lr=1e-3)
-    unet: StageBudget = StageBudget(steps=6000, batch=32, lr=5e-4)
-    seine: StageBudget = StageBudget(steps=2000, batch=4, lr=2e-4)
+    unet: StageBudget = StageBudget(steps=4000, batch=32, lr=5e-4)
+    seine: StageBudget = StageBudget(steps=1500, batch=4, lr=2e-4)
     kl_weight: float = 1e-6
     caption_dropout: float = 0.1
     ema_decay: float = 0.999

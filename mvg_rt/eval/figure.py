@@ -1,0 +1,47 @@
+"""A one-picture summary of a run: the states in a strip, the CTR curve and the per-round change below."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def progression_figure(states: list[np.ndarray], report: dict[str, Any], path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    count = len(states)
+    figure = plt.figure(figsize=(1.6 * count, 4.6), dpi=110)
+    grid = figure.add_gridspec(2, count, height_ratios=[1.0, 0.9], hspace=0.35, wspace=0.04)
+    ctr = report.get("ctr")
+    for i, state in enumerate(states):
+        axis = figure.add_subplot(grid[0, i])
+        axis.imshow(state, cmap="gray" if state.ndim == 2 else None, vmin=0, vmax=255)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        label = "input" if i == 0 else f"round {i}"
+        axis.set_title(f"{label}\nCTR {ctr[i]:.2f}" if ctr else label, fontsize=8)
+    curve = figure.add_subplot(grid[1, :])
+    rounds = list(range(count))
+    if ctr:
+        curve.plot(rounds, ctr, "o-", color="tab:red", label="cardiothoracic ratio")
+        curve.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="cardiomegaly threshold (0.5)")
+        curve.set_ylabel("CTR")
+    change = [c["inside_roi"] for c in report.get("round_change", [])]
+    if change:
+        other = curve.twinx()
+        other.bar(rounds[1:], change, alpha=0.25, color="tab:blue", label="change inside ROI (RMS)")
+        other.set_ylabel("per-round change")
+        other.legend(loc="lower right", fontsize=7)
+    curve.set_xlabel("PIE round")
+    curve.set_xticks(rounds)
+    if ctr:
+        curve.legend(loc="upper left", fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)

@@ -1,0 +1,82 @@
+"""``mvg-rt bench`` on the tiny model: the report's structure (never its timings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def test_bench_tiny_writes_json_markdown_and_chart(tmp_path: Path, tiny_model_dir: Path, tiny_engines: Path, run_cli):
+    out = tmp_path / "bench"
+    code, stdout, err = run_cli([
+        "bench", "--size", "tiny", "--model-dir", str(tiny_model_dir), "--engines", str(tiny_engines),
+        "--cache", str(tmp_path / "cache"), "--out", str(out), "--in-process",
+        "--resolution", "64", "--frames", "3", "--components", "unet,vae_decoder", "--repeat", "2", "--warmup", "1",
+        "--e2e", "--peers", "--no-optimum", "--steps", "4", "--rounds", "1", "--transition-frames", "3",
+        "--transition-steps", "2", "--e2e-repeat", "1", "--overhead-repeat", "1"])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]  # work/ removed
+    report = json.loads((out / "bench.json").read_text())
+
+    machine = report["machine"]
+    assert machine["cpu"] and machine["cores"]["logical"] >= 1 and machine["versions"]["torch"]
+    assert machine["load_average_at_start"] is not None and "load_average_at_end" in machine
+    assert report["peak"]["fp32"]["flops_per_second"] > 0 and report["peak"]["fp32"]["size"] == 2048
+    assert report["settings"]["resolution"] == 64 and report["settings"]["backends"] == ["torch", "ort"]
+    assert not report["errors"]
+
+    rows = report["components"]
+    assert [(r["component"], r["variant"]["label"]) for r in rows] == [
+        ("unet", "torch"), ("unet", "ort"), ("vae_decoder", "torch"), ("vae_decoder", "ort")]
+    for row in rows:
+        assert row["p10_s"] <= row["median_s"] <= row["p90_s"] and len(row["samples_s"]) == 2
+        assert row["flops"] > 0 and row["achieved_flops_per_second"] > 0 and 0 < row["fraction_of_peak"]
+        assert row["memory"]["peak_rss_bytes"] > 0 and row["speedup_vs_torch"] > 0
+        assert row["diff_vs_reference"]["cosine"] > 0.9999
+    assert rows[0]["shapes"] == {"sample": [2, 4, 8, 8], "timestep": [2], "encoder_hidden_states": [2, 77, 32]}
+
+    rounds = {r["label"]: r for r in report["pie_round"]}
+    assert set(rounds) == {f"mvg-rt {b} ({loop} loop)" for b in ("torch", "ort") for loop in ("eager", "lean")}
+    for row in rounds.values():
+        assert row["steps"] == 2 and row["speedup_vs_diffusers"] > 0 and row["setup_s"] >= 0
+        assert row["diff_vs_reference"]["psnr_db"] == "inf" or row["diff_vs_reference"]["psnr_db"] > 40
+        assert row["diff_vs_diffusers"]["psnr_db"] == "inf" or row["diff_vs_diffusers"]["psnr_db"] > 40
+    peers = {p["peer"]: p for p in report["peers"]}
+    assert set(peers) == {"diffusers"} and peers["diffusers"]["round"]["median_s"] > 0
+
+    sims = {r["label"]: r for r in report["simulation"]}
+    assert set(sims) == {"mvg-rt torch (eager loop)", "mvg-rt ort (lean loop)"}
+    for sim in sims.values():
+        assert len(sim["round_s"]) == 1 and len(sim["clip_s"]) == 1 and sim["simulation_s"] >= sim["pie_run_s"]
+    assert sims["mvg-rt ort (lean loop)"]["diff_vs_reference"]["final_state"]["psnr_db"] != "nan"
+
+    overhead = report["overhead"]["rows"]
+    assert {"diffusers img2img", "mvg-rt torch (lean loop)", "mvg-rt ort (lean loop)"} <= set(overhead)
+    assert all(r["step_s"] >= r["network_s"] >= 0 for r in overhead.values())
+    assert report["overhead"]["stubbed_unet"]["diffusers img2img"]["aten_ops_per_step"] > 0
+
+    assert [t["id"] for t in report["targets"]] == [1, 2, 3]
+    assert all(t["status"] in ("PASS", "MISS") for t in report["targets"])
+    text = (out / "bench.md").read_text()
+    for heading in ("## Targets", "## Components", "## PIE round", "## Simulation", "## Per-step overhead"):
+        assert heading in text
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for target in report["targets"]:
+        assert f"target {target['id']} {target['status']}" in stdout
+
+
+def test_bench_options_are_checked(tmp_path: Path, run_cli):
+    code, _, err = run_cli(["bench", "--size", "tiny", "--components", "unet,nope", "--out", str(tmp_path / "b")])
+    assert code == 2 and "unknown --components nope" in err
+    code, _, err = run_cli(["bench", "--size", "tiny", "--resolution", "100", "--out", str(tmp_path / "b")])
+    assert code == 2 and "multiple of 64" in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only refusal")
+def test_gpu_variants_say_they_need_cuda(tmp_path: Path, run_cli):
+    code, _, err = run_cli(["bench", "--size", "tiny", "--backend", "trt", "--out", str(tmp_path / "b")])
+    assert code == 2 and "needs CUDA" in err
+    code, _, err = run_cli(["bench", "--size", "tiny", "--cuda-graphs", "--out", str(tmp_path / "b")])
+    assert code == 2 and "needs CUDA" in err
