@@ -12,7 +12,6 @@ import onnx
 import pytest
 import torch
 
-from mvg_rt.cli import main
 from mvg_rt.eval.metrics import gaussian_window, psnr, ssim
 from mvg_rt.export.manifest import sha256_file
 
@@ -27,20 +26,10 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_check_passes_and_writes_json(tiny_engines: Path, tiny_model_dir: Path, tmp_path: Path, capsys):
+def test_check_passes_and_writes_json(tiny_engines: Path, tiny_model_dir: Path, tmp_path: Path, run_cli):
     report_path = tmp_path / "check.json"
     code, out, err = run_cli(["check", "--engines", str(tiny_engines), "--model-dir", str(tiny_model_dir),
-                              "--rounds", "2", "--steps", "4", "--json", str(report_path)], capsys)
+                              "--rounds", "2", "--steps", "4", "--json", str(report_path)])
     assert code == 0, err
     assert "max abs" in out and "PSNR" in out
     report = json.loads(report_path.read_text())
@@ -67,7 +56,7 @@ def _perturb_unet(engines: Path, scale: float = 1.05) -> Path:
     return path
 
 
-def test_check_fails_on_perturbed_weights_with_updated_hash(tiny_engines: Path, tmp_path: Path, capsys):
+def test_check_fails_on_perturbed_weights_with_updated_hash(tiny_engines: Path, tmp_path: Path, run_cli):
     engines = tmp_path / "engines"
     shutil.copytree(tiny_engines, engines)
     path = _perturb_unet(engines)
@@ -78,8 +67,7 @@ def test_check_fails_on_perturbed_weights_with_updated_hash(tiny_engines: Path, 
             artifact["sha256"] = sha256_file(path)  # the hash check passes: the numbers must catch it
     (engines / "manifest.json").write_text(json.dumps(manifest))
     report_path = tmp_path / "check.json"
-    code, _, err = run_cli(["check", "--engines", str(engines), "--skip-end-to-end", "--json", str(report_path)],
-                           capsys)
+    code, _, err = run_cli(["check", "--engines", str(engines), "--skip-end-to-end", "--json", str(report_path)])
     assert code == 1
     assert "check failed: unet exceeded the fp32 tolerance" in err
     report = json.loads(report_path.read_text())
@@ -87,16 +75,16 @@ def test_check_fails_on_perturbed_weights_with_updated_hash(tiny_engines: Path, 
     assert all(r["passed"] for r in report["components"] if r["component"] != "unet")
 
 
-def test_check_refuses_a_file_that_no_longer_matches_its_hash(tiny_engines: Path, tmp_path: Path, capsys):
+def test_check_refuses_a_file_that_no_longer_matches_its_hash(tiny_engines: Path, tmp_path: Path, run_cli):
     engines = tmp_path / "engines"
     shutil.copytree(tiny_engines, engines)
     _perturb_unet(engines)
-    code, _, err = run_cli(["check", "--engines", str(engines), "--skip-end-to-end"], capsys)
+    code, _, err = run_cli(["check", "--engines", str(engines), "--skip-end-to-end"])
     assert code == 2 and "unet file unet/model.onnx changed since export" in err and "re-export" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_check_bad_sources_exit_2(tiny_engines: Path, tiny_model_dir: Path, tmp_path: Path, capsys):
+def test_check_bad_sources_exit_2(tiny_engines: Path, tiny_model_dir: Path, tmp_path: Path, run_cli):
     engines = tmp_path / "engines"
     shutil.copytree(tiny_engines, engines)
     manifest = json.loads((engines / "manifest.json").read_text())
@@ -113,7 +101,7 @@ def test_check_bad_sources_exit_2(tiny_engines: Path, tiny_model_dir: Path, tmp_
         (["check", "--engines", str(tmp_path / "nothing")], "does not exist"),
     ]
     for args, message in cases:
-        code, _, err = run_cli(args, capsys)
+        code, _, err = run_cli(args)
         assert code == 2 and message in err, (args, err)
         assert len(err.strip().splitlines()) == 1
 

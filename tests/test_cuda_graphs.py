@@ -174,11 +174,13 @@ def mask() -> torch.Tensor:
 
 @torch.no_grad()
 @pytest.mark.parametrize("scheduler, guidance", [(None, 7.5), ("ddim", 7.5), ("euler", 1.0), ("dpm-multistep", 7.5)])
-def test_static_pie_round_equals_the_eager_round(tiny_runtime, image, mask, scheduler, guidance):
-    """Two rounds, same seed: the static-buffer step (the one a GPU captures) gives PieSession's latents."""
+@pytest.mark.parametrize("host_indexed", [False, True], ids=["device-indexed", "host-indexed"])
+def test_static_pie_round_equals_the_eager_round(tiny_runtime, image, mask, scheduler, guidance, host_indexed):
+    """Two rounds, same seed: the static-buffer step (the one a GPU captures) and its host-indexed CPU
+    variant give PieSession's latents."""
     settings = PieSettings(rounds=2, steps=10, strength=0.6, scheduler=scheduler, guidance_scale=guidance)
     args = (tiny_runtime.backend, tiny_runtime.model, settings, image, mask, "severe cardiomegaly")
-    eager, static = PieSession(*args), GraphedPieSession(*args, capture=None)
+    eager, static = PieSession(*args), GraphedPieSession(*args, capture=None, host_indexed=host_indexed)
     g_eager, g_static = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     previous = image
     steps_seen: list[tuple[int, int, int]] = []

@@ -186,7 +186,7 @@ def test_whole_step_graph_pie_round_equals_eager_torch(tiny_model_dir: Path, sch
 
     runtime = torch_runtime(tiny_model_dir, device="cuda")
     args, image = _pie_args(runtime, "cuda", scheduler)
-    eager, static, graphed = PieSession(*args), GraphedPieSession(*args, capture=None), GraphedPieSession(*args)
+    eager, static, graphed = PieSession(*args), GraphedPieSession(*args, capture=None, host_indexed=False), GraphedPieSession(*args)
     for seed in (0, 1):  # round 1 captures, round 2 only replays
         a = eager.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
         b = static.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
@@ -204,7 +204,7 @@ def test_whole_step_graphs_with_tensorrt(trt_engines: Path):
 
     runtime = trt_runtime(trt_engines, "fp16", "cuda")
     args, image = _pie_args(runtime, "cuda")
-    static, graphed = GraphedPieSession(*args, capture=None), GraphedPieSession(*args)
+    static, graphed = GraphedPieSession(*args, capture=None, host_indexed=False), GraphedPieSession(*args)
     for seed in (0, 1):
         b = static.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
         c = graphed.round_latents(image.cuda(), torch.Generator().manual_seed(seed))

@@ -118,3 +118,14 @@ def test_mask_file_errors_and_binary_masks(tmp_path: Path):
     assert choose_mask((50, 50, 3), 64, mask_path=str(tmp_path / "labels.png")).pixels.max() == 255
     with pytest.raises(MvgError, match="--roi-box takes 4"):
         choose_mask((50, 50, 3), 64, box="1,2,3")
+
+
+def test_missing_parent_folders_of_out_are_created(tmp_path):
+    """`--out runs/p1` on a fresh clone works like `mkdir -p` (and still writes all-or-nothing)."""
+    from mvg_rt.io.output_dir import staged_output_dir
+
+    out = tmp_path / "runs" / "p1"
+    with staged_output_dir(out) as staging:
+        (staging / "state.png").write_text("1")
+    assert (out / "state.png").read_text() == "1"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["p1"]  # no staging folder left behind

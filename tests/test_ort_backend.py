@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mvg_rt.cli import main
 from mvg_rt.components import SEINE, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
 from mvg_rt.errors import MvgError
 from mvg_rt.eval.metrics import psnr
@@ -30,16 +29,6 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture(scope="module")
 def ort_backend(tiny_engines: Path):
     from mvg_rt.runtime.backends.onnxruntime_backend import OrtBackend
@@ -54,15 +43,15 @@ def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
     return path
 
 
-def test_simulate_ort_reproduces_torch(tmp_path: Path, tiny_model_dir: Path, tiny_engines: Path, xray: Path, capsys):
+def test_simulate_ort_reproduces_torch(tmp_path: Path, tiny_model_dir: Path, tiny_engines: Path, xray: Path, run_cli):
     """Same seed, FP32 artifacts: every state >= 45 dB PSNR against the PyTorch backend (PIE only: the
     transition clips are compared by ``mvg-rt check``, see tests/test_check.py)."""
     common = ["simulate", "--image", str(xray), "--prompt", "severe cardiomegaly", "--roi-ellipse", "32,30,18,14",
               "--feather", "4", "--no-transition", *FAST]
-    code, _, err = run_cli([*common, "--model-dir", str(tiny_model_dir), "--out", str(tmp_path / "torch")], capsys)
+    code, _, err = run_cli([*common, "--model-dir", str(tiny_model_dir), "--out", str(tmp_path / "torch")])
     assert code == 0, err
     code, _, err = run_cli([*common, "--backend", "ort", "--engines", str(tiny_engines), "--out",
-                            str(tmp_path / "ort")], capsys)
+                            str(tmp_path / "ort")])
     assert code == 0, err
     states = sorted(p.name for p in (tmp_path / "torch" / "states").iterdir())
     assert len(states) == 3 and states == sorted(p.name for p in (tmp_path / "ort" / "states").iterdir())
@@ -178,10 +167,11 @@ def test_verified_hashes_are_cached_until_a_file_changes(tiny_engines: Path, tmp
 
 
 def test_simulate_bad_engine_input_exits_2_without_traceback(tmp_path: Path, tiny_engines: Path, tiny_model_dir: Path,
-                                                             xray: Path, capsys):
+                                                             xray: Path, run_cli):
     engines = _copy(tiny_engines, tmp_path)
     shutil.rmtree(engines / "unet")
-    base = ["simulate", "--image", str(xray), "--prompt", "p", "--rounds", "1", "--steps", "2", "--no-transition",
+    base = ["simulate", "--image", str(xray), "--prompt", "p", "--rounds", "1", "--steps", "2", "--strength", "0.5",
+            "--no-transition",
             "--backend", "ort"]
     other = tmp_path / "other_model"
     shutil.copytree(tiny_model_dir, other)
@@ -195,7 +185,7 @@ def test_simulate_bad_engine_input_exits_2_without_traceback(tmp_path: Path, tin
         ([*base[:-2], "--engines", str(tiny_engines), "--out", str(tmp_path / "e")], "--engines is read by"),
     ]
     for args, message in cases:
-        code, _, err = run_cli(args, capsys)
+        code, _, err = run_cli(args)
         assert code == 2 and message in err, (args, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -159,6 +159,7 @@ def test_transition_bad_input(tmp_path, tiny_model_dir, xray, run_cli):
     if os.geteuid() != 0:  # root ignores directory permissions
         code, _, err = run_cli([*base, "--out", str(locked / "run")])
         assert code == 2 and "no write permission" in err, err
-    code, _, err = run_cli([*base, "--out", str(tmp_path / "missing-parent" / "run")])
-    assert code == 2 and "does not exist" in err, err
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "a-file" / "run")])
+    assert code == 2 and "is a file" in err, err
     locked.chmod(0o700)

@@ -43,5 +43,6 @@ def progression_figure(states: list[np.ndarray], report: dict[str, Any], path: s
         curve.legend(loc="upper left", fontsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, bbox_inches="tight")
     plt.close(figure)

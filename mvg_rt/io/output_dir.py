@@ -26,8 +26,12 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise MvgError(f"--out {out} already holds results: choose a new folder or pass --overwrite "
                        "(the old results are replaced only after the new run succeeds)")
     parent = out.resolve().parent
-    if not parent.is_dir():
-        raise MvgError(f"cannot write {out}: folder {parent} does not exist; create it or choose another --out")
+    if parent.exists() and not parent.is_dir():
+        raise MvgError(f"cannot write {out}: {parent} is a file; choose another --out")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)  # like `mkdir -p`: `--out runs/p1` on a fresh clone just works
+    except OSError as err:
+        raise MvgError(f"cannot write {out}: cannot create {parent} ({err.strerror}); choose another --out") from err
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MvgError(f"cannot write {out}: no write permission in {parent}; choose another --out")
 

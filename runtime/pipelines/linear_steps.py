@@ -225,6 +225,38 @@ class DeviceTables:
                    tables.write_slots.to(device), tables.read_slots.to(device))
 
 
+@dataclass(frozen=True)
+class HostSchedule:
+    """:class:`LinearStepTables` as host scalars, for an eager loop on the CPU.
+
+    A captured step must read its coefficients from device tensors; an eager CPU step
+    pays for every operator it launches (a few microseconds each, which is the whole
+    per-step cost on small models), so it reads Python floats instead and skips the
+    terms whose coefficient is zero.
+    """
+
+    timesteps: list[float]
+    model_input_scale: list[float]
+    terms: list[list[tuple[int, float, float]]]  # per step: (lag l, A[i, l], B[i, l]) with a non-zero coefficient
+
+    @classmethod
+    def of(cls, tables: LinearStepTables) -> HostSchedule:
+        a, b = tables.sample_coefs.tolist(), tables.eps_coefs.tolist()
+        terms = [[(lag, a[i][lag], b[i][lag]) for lag in range(tables.window) if a[i][lag] or b[i][lag]]
+                 for i in range(len(tables))]
+        return cls(tables.timesteps.tolist(), tables.model_input_scale.tolist(), terms)
+
+
+def host_scheduler_step(schedule: HostSchedule, i: int, samples: list[Tensor], outputs: list[Tensor]) -> Tensor:
+    """``x_{i+1}`` from the histories (``samples[k]`` / ``outputs[k]`` are s_k / e_k, k <= i)."""
+    x: Tensor | None = None
+    for lag, a, b in schedule.terms[i]:
+        s, e = samples[i - lag], outputs[i - lag]
+        x = torch.mul(s, a) if x is None else x.add_(s, alpha=a)
+        x.add_(e, alpha=b)
+    return x if x is not None else torch.zeros_like(samples[i])
+
+
 def scheduler_step(tables: DeviceTables, ring: StepRing, index: Tensor, sample: Tensor, output: Tensor) -> Tensor:
     """``x_{i+1}`` for ``i = index`` (a (1,) int64 tensor on the tables' device); no host sync.
 
