@@ -76,3 +76,13 @@ def tiny_engines(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
     export_engines(ExportRequest(model_dir=tiny_model_dir, out=out, seine=tiny_seine_checkpoint, fp16=True,
                                  slim=False))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from two torch threads, and on a shared 2-core machine torch's OpenMP
+    barriers turn a briefly stolen core into 40x slower calls (measured 0.1 s vs 4-8 s for a tiny PIE run)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

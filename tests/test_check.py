@@ -16,14 +16,7 @@ from mvg_rt.eval.metrics import gaussian_window, psnr, ssim
 from mvg_rt.export.manifest import sha256_file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from two torch threads, and on a shared 2-core machine torch's OpenMP
-    barriers turn a briefly stolen core into 40x slower calls (measured 0.1 s vs 4-8 s for a tiny PIE run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_check_passes_and_writes_json(tiny_engines: Path, tiny_model_dir: Path, tmp_path: Path, run_cli):

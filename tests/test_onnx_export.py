@@ -18,14 +18,7 @@ from mvg_rt.export.manifest import FORMAT_VERSION, Manifest
 ALL = ("text_encoder", "vae_encoder", "vae_decoder", "unet", "seine")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from two torch threads, and on a shared 2-core machine torch's OpenMP
-    barriers turn a briefly stolen core into 40x slower calls (measured 0.1 s vs 4-8 s for a tiny PIE run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
