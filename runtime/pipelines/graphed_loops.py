@@ -41,13 +41,12 @@ from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.backends.cuda_graphs import CaptureFn, Captured
 from mvg_rt.runtime.pipelines.gaussian_schedule import StepTables
-from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, posterior_sample
+from mvg_rt.runtime.pipelines.latents import cpu_randn
 from mvg_rt.runtime.pipelines.linear_steps import (DeviceTables, HostSchedule, LinearStepTables, StepRing,
                                                    host_scheduler_step, pie_step_tables, scheduler_step)
 from mvg_rt.runtime.pipelines.pie import PieSession, StepCallback
-from mvg_rt.runtime.pipelines.roi import blend_with_original, replace_outside_roi
-from mvg_rt.runtime.pipelines.schedulers import img2img_timesteps, make_scheduler
-from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSampler, known_frame_mask
+from mvg_rt.runtime.pipelines.roi import replace_outside_roi
+from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSampler
 
 
 def loop_capture(device: torch.device) -> CaptureFn | None:
@@ -217,26 +216,12 @@ class GraphedPieSession(PieSession):
                                       self.host_indexed)
         return self.loop
 
-    def round_latents(self, previous: Tensor, generator: torch.Generator, round_index: int = 1,
-                      on_step: StepCallback | None = None) -> Tensor:
-        settings, sf = self.settings, self.model.vae_scaling_factor
-        scheduler = make_scheduler(self.model.scheduler_config, settings.scheduler)
-        scheduler.set_timesteps(settings.steps, device=self.device)
-        timesteps = img2img_timesteps(scheduler, settings.steps, settings.strength)
-
-        # RNG order: as PieSession (see pie.py's module docstring).
-        previous_moments = self.backend.encode_images(images_to_model_range(previous[None]).to(self.device))
-        start = posterior_sample(previous_moments, generator) * sf
-        latents = scheduler.add_noise(start, cpu_randn(start.shape, generator, self.device), timesteps[:1])
-        original_latents = posterior_sample(self.original_moments, generator) * sf
-        cpu_randn(start.shape, generator, self.device)  # drawn and unused by the reference
-        reference = posterior_sample(self.original_moments, generator) * sf
-        references = self._noised_to_each(reference, cpu_randn(start.shape, generator, self.device), timesteps)
-
+    def _denoise(self, scheduler: Any, timesteps: Tensor, latents: Tensor, references: Tensor,
+                 generator: torch.Generator, round_index: int, on_step: StepCallback | None) -> Tensor:
+        """The static-buffer loop over the tabulated scheduler (same RNG draws: the loop draws none)."""
         loop = self._loop(tuple(latents.shape))
         progress = None if on_step is None else (lambda i: on_step(round_index, i + 1, loop.steps))
-        latents = loop.run(latents, references, progress)
-        return blend_with_original(latents, original_latents, self.mask, settings.beta1, settings.beta2)
+        return loop.run(latents, references, progress)
 
 
 # ------------------------------------------------------------------ transitions
@@ -320,20 +305,13 @@ class GraphedTransitionSampler(TransitionSampler):
         self.warmup, self.noise_chunk = warmup, noise_chunk
         self.loop: StaticClipLoop | None = None
 
-    def sample_latents(self, start: Tensor, end: Tensor, generator: torch.Generator, clip_index: int = 1,
-                       on_step: ClipStepCallback | None = None) -> Tensor:
-        masked = self._masked_video_latents(start, end, generator)
-        _, channels, frames, height, width = masked.shape
-        frame_mask = known_frame_mask(frames).to(self.device).view(1, 1, frames, 1, 1).expand(1, 1, frames, height,
-                                                                                             width)
-        condition = torch.cat([frame_mask, masked], dim=1)
-        x = cpu_randn((1, channels, frames, height, width), generator, self.device)
+    def _denoise(self, x: Tensor, condition: Tensor, generator: torch.Generator, clip_index: int,
+                 on_step: ClipStepCallback | None) -> Tensor:
+        """The static-buffer loop; its DDPM noise is pre-drawn from ``generator`` in the eager order."""
         if self.loop is None or self.loop.x.shape != x.shape:
             self.loop = StaticClipLoop(self.backend, self.tables, self.noisy_steps, self.text_embeddings,
                                        self.settings.guidance_scale, tuple(x.shape), condition.shape[1],
                                        self.capture, self.warmup, self.noise_chunk)
         loop = self.loop
         progress = None if on_step is None else (lambda i: on_step(clip_index, i + 1, loop.steps))
-        x = loop.run(x, condition, generator, progress)
-        x[:, :, 0], x[:, :, -1] = masked[:, :, 0], masked[:, :, -1]
-        return x
+        return loop.run(x, condition, generator, progress)

@@ -116,8 +116,8 @@ class PieSession:
     def round_latents(self, previous: Tensor, generator: torch.Generator, round_index: int = 1,
                       on_step: StepCallback | None = None) -> Tensor:
         """The round's final latents (after Eq 6), before decoding."""
-        settings, model, sf = self.settings, self.model, self.model.vae_scaling_factor
-        scheduler = make_scheduler(model.scheduler_config, settings.scheduler)
+        settings, sf = self.settings, self.model.vae_scaling_factor
+        scheduler = make_scheduler(self.model.scheduler_config, settings.scheduler)
         scheduler.set_timesteps(settings.steps, device=self.device)
         timesteps = img2img_timesteps(scheduler, settings.steps, settings.strength)
 
@@ -130,7 +130,13 @@ class PieSession:
         reference = posterior_sample(self.original_moments, generator) * sf
         references = self._noised_to_each(reference, cpu_randn(start.shape, generator, self.device), timesteps)
 
-        extra = step_kwargs(scheduler, generator, settings.eta)
+        latents = self._denoise(scheduler, timesteps, latents, references, generator, round_index, on_step)
+        return blend_with_original(latents, original_latents, self.mask, settings.beta1, settings.beta2)
+
+    def _denoise(self, scheduler: Any, timesteps: Tensor, latents: Tensor, references: Tensor,
+                 generator: torch.Generator, round_index: int, on_step: StepCallback | None) -> Tensor:
+        """The round's denoising loop (Eq 5): diffusers' scheduler, eagerly (subclasses swap the loop only)."""
+        extra = step_kwargs(scheduler, generator, self.settings.eta)
         for i, t in enumerate(timesteps):
             if i >= 1:
                 latents = replace_outside_roi(latents, references[i : i + 1], self.mask)
@@ -138,8 +144,7 @@ class PieSession:
             latents = scheduler.step(noise, t, latents, **extra).prev_sample
             if on_step is not None:
                 on_step(round_index, i + 1, len(timesteps))
-
-        return blend_with_original(latents, original_latents, self.mask, settings.beta1, settings.beta2)
+        return latents
 
     def _guided_noise(self, scheduler: Any, latents: Tensor, t: Tensor) -> Tensor:
         """Classifier-free guided epsilon, batch order [uncond, cond]."""

@@ -111,6 +111,13 @@ class TransitionSampler:
                                                                                              width)
         condition = torch.cat([frame_mask, masked], dim=1)
         x = cpu_randn((1, channels, frames, height, width), generator, self.device)
+        x = self._denoise(x, condition, generator, clip_index, on_step)
+        x[:, :, 0], x[:, :, -1] = masked[:, :, 0], masked[:, :, -1]
+        return x
+
+    def _denoise(self, x: Tensor, condition: Tensor, generator: torch.Generator, clip_index: int,
+                 on_step: ClipStepCallback | None) -> Tensor:
+        """SEINE's sampling loop from noise ``x`` (subclasses swap the loop only; same RNG draws in order)."""
         tables, guidance = self.tables, self.settings.guidance_scale
         for i in range(len(tables)):
             model_input = torch.cat([x, condition], dim=1).expand(2, -1, -1, -1, -1)
@@ -122,7 +129,6 @@ class TransitionSampler:
                 x = x + tables.s[i] * cpu_randn(x.shape, generator, self.device)
             if on_step is not None:
                 on_step(clip_index, i + 1, len(tables))
-        x[:, :, 0], x[:, :, -1] = masked[:, :, 0], masked[:, :, -1]
         return x
 
     def decode_frames(self, latents: Tensor) -> Tensor:
