@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     from mvg_rt.bench.machine import load_average
     from mvg_rt.bench.models import ModelSource, text_hidden_size, vocab_size
     from mvg_rt.bench.variants import Variant
-    from mvg_rt.export.manifest import Manifest
+    from mvg_rt.artifacts.manifest import Manifest
 
     source = ModelSource(Path(args.model_dir), None, "tuning", None)
     workdir = Path(tempfile.mkdtemp(prefix="ort-tuning-"))

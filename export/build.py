@@ -3,7 +3,7 @@
 Layout of ``engines/NAME`` (written to a staging folder, renamed into place only
 when complete)::
 
-    manifest.json                  what is here (see mvg_rt.export.manifest)
+    manifest.json                  what is here (see mvg_rt.artifacts.manifest)
     tokenizer/                     copied from the model folder
     scheduler/scheduler_config.json
     text_encoder/model.onnx        one folder per component;
@@ -26,18 +26,9 @@ from torch import nn
 
 from mvg_rt.components import COMPONENTS
 from mvg_rt.errors import MvgError
-from mvg_rt.export.manifest import (
-    Artifact,
-    AxisRange,
-    HashCache,
-    Manifest,
-    ModelDecl,
-    SourceDecl,
-    TensorDecl,
-    file_fingerprint,
-    model_dir_fingerprint,
-    unet_fingerprint,
-)
+from mvg_rt.artifacts.hashing import HashCache
+from mvg_rt.artifacts.manifest import Artifact, AxisRange, Manifest, ModelDecl, SourceDecl, TensorDecl
+from mvg_rt.models.provenance import file_fingerprint, model_dir_fingerprint, unet_fingerprint
 from mvg_rt.export.onnx_export import (
     DEFAULT_OPSET,
     EXPORTERS,

@@ -26,9 +26,10 @@ from typing import Any
 
 from mvg_rt.components import COMPONENTS
 from mvg_rt.errors import MvgError
-from mvg_rt.export.manifest import Artifact, HashCache, Manifest
-from mvg_rt.export.profiles import ProfileSettings, ShapeRange, profiles_for
-from mvg_rt.export.trt_artifacts import (
+from mvg_rt.artifacts.hashing import HashCache
+from mvg_rt.artifacts.manifest import Artifact, Manifest
+from mvg_rt.artifacts.profiles import ProfileSettings, ShapeRange, profiles_for
+from mvg_rt.artifacts.tensorrt import (
     TrtEnvironment,
     current_environment,
     format_stage_memory,
@@ -151,7 +152,7 @@ def polygraphy_loaders(onnx_path: Path, plan: Path, profile: dict[str, ShapeRang
     kwargs = dict(options)
     pools = kwargs.pop("memory_pool_limits", None)
     if pools:
-        from mvg_rt.export.trt_artifacts import import_tensorrt
+        from mvg_rt.artifacts.tensorrt import import_tensorrt
 
         trt = import_tensorrt()
         kwargs["memory_pool_limits"] = {getattr(trt.MemoryPoolType, k.upper()): v for k, v in pools.items()}

@@ -61,7 +61,9 @@ def torch_runtime(model_dir: str | Path, unet_dir: str | Path | None = None, dev
     """
     from mvg_rt.models.builders import SEINE_FILE
     from mvg_rt.models.component_modules import component_modules
-    from mvg_rt.models.diffusers_folder import fingerprint, load_diffusers_folder
+    from mvg_rt.artifacts.hashing import fingerprint
+    from mvg_rt.models.diffusers_folder import load_diffusers_folder
+    from mvg_rt.models.provenance import MODEL_DIR_PARTS
     from mvg_rt.runtime.backends.torch_backend import TorchBackend
 
     model_dir = Path(model_dir)
@@ -74,8 +76,7 @@ def torch_runtime(model_dir: str | Path, unet_dir: str | Path | None = None, dev
     info = ModelInfo(models.tokenizer, models.scheduler_config, models.vae_scaling_factor,
                      models.vae_scale_factor, models.latent_channels)
     provenance = {
-        "model_dir_sha256": fingerprint([model_dir / p for p in ("text_encoder", "vae", "unet", "scheduler",
-                                                                 "tokenizer")]),
+        "model_dir_sha256": fingerprint([model_dir / p for p in MODEL_DIR_PARTS]),
         "unet_sha256": fingerprint([models.sources["unet"]]) if unet_dir else None,
         "seine_sha256": fingerprint([seine_path]) if seine_path else None,
         "resolution": int(models.unet.config.sample_size) * models.vae_scale_factor,
@@ -105,7 +106,7 @@ def ort_runtime(engines_dir: str | Path, precision: str = "fp32", device: str = 
                 settings: Any = None) -> Runtime:
     """ONNX Runtime over an engines folder written by ``mvg-rt export`` (needs no model folder)."""
     from mvg_rt.components import PIE_COMPONENTS
-    from mvg_rt.export.manifest import Manifest
+    from mvg_rt.artifacts.manifest import Manifest
     from mvg_rt.runtime.backends.onnxruntime_backend import OrtBackend
 
     manifest = Manifest.read(engines_dir)
@@ -127,8 +128,8 @@ def trt_runtime(engines_dir: str | Path, precision: str = "fp16", device: str = 
                 low_memory: bool = False) -> Runtime:
     """TensorRT engines built by ``mvg-rt build`` in an engines folder (needs an NVIDIA GPU and TensorRT 10)."""
     from mvg_rt.components import PIE_COMPONENTS
-    from mvg_rt.export.manifest import Manifest
-    from mvg_rt.export.trt_artifacts import import_tensorrt, rebuild_command
+    from mvg_rt.artifacts.manifest import Manifest
+    from mvg_rt.artifacts.tensorrt import import_tensorrt, rebuild_command
 
     import_tensorrt()  # first: without it nothing below can work, and the error says how to install it
     manifest = Manifest.read(engines_dir)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mvg_rt.eval.metrics import gaussian_window, psnr, ssim
-from mvg_rt.export.manifest import sha256_file
+from mvg_rt.artifacts.hashing import sha256_file
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

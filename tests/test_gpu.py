@@ -84,8 +84,8 @@ def _component_feeds(tiny_runtime) -> list[tuple[object, dict[str, torch.Tensor]
 
 @needs_trt
 def test_every_tiny_component_builds_and_loads(trt_engines: Path):
-    from mvg_rt.export.manifest import Manifest
-    from mvg_rt.export.trt_artifacts import check_engine, current_environment
+    from mvg_rt.artifacts.manifest import Manifest
+    from mvg_rt.artifacts.tensorrt import check_engine, current_environment
     from mvg_rt.runtime.backends.tensorrt_backend import TrtBackend
 
     manifest = Manifest.read(trt_engines)

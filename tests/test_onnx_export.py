@@ -13,7 +13,8 @@ import torch
 
 from mvg_rt.components import COMPONENTS
 from mvg_rt.errors import MvgError
-from mvg_rt.export.manifest import FORMAT_VERSION, Manifest
+from mvg_rt.artifacts.manifest import FORMAT_VERSION, Manifest
+from mvg_rt.models.provenance import check_source
 
 ALL = ("text_encoder", "vae_encoder", "vae_decoder", "unet", "seine")
 
@@ -43,7 +44,7 @@ def test_manifest_describes_every_artifact(tiny_engines: Path, tiny_model_dir: P
     assert manifest.model.text_hidden == 32 and manifest.model.resolution == 64
     assert manifest.model.vae_scaling_factor == pytest.approx(0.18215) and manifest.model.latent_channels == 4
     assert manifest.source.model_dir_sha256 and manifest.source.seine_sha256 and manifest.versions["onnxruntime"]
-    manifest.check_source(model_dir=tiny_model_dir)  # the same folder: accepted
+    check_source(manifest, model_dir=tiny_model_dir)  # the same folder: accepted
     for artifact in manifest.artifacts:
         spec = COMPONENTS[artifact.component]
         assert artifact.kind == "onnx" and artifact.opset == 18 and artifact.external_data is None

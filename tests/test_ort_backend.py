@@ -14,7 +14,7 @@ from PIL import Image
 from mvg_rt.components import SEINE, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
 from mvg_rt.errors import MvgError
 from mvg_rt.eval.metrics import psnr
-from mvg_rt.export.manifest import Manifest
+from mvg_rt.artifacts.manifest import Manifest
 
 FAST = ["--rounds", "2", "--steps", "6", "--strength", "0.5", "--seed", "3"]
 
@@ -141,7 +141,7 @@ def test_integrity_failures_are_one_line_errors(tiny_engines: Path, tmp_path: Pa
 
 
 def test_verified_hashes_are_cached_until_a_file_changes(tiny_engines: Path, tmp_path: Path, monkeypatch):
-    from mvg_rt.export import manifest as manifest_module
+    from mvg_rt.artifacts import hashing as manifest_module
 
     engines = _copy(tiny_engines, tmp_path)
     calls: list[str] = []

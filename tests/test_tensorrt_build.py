@@ -9,8 +9,8 @@ import pytest
 
 from mvg_rt.components import COMPONENTS
 from mvg_rt.errors import MvgError
-from mvg_rt.export.manifest import Manifest
-from mvg_rt.export.profiles import AxisOverride, ProfileSettings, parse_resolution, profiles_for
+from mvg_rt.artifacts.manifest import Manifest
+from mvg_rt.artifacts.profiles import AxisOverride, ProfileSettings, parse_resolution, profiles_for
 from mvg_rt.export.tensorrt_build import (BuildSettings, Source, builder_options, choose_source, plan_profiles,
                                           polygraphy_loaders)
 

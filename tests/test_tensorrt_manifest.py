@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from mvg_rt.errors import MvgError
-from mvg_rt.export.manifest import HashCache, Manifest
-from mvg_rt.export.profiles import ProfileSettings, profiles_for
+from mvg_rt.artifacts.hashing import HashCache
+from mvg_rt.artifacts.manifest import Manifest
+from mvg_rt.artifacts.profiles import ProfileSettings, profiles_for
 from mvg_rt.export.tensorrt_build import BuildSettings
-from mvg_rt.export.trt_artifacts import (TrtEnvironment, check_engine, format_stage_memory, io_bytes, plan_path,
+from mvg_rt.artifacts.tensorrt import (TrtEnvironment, check_engine, format_stage_memory, io_bytes, plan_path,
                                          rebuild_command, stage_memory, trt_artifact)
 
 HERE = TrtEnvironment("10.3.0", "NVIDIA RTX 4090", "8.9")

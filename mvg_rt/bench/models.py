@@ -147,7 +147,7 @@ def vocab_size(source: ModelSource) -> int:
 
 
 def _manifest_has(folder: Path, components: tuple[str, ...], precision: str) -> bool:
-    from mvg_rt.export.manifest import Manifest
+    from mvg_rt.artifacts.manifest import Manifest
 
     try:
         manifest = Manifest.read(folder)
@@ -160,13 +160,13 @@ def engines_for(source: ModelSource, components: tuple[str, ...], cache: Path, f
                 progress: Progress = lambda _: None) -> Path:
     """An engines folder with ONNX artifacts of ``components`` for ``source``: cached, else exported now."""
     from mvg_rt.export.build import ExportRequest, export_engines
-    from mvg_rt.export.manifest import model_dir_fingerprint
+    from mvg_rt.models.provenance import model_dir_fingerprint
 
     precision = "fp16" if fp16 else "fp32"
     progress(f"fingerprinting {source.model_dir}")
     key = model_dir_fingerprint(source.model_dir)[:16]
     if "seine" in components and source.seine is not None:
-        from mvg_rt.export.manifest import file_fingerprint
+        from mvg_rt.models.provenance import file_fingerprint
 
         key += "-" + file_fingerprint(source.seine)[:8]
     root = cache / "engines"

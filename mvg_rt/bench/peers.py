@@ -143,7 +143,7 @@ def run_optimum(source: ModelSource, settings: E2ESettings, cache: Path, workdir
                            "python": python, "python_source": how}
     if python is None:
         return row | {"error": how}
-    from mvg_rt.export.manifest import model_dir_fingerprint
+    from mvg_rt.models.provenance import model_dir_fingerprint
 
     workdir.mkdir(parents=True, exist_ok=True)
     job = {"view": str(optimum_view(source, cache)),

@@ -414,7 +414,7 @@ class Bench:
         self.say(f"profiling the UNet on {best.label} (a target was missed)")
         try:
             if best.backend == "ort":
-                from mvg_rt.export.manifest import Manifest
+                from mvg_rt.artifacts.manifest import Manifest
                 from mvg_rt.runtime.backends.onnxruntime_backend import OrtBackend
 
                 backend = OrtBackend(self.engines, "fp32", "cpu")

@@ -112,8 +112,8 @@ def open_backend(variant: Variant, source: ModelSource, components: tuple[str, .
         return OrtBackend(engines, variant.precision, variant.device, ort_settings(variant))
     if variant.backend == "trt":
         require_cuda(variant.device, "--backend trt (TensorRT)")
-        from mvg_rt.export.manifest import Manifest
-        from mvg_rt.export.trt_artifacts import import_tensorrt
+        from mvg_rt.artifacts.manifest import Manifest
+        from mvg_rt.artifacts.tensorrt import import_tensorrt
         from mvg_rt.runtime.backends.tensorrt_backend import TrtBackend
 
         import_tensorrt()
@@ -125,8 +125,8 @@ def open_backend(variant: Variant, source: ModelSource, components: tuple[str, .
 def ensure_trt_engines(engines: Path, precision: str, resolution: int, frames: int, components: tuple[str, ...],
                        progress: Any = lambda _: None) -> None:
     """Build the TensorRT plans the bench needs (``mvg-rt build``'s path) unless the folder has them."""
-    from mvg_rt.export.manifest import Manifest
-    from mvg_rt.export.profiles import ProfileSettings
+    from mvg_rt.artifacts.manifest import Manifest
+    from mvg_rt.artifacts.profiles import ProfileSettings
     from mvg_rt.export.tensorrt_build import BuildSettings, build_engines
 
     manifest = Manifest.read(engines)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mvg_rt.export.profiles import AxisOverride, ProfileSettings, parse_resolution
+from mvg_rt.artifacts.profiles import AxisOverride, ProfileSettings, parse_resolution
 from mvg_rt.export.tensorrt_build import BuildSettings
 
 
@@ -32,7 +32,7 @@ def settings_from_options(opts: dict[str, Any], default_resolution: int) -> Buil
 
 
 def run(**opts: Any) -> None:
-    from mvg_rt.export.manifest import Manifest
+    from mvg_rt.artifacts.manifest import Manifest
     from mvg_rt.export.tensorrt_build import build_engines
 
     manifest = Manifest.read(opts["engines_dir"])

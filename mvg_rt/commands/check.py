@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mvg_rt.errors import MvgError
+from mvg_rt.models.provenance import check_source
 
 EXIT_TOLERANCE = 1
 
@@ -40,7 +41,7 @@ def reference_sources(manifest: Any, opts: dict[str, Any], precision: str) -> tu
     unet_dir = _recorded("--unet", opts.get("unet_dir"), source.unet_dir, source.unet_sha256 is not None)
     has_seine = manifest.find("seine", "onnx", precision) is not None or manifest.find("seine", "trt", precision)
     seine = _recorded("--seine", opts.get("seine"), source.seine, has_seine)
-    manifest.check_source(model_dir, unet_dir, seine)
+    check_source(manifest, model_dir, unet_dir, seine)
     return model_dir, unet_dir, seine
 
 
@@ -62,7 +63,7 @@ def run(**opts: Any) -> None:
     from mvg_rt.check.end_to_end import check_end_to_end
     from mvg_rt.check.tolerances import describe
     from mvg_rt.components import COMPONENTS, PIE_COMPONENTS
-    from mvg_rt.export.manifest import Manifest
+    from mvg_rt.artifacts.manifest import Manifest
     from mvg_rt.runtime.factory import Runtime, engines_model_info, engines_runtime, torch_runtime
     from mvg_rt.runtime.pipelines.pie import PieSettings
 

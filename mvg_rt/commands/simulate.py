@@ -88,9 +88,10 @@ def _open_engines_runtime(backend: str, opts: dict[str, Any]):
     runtime = engines_runtime(backend, opts["engines_dir"], opts.get("precision") or "fp32", opts["device"],
                               **options)
     if opts["model_dir"] or opts["unet_dir"]:
-        from mvg_rt.export.manifest import Manifest
+        from mvg_rt.artifacts.manifest import Manifest
+        from mvg_rt.models.provenance import check_source
 
-        Manifest.read(opts["engines_dir"]).check_source(opts["model_dir"], opts["unet_dir"])
+        check_source(Manifest.read(opts["engines_dir"]), opts["model_dir"], opts["unet_dir"])
     return runtime
 
 

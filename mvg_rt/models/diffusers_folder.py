@@ -122,17 +122,3 @@ def read_scheduler_config(folder: Path) -> dict[str, Any]:
         return json.loads((folder / "scheduler_config.json").read_text())
     except json.JSONDecodeError as err:
         raise MvgError(f"{folder}/scheduler_config.json is not valid JSON ({err.msg}); re-copy it") from err
-
-
-def fingerprint(paths: list[str | Path]) -> str:
-    """sha256 over every file under ``paths`` (relative name + content), for provenance and staleness."""
-    digest = hashlib.sha256()
-    for base in paths:
-        base = Path(base)
-        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
-        for file in files:
-            digest.update(os.fsencode(file.relative_to(base.parent)))
-            with open(file, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from mvg_rt.components import COMPONENTS, ComponentSpec
 from mvg_rt.errors import MvgError
-from mvg_rt.export.manifest import Artifact, Manifest, TensorDecl
+from mvg_rt.artifacts.manifest import Artifact, Manifest, TensorDecl
 from mvg_rt.runtime.backends.base import Backend
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from mvg_rt.components import COMPONENTS, ComponentSpec
 from mvg_rt.errors import MvgError
-from mvg_rt.export.manifest import Artifact, Manifest
-from mvg_rt.export.trt_artifacts import check_engine, current_environment, import_tensorrt, rebuild_command
+from mvg_rt.artifacts.manifest import Artifact, Manifest
+from mvg_rt.artifacts.tensorrt import check_engine, current_environment, import_tensorrt, rebuild_command
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.backends.cuda_graphs import GraphCache, cuda_capturing, torch_capture
 

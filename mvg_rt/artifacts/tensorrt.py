@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from mvg_rt.errors import MvgError
-from mvg_rt.export.manifest import Artifact, AxisRange, HashCache, Manifest, TensorDecl
-from mvg_rt.export.profiles import ShapeRange, axis_limits, profile_to_json
+from mvg_rt.artifacts.hashing import HashCache
+from mvg_rt.artifacts.manifest import Artifact, AxisRange, Manifest, TensorDecl
+from mvg_rt.artifacts.profiles import ShapeRange, axis_limits, profile_to_json
 
 INSTALL_TENSORRT = ("install TensorRT 10 for Python: pip install --extra-index-url https://pypi.nvidia.com "
                     "'tensorrt-cu12>=10,<11' (x86_64), or JetPack 6.1+'s python3-libnvinfer on Jetson")

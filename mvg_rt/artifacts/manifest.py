@@ -23,26 +23,23 @@ re-hashed. The cache is best effort (a read-only folder just re-hashes).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mvg_rt.artifacts.hashing import HashCache
 from mvg_rt.errors import MvgError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "mvg-rt-engines"
 FORMAT_VERSION = 1
-HASH_CACHE_NAME = ".verified.json"
 KINDS = ("onnx", "trt")
 PRECISIONS = ("fp32", "fp16")
 REEXPORT = "re-export it (mvg-rt export --help)"
 REBUILD = "rebuild it (mvg-rt build --engines DIR; see mvg-rt build --help)"  # kind "trt"
 
 Dim = int | str
-MODEL_DIR_PARTS = ("text_encoder", "vae", "unet", "scheduler", "tokenizer")  # as the PyTorch runtime's provenance
 
 
 @dataclass
@@ -275,22 +272,6 @@ class Manifest:
         cache.save()
         return root / artifact.file
 
-    def check_source(self, model_dir: str | Path | None = None, unet_dir: str | Path | None = None,
-                     seine: str | Path | None = None) -> None:
-        """Refuse a model folder / UNet / SEINE checkpoint other than the one the artifacts came from."""
-        checks = [("--model-dir", model_dir, self.source.model_dir_sha256, model_dir_fingerprint),
-                  ("--unet", unet_dir, self.source.unet_sha256, unet_fingerprint),
-                  ("--seine", seine, self.source.seine_sha256, file_fingerprint)]
-        for option, given, recorded, fingerprint_of in checks:
-            if given is None:
-                continue
-            if recorded is None:
-                raise MvgError(f"{option} {given} was given but {self._where()} was not exported from one; "
-                               f"drop {option} or {REEXPORT} with it")
-            if fingerprint_of(given) != recorded:
-                raise MvgError(f"{option} {given} is not the source {self._where()} was exported from "
-                               f"(fingerprint differs); pass the original or {REEXPORT} from this one")
-
     def _root(self) -> Path:
         if self.root is None:
             raise ValueError("manifest has no root folder (read it with Manifest.read)")
@@ -298,73 +279,3 @@ class Manifest:
 
     def _where(self) -> str:
         return f"engines folder {self.root}" if self.root is not None else "manifest"
-
-
-def model_dir_fingerprint(model_dir: str | Path) -> str:
-    """The model folder's fingerprint, over the same parts as the PyTorch runtime's provenance."""
-    from mvg_rt.models.diffusers_folder import check_model_folder, fingerprint
-
-    root = check_model_folder(model_dir)
-    return fingerprint([root / part for part in MODEL_DIR_PARTS])
-
-
-def unet_fingerprint(unet_dir: str | Path) -> str:
-    from mvg_rt.models.diffusers_folder import fingerprint, resolve_unet_dir
-
-    return fingerprint([resolve_unet_dir(unet_dir)])
-
-
-def file_fingerprint(path: str | Path) -> str:
-    from mvg_rt.models.diffusers_folder import fingerprint
-
-    if not Path(path).is_file():
-        raise MvgError(f"{path} does not exist: pass the checkpoint the engines were exported from")
-    return fingerprint([Path(path)])
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class HashCache:
-    """sha256 of files under ``root``, remembered by (size, mtime_ns, ctime_ns, inode)."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / HASH_CACHE_NAME
-        self.dirty = False
-        try:
-            self.entries: dict[str, dict[str, Any]] = json.loads(self.path.read_text())
-            if not isinstance(self.entries, dict):
-                self.entries = {}
-        except (OSError, ValueError):
-            self.entries = {}
-
-    @staticmethod
-    def _stamp(path: Path) -> list[int]:
-        st = path.stat()
-        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-    def sha256(self, path: Path, key: str) -> str:
-        stamp = self._stamp(path)
-        entry = self.entries.get(key)
-        if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-            return entry["sha256"]
-        digest = sha256_file(path)
-        self.entries[key] = {"stamp": stamp, "sha256": digest}
-        self.dirty = True
-        return digest
-
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        try:
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.entries))
-            tmp.replace(self.path)
-            self.dirty = False
-        except OSError:
-            pass  # read-only engines folder: verify again next time

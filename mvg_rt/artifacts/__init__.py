@@ -1,0 +1,1 @@
+"""Artifacts: what export writes and the runtime reads (manifest, hashes, profiles, engine compatibility)."""
