@@ -60,6 +60,7 @@ class SimulationOptions:
     out: Path = Path("runs/simulation")
     overwrite: bool = False
     record_paths: bool = False
+    annotations: dict[str, Any] = field(default_factory=dict)  # extra run.json entries from the calling job
 
 
 def load_inputs(image_path: str, prompt: str, negative_prompt: str = "", record_path: bool = False) -> SimulationInputs:
@@ -168,6 +169,7 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "rounds": result.rounds,
         "clips": result.clips,
         "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0),
+        **options.annotations,
     }
 
 

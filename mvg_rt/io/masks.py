@@ -73,19 +73,31 @@ def mask_from_file(path: str, image_shape: tuple[int, ...], resolution: int, fea
     return _finish(loaded, image_shape, resolution, "mask file")
 
 
-def mask_from_box(box: str, image_shape: tuple[int, ...], resolution: int, feather: float = 0) -> RoiMask:
+def parse_box(box: str) -> list[float]:
+    """``x0,y0,x1,y1`` as numbers, checked (also used to validate worklists before anything runs)."""
     x0, y0, x1, y1 = _parse_numbers(box, 4, "--roi-box", "100,120,400,380")
     if x1 <= x0 or y1 <= y0:
         raise MvgError(f"--roi-box {box}: x1 must exceed x0 and y1 must exceed y0")
+    return [x0, y0, x1, y1]
+
+
+def parse_ellipse(ellipse: str) -> list[float]:
+    """``cx,cy,rx,ry`` as numbers, checked (also used to validate worklists before anything runs)."""
+    cx, cy, rx, ry = _parse_numbers(ellipse, 4, "--roi-ellipse", "256,280,120,90")
+    if rx <= 0 or ry <= 0:
+        raise MvgError(f"--roi-ellipse {ellipse}: the radii rx, ry must be positive")
+    return [cx, cy, rx, ry]
+
+
+def mask_from_box(box: str, image_shape: tuple[int, ...], resolution: int, feather: float = 0) -> RoiMask:
+    x0, y0, x1, y1 = parse_box(box)
     canvas = Image.new("L", (image_shape[1], image_shape[0]), 0)
     ImageDraw.Draw(canvas).rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
     return _finish(_feathered(canvas, feather), image_shape, resolution, f"box {box}")
 
 
 def mask_from_ellipse(ellipse: str, image_shape: tuple[int, ...], resolution: int, feather: float = 0) -> RoiMask:
-    cx, cy, rx, ry = _parse_numbers(ellipse, 4, "--roi-ellipse", "256,280,120,90")
-    if rx <= 0 or ry <= 0:
-        raise MvgError(f"--roi-ellipse {ellipse}: the radii rx, ry must be positive")
+    cx, cy, rx, ry = parse_ellipse(ellipse)
     canvas = Image.new("L", (image_shape[1], image_shape[0]), 0)
     ImageDraw.Draw(canvas).ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=255)
     return _finish(_feathered(canvas, feather), image_shape, resolution, f"ellipse {ellipse}")

@@ -1,0 +1,116 @@
+"""Running one planned case on an opened runtime: exactly ``simulate``, with the case's settings.
+
+The runtime is opened once per worker and serves every case. A case that fails (unreadable DICOM, an
+ROI that is empty at model resolution, ...) becomes a ``failed`` outcome carrying its one-line error, and
+its folder is never created (``simulate`` writes all-or-nothing); the batch goes on.
+
+Test hook: ``MVG_RT_TEST_KILL_IN_CASE=CASE_ID[:MARKER]`` makes the process running CASE_ID kill itself
+with SIGKILL after the case's first PIE round, the way a crash or ``kill -9`` would; with MARKER (a file
+path) only the first time, when MARKER does not exist yet. The tests use it to kill a local batch or a Ray
+actor mid-case; never set it otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from mvg_rt.batch.plan import PlannedCase
+from mvg_rt.batch.settings import case_options
+from mvg_rt.errors import MvgError
+from mvg_rt.io.images import check_resolution
+from mvg_rt.io.masks import choose_mask
+from mvg_rt.runtime.factory import Runtime
+from mvg_rt.simulation import load_inputs, simulate
+
+KILL_HOOK = "MVG_RT_TEST_KILL_IN_CASE"
+
+
+@dataclass
+class CaseOutcome:
+    """What the driver needs for the summary; ``record`` is the case's run.json when it succeeded."""
+
+    case_id: str
+    status: str  # "ok" or "failed"
+    seconds: float
+    error: str | None = None
+    record: dict[str, Any] | None = None
+    worker: str = ""
+
+
+class BatchEvents(Protocol):
+    """What an executor reports to the driver (summary + progress), in the driver's process."""
+
+    def notice(self, text: str) -> None: ...
+
+    def started(self, case_id: str, worker: str) -> None: ...
+
+    def finished(self, outcome: CaseOutcome, attempts: int) -> None: ...
+
+    def retried(self, case_id: str, reason: str) -> None: ...
+
+
+def discard_partials(out: Path, case_id: str) -> None:
+    """Remove staging folders a killed worker left for ``case_id`` (``staged_output_dir``'s naming)."""
+    for partial in out.glob(f".{case_id}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _kill_hook(case_id: str) -> None:
+    target, _, marker = os.environ.get(KILL_HOOK, "").partition(":")
+    if target != case_id:
+        return
+    if marker:
+        if Path(marker).exists():
+            return
+        Path(marker).touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def worker_name() -> str:
+    """Host and process id: which worker ran a case (no user data)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class CaseRunner:
+    """Runs cases into ``out/<case_id>/`` on one opened runtime."""
+
+    def __init__(self, runtime: Runtime, out: Path, record_paths: bool = False, graphed_loops: bool = False,
+                 low_memory: bool = False) -> None:
+        self.runtime = runtime
+        self.out = out
+        self.record_paths = record_paths
+        self.graphed_loops = graphed_loops
+        self.low_memory = low_memory
+
+    def _simulate(self, case: PlannedCase) -> dict[str, Any]:
+        row, settings = case.row, case.settings
+        inputs = load_inputs(str(row.image), row.prompt, settings["negative_prompt"], self.record_paths)
+        resolution = check_resolution(settings["resolution"] or self.runtime.default_resolution,
+                                      self.runtime.model.vae_scale_factor)
+        inputs.roi = choose_mask(inputs.image.pixels.shape, resolution, str(row.mask) if row.mask else None,
+                                 row.roi_box, row.roi_ellipse, settings["feather"])
+        options = case_options(settings, resolution, self.out / row.case_id, overwrite=case.redo,
+                               record_paths=self.record_paths, graphed_loops=self.graphed_loops,
+                               low_memory=self.low_memory)
+        options.annotations = {"batch": {"case_id": row.case_id, "settings_sha256": case.settings_sha256}}
+        folder = simulate(self.runtime, inputs, options, on_round=lambda _: _kill_hook(row.case_id))
+        return json.loads((folder / "run.json").read_text())
+
+    def run(self, case: PlannedCase) -> CaseOutcome:
+        started = time.perf_counter()
+        try:
+            record = self._simulate(case)
+        except MvgError as err:
+            return CaseOutcome(case.case_id, "failed", time.perf_counter() - started, str(err), worker=worker_name())
+        except Exception as err:  # noqa: BLE001 - one broken case must not stop the cohort; its line says why
+            message = " ".join(f"internal error: {type(err).__name__}: {err}".split())
+            return CaseOutcome(case.case_id, "failed", time.perf_counter() - started, message, worker=worker_name())
+        return CaseOutcome(case.case_id, "ok", time.perf_counter() - started, record=record, worker=worker_name())

@@ -1,0 +1,152 @@
+"""The batch job: validate the worklist, plan against ``--out``, run the cases, keep the summary current.
+
+Order of events, and what a crash at any point costs:
+
+1. The worklist is read and every case's settings resolved and checked. Any problem: exit 2, nothing run.
+2. ``--out`` is locked (``.mvg-batch.lock``, an advisory ``flock`` released when the process dies), the
+   plan compares each case with its folder (complete / changed / to run), and the summary is written
+   with every complete case already in it.
+3. The executor (local or Ray) runs the remaining cases. Each case folder appears all-or-nothing, and the
+   summary is rewritten atomically after each case, so ``kill -9`` loses at most the cases in flight: a
+   rerun of the same command finds the complete folders by their settings hash and runs only the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from mvg_rt.batch.case import CaseOutcome, discard_partials
+from mvg_rt.batch.plan import Plan, plan_batch
+from mvg_rt.batch.progress import BatchProgress
+from mvg_rt.batch.summary import Summary
+from mvg_rt.batch.worklist import read_worklist
+from mvg_rt.errors import MvgError
+from mvg_rt.runtime.factory import RuntimeSpec
+
+EXIT_SOME_FAILED = 3  # some cases failed (or were lost); the others are complete
+
+
+@dataclass
+class BatchRequest:
+    worklist: Path
+    out: Path
+    shared: dict[str, Any]  # simulate settings by option name (see mvg_rt.batch.settings)
+    runtime: RuntimeSpec
+    record_paths: bool = False
+    redo: bool = False
+    ray: str | None = None  # None: local; "local", "auto" or a cluster address
+    workers: int | None = None
+    retries: int = 1
+
+
+@dataclass
+class BatchReport:
+    out: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    resumed: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.counts.get("failed", 0) == 0 and self.counts.get("pending", 0) == 0 else EXIT_SOME_FAILED
+
+
+def runtime_identity(spec: RuntimeSpec) -> dict[str, Any]:
+    """What of the runtime determines a case's outputs (hashed with its settings); the device by type."""
+    def where(path: Any) -> str | None:
+        return str(Path(path).resolve()) if path else None
+
+    return {"backend": spec.backend, "precision": spec.precision, "device": spec.device.split(":")[0],
+            "model_dir": where(spec.model_dir), "unet_dir": where(spec.unet_dir), "seine": where(spec.seine),
+            "engines_dir": where(spec.engines_dir)}
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    if out.exists() and not out.is_dir():
+        raise MvgError(f"--out {out} is a file: choose a folder path")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".mvg-batch.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise MvgError(f"another mvg-rt batch is writing {out}: wait for it to finish, or choose another "
+                           "--out") from err
+        yield
+
+
+class _Driver:
+    """Receives the executor's events: keeps the summary and the progress display current."""
+
+    def __init__(self, plan: Plan, summary: Summary, progress: BatchProgress, console: Console) -> None:
+        self.hashes = {case.case_id: case.settings_sha256 for case in plan.cases}
+        self.summary = summary
+        self.progress = progress
+        self.console = console
+
+    def notice(self, text: str) -> None:
+        self.console.print(f"[yellow]note:[/yellow] {text}")
+
+    def started(self, case_id: str, worker: str) -> None:
+        self.progress.case_started(case_id, worker)
+
+    def finished(self, outcome: CaseOutcome, attempts: int) -> None:
+        self.summary.update(outcome.case_id, outcome.status, self.hashes[outcome.case_id], outcome.seconds,
+                            outcome.record, outcome.error, attempts, worker=outcome.worker)
+        self.summary.write()
+        self.progress.case_finished(outcome)
+
+    def retried(self, case_id: str, reason: str) -> None:
+        self.progress.case_retried(case_id, reason)
+
+
+def _summarise_complete(plan: Plan, summary: Summary) -> None:
+    """Rows for the cases already complete: measures from their run.json, seconds from the last summary."""
+    previous = summary.previous_seconds()
+    for case in plan.cases:
+        if case.case_id not in plan.complete:
+            continue
+        record = json.loads((summary.out / case.case_id / "run.json").read_text())
+        recorded_hash, seconds = previous.get(case.case_id, (None, None))
+        if recorded_hash != case.settings_sha256:
+            seconds = sum(v for k, v in record.get("timings", {}).items() if k.endswith("_seconds"))
+        summary.update(case.case_id, "ok", case.settings_sha256, seconds, record, resumed=True)
+
+
+def run_batch(request: BatchRequest, console: Console) -> BatchReport:
+    worklist = read_worklist(request.worklist)
+    if request.retries < 0:
+        raise MvgError(f"--retries must be >= 0 (got {request.retries})")
+    plan = plan_batch(worklist, request.shared, runtime_identity(request.runtime), request.out, request.redo)
+    with _locked(request.out):
+        summary = Summary(request.out, [case.case_id for case in plan.cases])
+        _summarise_complete(plan, summary)
+        summary.write()
+        to_run = plan.to_run
+        report = BatchReport(request.out, resumed=len(plan.complete))
+        if to_run:
+            for case in to_run:
+                discard_partials(request.out, case.case_id)
+            spec = dataclasses.replace(request.runtime,
+                                       with_seine=any(not case.settings["no_transition"] for case in to_run))
+            with BatchProgress(console, len(plan.cases), len(plan.complete)) as progress:
+                driver = _Driver(plan, summary, progress, console)
+                if request.ray:
+                    from mvg_rt.batch.ray_executor import run_on_ray
+
+                    run_on_ray(request.ray, request.workers, request.retries, spec, to_run, request.out,
+                               request.record_paths, driver)
+                else:
+                    from mvg_rt.batch.local import run_local
+
+                    run_local(spec, to_run, request.out, request.record_paths, driver)
+        report.counts = summary.counts()
+    return report

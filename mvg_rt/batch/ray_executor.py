@@ -1,0 +1,162 @@
+"""The Ray executor: long-lived actors that each hold an opened runtime, fed one case at a time.
+
+- **Actors.** One per GPU (``--device cuda``: each asks Ray for ``num_gpus=1``, and Ray sets the actor's
+  CUDA_VISIBLE_DEVICES) or one per CPU slot (``num_cpus=1``, one torch thread); ``--workers N`` sets the
+  count, default every GPU (or CPU) of the cluster. Each actor opens the runtime once in its constructor,
+  so models or engines load once per worker and serve every case it is given.
+- **Scheduling.** The driver keeps every actor busy with one case (``ray.wait`` on the in-flight calls) and
+  hands the next case to whichever actor finishes first. Cases, not actors, are the unit of work.
+- **Outputs.** The actor writes the case folder into the shared ``--out`` exactly as the local executor does
+  (all-or-nothing); the driver alone writes the summary. ``--out`` and the inputs must therefore be on
+  storage every node sees at the same path (the worklist resolves them to absolute paths).
+- **Failures.** A case that fails (bad input) is an ordinary ``failed`` outcome. A lost actor (process
+  killed, node gone) is replaced by a fresh one, and its case is resubmitted, at most ``retries`` times
+  more; after that the case is recorded as failed with the reason. The killed worker's staging folder is
+  removed before the retry.
+
+Ray is imported here only, so a batch without ``--ray`` never imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from mvg_rt.batch.case import BatchEvents, CaseOutcome, CaseRunner, discard_partials, worker_name
+from mvg_rt.batch.plan import PlannedCase
+from mvg_rt.errors import MvgError
+from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
+
+READY_TIMEOUT_S = 900.0  # opening a full-size runtime (SD 1.4 + SEINE from disk) on a slow node
+
+
+class CaseActor:
+    """Runs in a Ray worker process: the opened runtime lives as long as the actor."""
+
+    def __init__(self, spec: RuntimeSpec, out: Path, record_paths: bool, threads: int | None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # workers never reach for a hub either
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.error: str | None = None
+        self.notice: str | None = None
+        try:
+            self._context = open_runtime(spec)
+            runtime = self._context.__enter__()
+        except MvgError as err:
+            self.error = str(err)
+            return
+        self.notice = runtime.notice
+        self.runner = CaseRunner(runtime, out, record_paths, graphed_loops=spec.cuda_graphs,
+                                 low_memory=spec.low_memory)
+
+    def ready(self) -> dict[str, str | None]:
+        return {"error": self.error, "notice": self.notice, "worker": worker_name()}
+
+    def run(self, case: PlannedCase) -> CaseOutcome:
+        if self.error:
+            return CaseOutcome(case.case_id, "failed", 0.0, self.error, worker=worker_name())
+        return self.runner.run(case)
+
+
+def _connect(address: str, workers: int | None) -> bool:
+    """Connect to (or, for ``local``, start) a cluster; True when this call started Ray here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        if address == "local":
+            ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise MvgError(f"cannot connect to a Ray cluster at --ray {address} ({first}): start one with "
+                       "`ray start --head` and pass its address, or use --ray local") from err
+    return True
+
+
+def _actor_options(spec: RuntimeSpec, workers: int | None) -> tuple[int, dict[str, Any], int | None]:
+    """(actor count, Ray resources per actor, torch threads per actor) for this cluster."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if spec.device.startswith("cuda"):
+        slots, per_actor, threads = int(resources.get("GPU", 0)), {"num_gpus": 1, "num_cpus": 1}, None
+        kind = "GPUs"
+    else:
+        slots, per_actor, threads = int(resources.get("CPU", 0)), {"num_cpus": 1}, 1
+        kind = "CPUs"
+    count = workers or slots
+    if count < 1 or count > slots:
+        raise MvgError(f"the Ray cluster has {slots} {kind} but {count} workers were asked for: pass "
+                       f"--workers 1..{slots}, or add nodes")
+    return count, per_actor, threads
+
+
+def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpec, cases: list[PlannedCase],
+               out: Path, record_paths: bool, events: BatchEvents) -> None:
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    started_here = _connect(address, workers)
+    actors: list[Any] = []
+    try:
+        count, per_actor, threads = _actor_options(spec, workers)
+        count = min(count, len(cases))
+        if spec.device.startswith("cuda"):
+            spec = dataclasses.replace(spec, device="cuda")  # Ray narrows CUDA_VISIBLE_DEVICES to the actor's GPU
+        actor_type = ray.remote(max_restarts=0, **per_actor)(CaseActor)
+
+        def new_actor() -> Any:
+            actor = actor_type.remote(spec, out, record_paths, threads)
+            actors.append(actor)
+            return actor
+
+        idle = [new_actor() for _ in range(count)]
+        try:
+            states = ray.get([actor.ready.remote() for actor in idle], timeout=READY_TIMEOUT_S)
+        except GetTimeoutError as err:
+            raise MvgError(f"Ray workers did not open the runtime within {READY_TIMEOUT_S:.0f} s: check that "
+                           "every node has mvg-rt installed and sees the model folder") from err
+        if problems := [s["error"] for s in states if s["error"]]:
+            raise MvgError(f"a Ray worker could not open the runtime: {problems[0]}")
+        if notice := states[0]["notice"]:
+            events.notice(notice)
+
+        pending = deque(cases)
+        attempts: dict[str, int] = {}
+        in_flight: dict[Any, tuple[Any, PlannedCase]] = {}
+        while pending or in_flight:
+            while pending and idle:
+                actor, case = idle.pop(), pending.popleft()
+                attempts[case.case_id] = attempts.get(case.case_id, 0) + 1
+                in_flight[actor.run.remote(case)] = (actor, case)
+                events.started(case.case_id, "ray")
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            actor, case = in_flight.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except RayActorError as err:
+                idle.append(new_actor())  # the lost actor's slot gets a fresh one
+                discard_partials(out, case.case_id)
+                reason = f"worker lost ({type(err).__name__})"
+                if attempts[case.case_id] <= retries:
+                    events.retried(case.case_id, reason)
+                    pending.appendleft(case)
+                else:
+                    events.finished(CaseOutcome(case.case_id, "failed", 0.0, f"{reason} on every one of "
+                                                f"{attempts[case.case_id]} attempts"), attempts[case.case_id])
+                continue
+            idle.append(actor)
+            events.finished(outcome, attempts[case.case_id])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_here:
+            ray.shutdown()

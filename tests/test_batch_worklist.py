@@ -1,0 +1,129 @@
+"""Worklist parsing and validation, the settings hash and the resume plan (no model runs here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mvg_rt.batch.plan import plan_batch, recorded_hash
+from mvg_rt.batch.worklist import WorklistInvalid, read_worklist
+from mvg_rt.errors import MvgError
+
+SHARED = {"seed": 0, "rounds": 1, "strength": 0.5, "steps": 2, "guidance": 7.5, "beta1": 0.01, "beta2": 0.75,
+          "scheduler": None, "negative_prompt": "", "resolution": 32, "feather": 0.0, "no_transition": True,
+          "frames": 3, "transition_steps": 1, "transition_sampler": "ddim", "transition_guidance": 8.0, "fps": 8.0}
+RUNTIME = {"backend": "torch", "model_dir": "/models/tiny"}
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "wl" / "images").mkdir(parents=True)
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "wl" / "images" / "a.png")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "wl" / "images" / "roi.png")
+    return tmp_path / "wl"
+
+
+def _csv(folder: Path, text: str) -> Path:
+    path = folder / "worklist.csv"
+    path.write_text(text)
+    return path
+
+
+def test_csv_and_jsonl_give_the_same_cases(folder: Path):
+    csv_path = _csv(folder, "case_id,image,mask,roi_box,prompt,seed,no_transition\n"
+                            "p1,images/a.png,images/roi.png,,cardiomegaly,7,\n"
+                            "p2,images/a.png,,\"4,4,20,20\",effusion,,false\n")
+    jsonl = folder / "worklist.jsonl"
+    jsonl.write_text(json.dumps({"case_id": "p1", "image": "images/a.png", "mask": "images/roi.png",
+                                 "prompt": "cardiomegaly", "seed": 7}) + "\n\n"
+                     + json.dumps({"case_id": "p2", "image": "images/a.png", "roi_box": "4,4,20,20",
+                                   "prompt": "effusion", "no_transition": False}) + "\n")
+    from_csv, from_jsonl = read_worklist(csv_path).cases, read_worklist(jsonl).cases
+    assert [c.case_id for c in from_csv] == ["p1", "p2"]
+    assert from_csv[0].image == (folder / "images" / "a.png").resolve()  # relative to the worklist file
+    assert from_csv[0].overrides == {"seed": 7} and from_csv[1].overrides == {"no_transition": False}
+    assert [(c.case_id, c.image, c.mask, c.roi_box, c.overrides) for c in from_csv] == \
+           [(c.case_id, c.image, c.mask, c.roi_box, c.overrides) for c in from_jsonl]
+
+
+def test_every_bad_row_is_named(folder: Path):
+    path = _csv(folder, "case_id,image,prompt,roi_box,roi_ellipse,steps,colour\n"
+                        "ok1,images/a.png,x,,,,\n"
+                        "../evil,images/a.png,x,,,,\n"
+                        "ok1,images/a.png,x,,,,\n"
+                        "gone,images/missing.png,x,,,,\n"
+                        "twoRoi,images/a.png,x,\"1,1,5,5\",\"3,3,2,2\",,\n"
+                        "badbox,images/a.png,x,\"5,5,1\",,,\n"
+                        "steps,images/a.png,x,,,many,\n"
+                        "noprompt,images/a.png,,,,,\n")
+    with pytest.raises(WorklistInvalid) as caught:
+        read_worklist(path)
+    text = str(caught.value)
+    problems = caught.value.problems
+    assert "unknown column 'colour'" in problems[0]
+    for needle in ("row 3 (../evil): case_id '../evil' is not a safe folder name", "row 4 (ok1): case_id 'ok1' "
+                   "repeats row 2", "row 5 (gone): image file images/missing.png not found",
+                   "row 6 (twoRoi): give one ROI, not roi_box and roi_ellipse", "row 7 (badbox): --roi-box takes 4",
+                   "row 8 (steps): steps:", "row 9 (noprompt): prompt is empty"):
+        assert needle in text, needle
+    assert "\n" not in text and "nothing was run" in text
+
+
+def test_unsafe_and_reserved_ids(folder: Path):
+    for bad in ("a/b", "a\\b", ".hidden", "summary.json", "x" * 101, "sp ace"):
+        path = folder / "w.jsonl"
+        path.write_text(json.dumps({"case_id": bad, "image": "images/a.png", "prompt": "x"}) + "\n")
+        with pytest.raises(WorklistInvalid, match="not a safe folder name"):
+            read_worklist(path)
+
+
+def test_override_values_are_checked_where_simulate_checks_them(folder: Path, tmp_path: Path):
+    path = _csv(folder, "case_id,image,prompt,rounds,strength,frames\n"
+                        "r0,images/a.png,x,0,,\n"
+                        "s2,images/a.png,x,,2.0,\n"
+                        "f2,images/a.png,x,,,2\n"
+                        "fine,images/a.png,x,,,\n")
+    shared = {**SHARED, "no_transition": False}
+    with pytest.raises(WorklistInvalid) as caught:
+        plan_batch(read_worklist(path), shared, RUNTIME, tmp_path / "out")
+    text = str(caught.value)
+    assert "row 2 (r0): --rounds must be at least 1" in text
+    assert "row 3 (s2): --strength must be in (0, 1]" in text
+    assert "row 4 (f2): --frames must be at least 3" in text
+    assert "fine" not in text
+
+
+def test_plan_resumes_complete_folders_and_refuses_changed_ones(folder: Path, tmp_path: Path):
+    path = _csv(folder, "case_id,image,prompt\np1,images/a.png,x\np2,images/a.png,x\np3,images/a.png,x\n")
+    out = tmp_path / "out"
+    plan = plan_batch(read_worklist(path), SHARED, RUNTIME, out)
+    assert [c.case_id for c in plan.to_run] == ["p1", "p2", "p3"]
+    for case in plan.cases[:2]:  # what a finished case leaves: run.json with its hash
+        (out / case.case_id).mkdir(parents=True)
+        (out / case.case_id / "run.json").write_text(json.dumps({"batch": {"settings_sha256": case.settings_sha256}}))
+    again = plan_batch(read_worklist(path), SHARED, RUNTIME, out)
+    assert [c.case_id for c in again.to_run] == ["p3"] and again.complete == {"p1", "p2"}
+    assert recorded_hash(out / "p1") == plan.cases[0].settings_sha256
+
+    with pytest.raises(MvgError, match=r"2 case folder\(s\) .* p1, p2; pass --redo"):
+        plan_batch(read_worklist(path), {**SHARED, "steps": 3}, RUNTIME, out)  # a changed shared setting
+    Image.fromarray(np.full((40, 40), 129, np.uint8)).save(folder / "images" / "a.png")  # a changed input
+    with pytest.raises(MvgError, match="p1, p2"):
+        plan_batch(read_worklist(path), SHARED, RUNTIME, out)
+    redo = plan_batch(read_worklist(path), SHARED, RUNTIME, out, redo=True)
+    assert [(c.case_id, c.redo) for c in redo.to_run] == [("p1", True), ("p2", True), ("p3", False)]
+
+
+def test_settings_hash_ignores_paths_but_not_bytes(folder: Path, tmp_path: Path):
+    path = _csv(folder, "case_id,image,prompt\np1,images/a.png,x\n")
+    first = plan_batch(read_worklist(path), SHARED, RUNTIME, tmp_path / "o").cases[0].settings_sha256
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    again = plan_batch(read_worklist(moved / "worklist.csv"), SHARED, RUNTIME, tmp_path / "o").cases[0]
+    assert again.settings_sha256 == first
+    other = plan_batch(read_worklist(moved / "worklist.csv"), {**SHARED, "seed": 1}, RUNTIME, tmp_path / "o")
+    assert other.cases[0].settings_sha256 != first
