@@ -241,6 +241,34 @@ def bench(**opts: object) -> None:
 
     run(**opts)
 
+# Options of simulate that batch does not share: each worklist row gives its own inputs and folder.
+_PER_CASE = {"image", "prompt", "mask_path", "roi_box", "roi_ellipse", "out", "overwrite"}
+
+
+@cli.command("batch")
+@click.argument("worklist", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Batch folder: OUT/<case_id>/ per case, summary.csv and summary.json. Rerun to resume.")
+@click.option("--redo", is_flag=True, help="Recompute cases whose folder holds results of other settings or "
+              "inputs (each replaced only once its new run is complete).")
+@click.option("--ray", metavar="local|auto|ADDRESS", help="Run the cases on Ray: local (start one here), auto "
+              "(the running cluster) or a cluster address. Needs pip install mvg-rt[cluster].")
+@click.option("--workers", type=int, help="With --ray: actors to start (one per GPU or CPU slot). Default: all.")
+@click.option("--retries", type=int, default=1, show_default=True,
+              help="With --ray: times a case lost with its worker is retried on another.")
+def batch(**opts: object) -> None:
+    """Simulate every case of a worklist (CSV or JSON Lines) into OUT/<case_id>/, resumably; the simulate
+    options below are shared by every case, and a row may override its settings. Exit 0: every case
+    succeeded; 3: some failed (see summary.csv); 2: the worklist or an option is invalid (nothing ran)."""
+    from mvg_rt.commands.batch import run
+
+    context = click.get_current_context()
+    explicit = {name for name in opts if context.get_parameter_source(name) != ParameterSource.DEFAULT}
+    run(explicit=explicit, **opts)
+
+
+batch.params.extend(param for param in simulate.params if param.name not in _PER_CASE)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors, exit 2 for fixable input problems."""

@@ -12,6 +12,7 @@ actor mid-case; never set it otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,10 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mvg_rt.batch.plan import PlannedCase
-from mvg_rt.batch.settings import case_options
 from mvg_rt.errors import MvgError
-from mvg_rt.io.images import check_resolution
-from mvg_rt.io.masks import choose_mask
 from mvg_rt.runtime.factory import Runtime
 from mvg_rt.simulation import load_inputs, simulate
 
@@ -47,8 +45,6 @@ class CaseOutcome:
 
 class BatchEvents(Protocol):
     """What an executor reports to the driver (summary + progress), in the driver's process."""
-
-    def notice(self, text: str) -> None: ...
 
     def started(self, case_id: str, worker: str) -> None: ...
 
@@ -80,37 +76,41 @@ def worker_name() -> str:
 
 
 class CaseRunner:
-    """Runs cases into ``out/<case_id>/`` on one opened runtime."""
+    """Runs cases into their folders on one opened runtime (as ``run_simulation`` does, minus the opening)."""
 
-    def __init__(self, runtime: Runtime, out: Path, record_paths: bool = False, graphed_loops: bool = False,
-                 low_memory: bool = False) -> None:
+    def __init__(self, runtime: Runtime, notice: str | None = None) -> None:
+        runtime.notice = notice  # recorded in every run.json, as simulate records it
         self.runtime = runtime
-        self.out = out
-        self.record_paths = record_paths
-        self.graphed_loops = graphed_loops
-        self.low_memory = low_memory
 
     def _simulate(self, case: PlannedCase) -> dict[str, Any]:
-        row, settings = case.row, case.settings
-        inputs = load_inputs(str(row.image), row.prompt, settings["negative_prompt"], self.record_paths)
-        resolution = check_resolution(settings["resolution"] or self.runtime.default_resolution,
-                                      self.runtime.model.vae_scale_factor)
-        inputs.roi = choose_mask(inputs.image.pixels.shape, resolution, str(row.mask) if row.mask else None,
-                                 row.roi_box, row.roi_ellipse, settings["feather"])
-        options = case_options(settings, resolution, self.out / row.case_id, overwrite=case.redo,
-                               record_paths=self.record_paths, graphed_loops=self.graphed_loops,
-                               low_memory=self.low_memory)
-        options.annotations = {"batch": {"case_id": row.case_id, "settings_sha256": case.settings_sha256}}
-        folder = simulate(self.runtime, inputs, options, on_round=lambda _: _kill_hook(row.case_id))
+        request = case.request
+        assert request.image is not None and request.prompt is not None  # every worklist row has both
+        inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
+        inputs.roi = request.roi
+        options = dataclasses.replace(request.options, annotations={
+            "batch": {"case_id": case.case_id, "settings_sha256": case.settings_sha256}})
+        folder = simulate(self.runtime, inputs, options, on_round=lambda _: _kill_hook(case.case_id))
         return json.loads((folder / "run.json").read_text())
+
+    @staticmethod
+    def _scrub(message: str, case: PlannedCase) -> str:
+        """Input paths and file names out of an error line (they may identify the patient)."""
+        request = case.request
+        if request.record_paths:
+            return message
+        for path, label in ((request.image, "<image>"), (request.roi.mask_path, "<mask>")):
+            if path:
+                message = message.replace(str(path), label).replace(Path(path).name, label)
+        return message
 
     def run(self, case: PlannedCase) -> CaseOutcome:
         started = time.perf_counter()
         try:
             record = self._simulate(case)
         except MvgError as err:
-            return CaseOutcome(case.case_id, "failed", time.perf_counter() - started, str(err), worker=worker_name())
+            return CaseOutcome(case.case_id, "failed", time.perf_counter() - started, self._scrub(str(err), case),
+                               worker=worker_name())
         except Exception as err:  # noqa: BLE001 - one broken case must not stop the cohort; its line says why
-            message = " ".join(f"internal error: {type(err).__name__}: {err}".split())
+            message = self._scrub(" ".join(f"internal error: {type(err).__name__}: {err}".split()), case)
             return CaseOutcome(case.case_id, "failed", time.perf_counter() - started, message, worker=worker_name())
         return CaseOutcome(case.case_id, "ok", time.perf_counter() - started, record=record, worker=worker_name())

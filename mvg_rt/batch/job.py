@@ -2,7 +2,8 @@
 
 Order of events, and what a crash at any point costs:
 
-1. The worklist is read and every case's settings resolved and checked. Any problem: exit 2, nothing run.
+1. (At the CLI edge) the worklist is read and every case resolved into a simulate request, exactly as
+   ``simulate`` resolves its options. Any problem in any row: exit 2, naming every row, nothing run.
 2. ``--out`` is locked (``.mvg-batch.lock``, an advisory ``flock`` released when the process dies), the
    plan compares each case with its folder (complete / changed / to run), and the summary is written
    with every complete case already in it.
@@ -25,10 +26,9 @@ from typing import Any
 from rich.console import Console
 
 from mvg_rt.batch.case import CaseOutcome, discard_partials
-from mvg_rt.batch.plan import Plan, plan_batch
+from mvg_rt.batch.plan import CaseRequest, Plan, plan_batch
 from mvg_rt.batch.progress import BatchProgress
 from mvg_rt.batch.summary import Summary
-from mvg_rt.batch.worklist import read_worklist
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.factory import RuntimeSpec
 
@@ -37,11 +37,10 @@ EXIT_SOME_FAILED = 3  # some cases failed (or were lost); the others are complet
 
 @dataclass
 class BatchRequest:
-    worklist: Path
+    cases: list[CaseRequest]  # worklist order
     out: Path
-    shared: dict[str, Any]  # simulate settings by option name (see mvg_rt.batch.settings)
-    runtime: RuntimeSpec
-    record_paths: bool = False
+    runtime: RuntimeSpec  # resolved (the demo model filled in); the same for every case
+    notice: str | None = None  # e.g. the demo model's, shown once and recorded in every run.json
     redo: bool = False
     ray: str | None = None  # None: local; "local", "auto" or a cluster address
     workers: int | None = None
@@ -92,9 +91,6 @@ class _Driver:
         self.progress = progress
         self.console = console
 
-    def notice(self, text: str) -> None:
-        self.console.print(f"[yellow]note:[/yellow] {text}")
-
     def started(self, case_id: str, worker: str) -> None:
         self.progress.case_started(case_id, worker)
 
@@ -122,11 +118,10 @@ def _summarise_complete(plan: Plan, summary: Summary) -> None:
 
 
 def run_batch(request: BatchRequest, console: Console) -> BatchReport:
-    worklist = read_worklist(request.worklist)
     if request.retries < 0:
         raise MvgError(f"--retries must be >= 0 (got {request.retries})")
-    plan = plan_batch(worklist, request.shared, runtime_identity(request.runtime), request.out, request.redo)
     with _locked(request.out):
+        plan = plan_batch(request.cases, runtime_identity(request.runtime), request.out, request.redo)
         summary = Summary(request.out, [case.case_id for case in plan.cases])
         _summarise_complete(plan, summary)
         summary.write()
@@ -135,18 +130,20 @@ def run_batch(request: BatchRequest, console: Console) -> BatchReport:
         if to_run:
             for case in to_run:
                 discard_partials(request.out, case.case_id)
-            spec = dataclasses.replace(request.runtime,
-                                       with_seine=any(not case.settings["no_transition"] for case in to_run))
+            if request.notice:
+                console.print(f"[yellow]note:[/yellow] {request.notice}")
+            spec = dataclasses.replace(request.runtime, with_seine=any(
+                case.request.options.transition is not None for case in to_run))
             with BatchProgress(console, len(plan.cases), len(plan.complete)) as progress:
                 driver = _Driver(plan, summary, progress, console)
                 if request.ray:
                     from mvg_rt.batch.ray_executor import run_on_ray
 
-                    run_on_ray(request.ray, request.workers, request.retries, spec, to_run, request.out,
-                               request.record_paths, driver)
+                    run_on_ray(request.ray, request.workers, request.retries, spec, request.notice, to_run,
+                               request.out, driver)
                 else:
                     from mvg_rt.batch.local import run_local
 
-                    run_local(spec, to_run, request.out, request.record_paths, driver)
+                    run_local(spec, request.notice, to_run, driver)
         report.counts = summary.counts()
     return report

@@ -1,53 +1,64 @@
-"""Planning a batch: each case's resolved settings, its settings hash, and what resume must do with it.
+"""Planning a batch: each case's settings hash, and what resume must do with the case.
 
 A case's folder ``OUT/<case_id>/`` appears all-or-nothing (``staged_output_dir``), so a folder whose
 ``run.json`` carries this case's settings hash is complete and is skipped on a rerun. The hash covers
-everything that determines the outputs:
+everything that determines the outputs, resolved (shared settings with the row's overrides applied):
 
-    sha256(json({"prompt", "roi" (box/ellipse text or the mask file's sha256), "image_sha256",
-                 "settings" (the shared settings with the row's overrides applied), "runtime"}))
+    sha256(json({"prompt", "negative_prompt", "image_sha256",
+                 "roi" (box / ellipse text, feather, or the mask file's sha256),
+                 "options" (PIE and transition settings, seed, resolution, fps), "record_paths",
+                 "runtime" (backend, precision, device type, model / engines locations)}))
 
-where "runtime" names the backend, precision, device type and model/engines locations. Input paths are
-not hashed (moving a worklist keeps its results valid); input bytes are. A complete folder with another
-hash, or a folder batch did not write, is a *changed* case: refused (exit 2, naming the cases) unless
-``redo`` is set, when it is recomputed and replaces the old folder only once the new one is complete.
+Input paths are not hashed (moving a worklist keeps its results valid); input bytes are. A complete
+folder with another hash, or a folder batch did not write, is a *changed* case: refused (exit 2, naming
+the cases) unless ``redo`` is set, when it is recomputed and replaces the old folder only once the new
+one is complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvg_rt.batch.settings import check_case_settings
-from mvg_rt.batch.worklist import CaseRow, Worklist, WorklistInvalid
+from mvg_rt.batch.worklist import CaseRow
 from mvg_rt.errors import MvgError
+from mvg_rt.simulation import SimulationRequest
 
 HASH_FORMAT = 1
+_NOT_OUTPUTS = ("out", "overwrite", "annotations")  # where and how a case is written, not what it holds
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 @dataclass(frozen=True)
-class PlannedCase:
-    """A validated case with its resolved settings; ``redo`` replaces an existing (changed) folder."""
+class CaseRequest:
+    """A worklist row and the simulate request it resolves to (built at the CLI edge, like simulate's)."""
 
     row: CaseRow
-    settings: dict[str, Any]
-    settings_sha256: str
-    redo: bool = False
+    request: SimulationRequest
 
     @property
     def case_id(self) -> str:
         return self.row.case_id
+
+
+@dataclass(frozen=True)
+class PlannedCase:
+    """A case to run (or already complete) with its settings hash; ``request.options.overwrite`` is --redo."""
+
+    case_id: str
+    request: SimulationRequest
+    settings_sha256: str
 
 
 @dataclass
@@ -60,14 +71,18 @@ class Plan:
         return [case for case in self.cases if case.case_id not in self.complete]
 
 
-def settings_sha256(row: CaseRow, settings: dict[str, Any], runtime: dict[str, Any]) -> str:
+def settings_sha256(request: SimulationRequest, runtime: dict[str, Any]) -> str:
+    options = {k: v for k, v in dataclasses.asdict(request.options).items() if k not in _NOT_OUTPUTS}
+    roi = request.roi
     document = {
         "format": HASH_FORMAT,
-        "prompt": row.prompt,
-        "roi": {"mask_sha256": file_sha256(row.mask) if row.mask else None, "box": row.roi_box,
-                "ellipse": row.roi_ellipse},
-        "image_sha256": file_sha256(row.image),
-        "settings": settings,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "image_sha256": file_sha256(request.image),
+        "roi": {"mask_sha256": file_sha256(roi.mask_path) if roi.mask_path else None, "box": roi.box,
+                "ellipse": roi.ellipse, "feather": roi.feather},
+        "options": options,
+        "record_paths": request.record_paths,
         "runtime": runtime,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
@@ -82,32 +97,20 @@ def recorded_hash(folder: Path) -> str | None:
         return None
 
 
-def plan_batch(worklist: Worklist, shared: dict[str, Any], runtime: dict[str, Any], out: Path,
-               redo: bool = False) -> Plan:
-    """Resolve every case's settings (all problems named at once) and compare with ``out``'s folders."""
-    problems: list[str] = []
-    resolved: list[tuple[CaseRow, dict[str, Any]]] = []
-    for row in worklist.cases:
-        settings = {**shared, **row.overrides}
-        try:
-            check_case_settings(settings)
-        except MvgError as err:
-            problems.append(f"row {row.row} ({row.case_id}): {err}")
-            continue
-        resolved.append((row, settings))
-    if problems:
-        raise WorklistInvalid(worklist.path, problems)
+def plan_batch(cases: list[CaseRequest], runtime: dict[str, Any], out: Path, redo: bool = False) -> Plan:
+    """Hash every case and compare it with its folder in ``out``: complete, changed or to run."""
     plan = Plan([])
     changed = []
-    for row, settings in resolved:
-        digest = settings_sha256(row, settings, runtime)
-        folder = out / row.case_id
+    for case in cases:
+        digest = settings_sha256(case.request, runtime)
+        folder = out / case.case_id
         is_changed = folder.exists() and recorded_hash(folder) != digest
         if folder.exists() and not is_changed:
-            plan.complete.add(row.case_id)
+            plan.complete.add(case.case_id)
         if is_changed:
-            changed.append(row.case_id)
-        plan.cases.append(PlannedCase(row, settings, digest, redo=is_changed))
+            changed.append(case.case_id)
+        options = dataclasses.replace(case.request.options, out=folder, overwrite=is_changed)
+        plan.cases.append(PlannedCase(case.case_id, dataclasses.replace(case.request, options=options), digest))
     if changed and not redo:
         raise MvgError(f"{len(changed)} case folder(s) in {out} hold results of other settings or inputs: "
                        f"{', '.join(changed)}; pass --redo to recompute them (each old folder is replaced only "

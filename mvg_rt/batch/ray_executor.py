@@ -36,26 +36,21 @@ READY_TIMEOUT_S = 900.0  # opening a full-size runtime (SD 1.4 + SEINE from disk
 class CaseActor:
     """Runs in a Ray worker process: the opened runtime lives as long as the actor."""
 
-    def __init__(self, spec: RuntimeSpec, out: Path, record_paths: bool, threads: int | None) -> None:
+    def __init__(self, spec: RuntimeSpec, notice: str | None, threads: int | None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # workers never reach for a hub either
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.error: str | None = None
-        self.notice: str | None = None
         try:
-            self._context = open_runtime(spec)
-            runtime = self._context.__enter__()
+            self.runner = CaseRunner(open_runtime(spec), notice)  # closed with the actor's process
         except MvgError as err:
             self.error = str(err)
-            return
-        self.notice = runtime.notice
-        self.runner = CaseRunner(runtime, out, record_paths, graphed_loops=spec.cuda_graphs,
-                                 low_memory=spec.low_memory)
 
-    def ready(self) -> dict[str, str | None]:
-        return {"error": self.error, "notice": self.notice, "worker": worker_name()}
+    def ready(self) -> str | None:
+        """None once the runtime is open, else the one-line reason it could not be opened."""
+        return self.error
 
     def run(self, case: PlannedCase) -> CaseOutcome:
         if self.error:
@@ -99,8 +94,8 @@ def _actor_options(spec: RuntimeSpec, workers: int | None) -> tuple[int, dict[st
     return count, per_actor, threads
 
 
-def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpec, cases: list[PlannedCase],
-               out: Path, record_paths: bool, events: BatchEvents) -> None:
+def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpec, notice: str | None,
+               cases: list[PlannedCase], out: Path, events: BatchEvents) -> None:
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -114,20 +109,18 @@ def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpe
         actor_type = ray.remote(max_restarts=0, **per_actor)(CaseActor)
 
         def new_actor() -> Any:
-            actor = actor_type.remote(spec, out, record_paths, threads)
+            actor = actor_type.remote(spec, notice, threads)
             actors.append(actor)
             return actor
 
         idle = [new_actor() for _ in range(count)]
         try:
-            states = ray.get([actor.ready.remote() for actor in idle], timeout=READY_TIMEOUT_S)
+            problems = ray.get([actor.ready.remote() for actor in idle], timeout=READY_TIMEOUT_S)
         except GetTimeoutError as err:
             raise MvgError(f"Ray workers did not open the runtime within {READY_TIMEOUT_S:.0f} s: check that "
                            "every node has mvg-rt installed and sees the model folder") from err
-        if problems := [s["error"] for s in states if s["error"]]:
-            raise MvgError(f"a Ray worker could not open the runtime: {problems[0]}")
-        if notice := states[0]["notice"]:
-            events.notice(notice)
+        if problem := next((p for p in problems if p), None):
+            raise MvgError(f"a Ray worker could not open the runtime: {problem}")
 
         pending = deque(cases)
         attempts: dict[str, int] = {}

@@ -1,0 +1,122 @@
+"""Cases per hour for a worklist: ``mvg-rt simulate`` per case vs ``mvg-rt batch`` locally vs on Ray.
+
+Usage::
+
+    python benchmarks/batch_throughput.py --out benchmarks/results/cpu-2core
+
+The worklist: ``--cases`` copies of the bundled demo case (demo image, heart mask, "severe cardiomegaly")
+with seeds 0..N-1, on the embedded demo model with the demo case's settings (strength 0.3, 50 steps) but
+reduced to ``--rounds`` PIE rounds and no transition clips, so the whole bench stays within minutes.
+Rows, one after another in this run, each a fresh command measured end to end (wall clock, process
+start and model load included, which is the point):
+
+- ``simulate per case``: one ``mvg-rt simulate`` process per case (models load once per case);
+- ``batch, local``: one ``mvg-rt batch`` process (models load once);
+- ``batch, Ray 2 workers``: ``mvg-rt batch --ray local --workers 2`` (starts a private Ray instance; two
+  actors with one torch thread each, each loading the models once).
+
+Each row also says whether its state images are bit-identical to the ``simulate`` row's. Nothing here is
+asserted; the JSON and the Markdown table are committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mvg_rt.demo.default import DEMO_CASE
+
+
+def _worklist(folder: Path, cases: int) -> Path:
+    path = folder / "worklist.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "image", "mask", "prompt", "seed"])
+        for seed in range(cases):
+            writer.writerow([f"case{seed:02d}", DEMO_CASE.image, DEMO_CASE.mask, DEMO_CASE.prompt, seed])
+    return path
+
+
+def _timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    return time.perf_counter() - started, done
+
+
+def _states(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob("*/states/*.png"))}
+
+
+def _row(name: str, seconds: float, cases: int, done: subprocess.CompletedProcess, out: Path,
+         reference: dict[str, bytes] | None) -> dict[str, Any]:
+    states = _states(out)
+    return {"row": name, "seconds": round(seconds, 1), "cases": cases,
+            "cases_per_hour": round(3600 * cases / seconds, 1), "exit_code": done.returncode,
+            "same_bits_as_simulate": None if reference is None else states == reference,
+            "stderr_tail": done.stderr.strip().splitlines()[-1:] if done.returncode else []}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core"))
+    args = parser.parse_args()
+    mvg = [sys.executable, "-m", "mvg_rt.cli"]
+    settings = ["--rounds", str(args.rounds), "--no-transition"]
+    work = Path(tempfile.mkdtemp(prefix="mvg-batch-bench-"))
+    try:
+        worklist = _worklist(work, args.cases)
+        load_before = os.getloadavg()
+        started = time.perf_counter()
+        per_case = work / "simulate"
+        wall = 0.0
+        for seed in range(args.cases):
+            seconds, done = _timed([*mvg, "simulate", "--seed", str(seed), *settings,
+                                    "--out", str(per_case / f"case{seed:02d}")])
+            wall += seconds
+            if done.returncode:
+                break
+        rows = [_row("simulate per case", wall, args.cases, done, per_case, None)]
+        reference = _states(per_case)
+        seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "local"), *settings])
+        rows.append(_row("batch, local", seconds, args.cases, done, work / "local", reference))
+        seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "ray"), *settings,
+                                "--ray", "local", "--workers", str(args.workers)])
+        rows.append(_row(f"batch, Ray {args.workers} workers", seconds, args.cases, done, work / "ray", reference))
+        base = rows[0]["cases_per_hour"]
+        for row in rows:
+            row["vs_simulate_per_case"] = round(row["cases_per_hour"] / base, 2)
+        report = {"bench": "batch_throughput", "date": time.strftime("%Y-%m-%d %H:%M"),
+                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                              "loadavg_before": [round(v, 2) for v in load_before],
+                              "loadavg_after": [round(v, 2) for v in os.getloadavg()]},
+                  "settings": {"cases": args.cases, "model": "embedded demo model", "rounds": args.rounds,
+                               "transitions": False, "strength": 0.3, "steps": 50, "resolution": 256},
+                  "total_seconds": round(time.perf_counter() - started, 1), "rows": rows}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "batch_throughput.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# Batch throughput ({args.cases} demo cases, {args.rounds} PIE rounds each, no transitions)", "",
+             "| row | wall seconds | cases per hour | vs simulate per case | same bits as simulate |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['row']} | {r['seconds']} | {r['cases_per_hour']} | {r['vs_simulate_per_case']}x | "
+              f"{'-' if r['same_bits_as_simulate'] is None else r['same_bits_as_simulate']} |" for r in rows]
+    (args.out / "batch_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
