@@ -59,16 +59,11 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
 
 
 def run(**opts: Any) -> None:
-    from mvg_rt.check.components import check_component
-    from mvg_rt.check.end_to_end import check_end_to_end
-    from mvg_rt.check.tolerances import describe
-    from mvg_rt.components import COMPONENTS, PIE_COMPONENTS
     from mvg_rt.artifacts.manifest import Manifest
-    from mvg_rt.runtime.factory import Runtime, engines_model_info, engines_runtime, torch_runtime
-    from mvg_rt.runtime.pipelines.pie import PieSettings
+    from mvg_rt.components import COMPONENTS
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
     precision = opts["precision"]
-    settings = PieSettings(rounds=opts["rounds"], steps=opts["steps"], strength=0.6)
     backend_name = opts.get("backend") or "ort"
     kind = "trt" if backend_name == "trt" else "onnx"
     manifest = Manifest.read(opts["engines_dir"])
@@ -76,17 +71,37 @@ def run(**opts: Any) -> None:
     if not components:
         manifest.require("unet", kind, precision)  # raises with what the folder has
     model_dir, unet_dir, seine_path = reference_sources(manifest, opts, precision)
-    candidate = engines_runtime(backend_name, opts["engines_dir"], precision, opts["device"]).backend
-
-    seine_module = None
-    if seine_path is not None:
-        from mvg_rt.export.build import load_seine
-        from mvg_rt.models.seine_unet import SeineConfig
-
-        seine_module = load_seine(seine_path, SeineConfig.from_dict(manifest.model.seine_config or {}))
+    candidate_spec = RuntimeSpec(backend=backend_name, device=opts["device"], precision=precision,
+                                 engines_dir=opts["engines_dir"])
+    reference_spec = RuntimeSpec(model_dir=model_dir, unet_dir=unet_dir, seine=seine_path,
+                                 seine_config=manifest.model.seine_config, with_seine=seine_path is not None)
     started = time.perf_counter()
-    reference = torch_runtime(model_dir, unet_dir, "cpu", seine=seine_module)
-    tokenizer = engines_model_info(manifest).tokenizer
+    with open_runtime(candidate_spec) as candidate_runtime, open_runtime(reference_spec) as reference:
+        report = _compare(opts, manifest, components, precision, kind, candidate_runtime, reference)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    report["reference"] = {"model_dir": model_dir, "unet": unet_dir, "seine": seine_path}
+    if opts.get("json_path"):
+        Path(opts["json_path"]).write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        click.echo(f"mvg-rt: check failed: {', '.join(report['failed'])} exceeded the {precision} tolerance "
+                   "(see the table; tolerances in mvg_rt/check/tolerances.py)", err=True)
+        sys.exit(EXIT_TOLERANCE)
+    click.echo(f"check passed: {len(report['components'])} component cases and {len(report['end_to_end'])} "
+               f"frames within the {precision} tolerances")
+
+
+def _compare(opts: dict[str, Any], manifest: Any, components: list[str], precision: str, kind: str,
+             candidate_runtime: Any, reference: Any) -> dict[str, Any]:
+    """Every component, then a short end-to-end run; prints the tables, returns the report."""
+    from mvg_rt.check.components import check_component
+    from mvg_rt.check.end_to_end import check_end_to_end
+    from mvg_rt.check.tolerances import describe
+    from mvg_rt.components import PIE_COMPONENTS
+    from mvg_rt.runtime.pipelines.pie import PieSettings
+
+    settings = PieSettings(rounds=opts["rounds"], steps=opts["steps"], strength=0.6)
+    candidate = candidate_runtime.backend
+    tokenizer = candidate_runtime.model.tokenizer
 
     component_results, skipped = [], []
     for name in components:
@@ -96,7 +111,6 @@ def run(**opts: Any) -> None:
     frame_results = []
     pie_ready = all(c in components for c in PIE_COMPONENTS)
     if not opts["skip_end_to_end"] and pie_ready:
-        candidate_runtime = Runtime(candidate, engines_model_info(manifest), {})
         frame_results = check_end_to_end(reference, candidate_runtime, manifest.model.resolution, settings,
                                          opts["seed"], precision)
     failed_components = sorted({r.component for r in component_results if not r.passed})
@@ -124,25 +138,16 @@ def run(**opts: Any) -> None:
 
     report = {
         "engines": str(opts["engines_dir"]),
-        "backend": backend_name,
+        "backend": candidate_runtime.spec.backend,
         "precision": precision,
         "device": opts["device"],
         "skipped_outside_profile": skipped,
-        "reference": {"model_dir": model_dir, "unet": unet_dir, "seine": seine_path},
         "tolerances": describe(),
         "components": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.to_dict().items()}
                        for r in component_results],
         "end_to_end": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.to_dict().items()}
                        for r in frame_results],
-        "seconds": round(time.perf_counter() - started, 2),
         "failed": failed_components + [f"end-to-end {s}" for s in failed_stages],
         "passed": not failed_components and not failed_stages,
     }
-    if opts.get("json_path"):
-        Path(opts["json_path"]).write_text(json.dumps(report, indent=2) + "\n")
-    if not report["passed"]:
-        click.echo(f"mvg-rt: check failed: {', '.join(report['failed'])} exceeded the {precision} tolerance "
-                   "(see the table; tolerances in mvg_rt/check/tolerances.py)", err=True)
-        sys.exit(EXIT_TOLERANCE)
-    click.echo(f"check passed: {len(component_results)} component cases and {len(frame_results)} frames within "
-               f"the {precision} tolerances")
+    return report
