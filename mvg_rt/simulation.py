@@ -88,15 +88,21 @@ class SimulationRequest:
     record_paths: bool = False
 
 
-def resolve_demo(request: SimulationRequest) -> tuple[SimulationRequest, str | None]:
-    """The request with the demo case filled in where the user left it out, and the notice to show."""
-    from mvg_rt.demo.default import DEMO_CASE, demo_model_dir
+def resolve_demo_model(spec: RuntimeSpec) -> tuple[RuntimeSpec, str | None]:
+    """The spec with the embedded demo model where a PyTorch run names no model, and the notice to show."""
+    from mvg_rt.demo.default import demo_model_dir
 
-    notice = None
-    spec = request.runtime
     if spec.backend == "torch" and spec.model_dir is None and spec.unet_dir is None and spec.seine is None:
         folder, notice = demo_model_dir()
-        spec = replace(spec, model_dir=folder)
+        return replace(spec, model_dir=folder), notice
+    return spec, None
+
+
+def resolve_demo(request: SimulationRequest) -> tuple[SimulationRequest, str | None]:
+    """The request with the demo case filled in where the user left it out, and the notice to show."""
+    from mvg_rt.demo.default import DEMO_CASE
+
+    spec, notice = resolve_demo_model(request.runtime)
     if request.image is not None:
         return replace(request, runtime=spec), notice
     roi = request.roi if request.roi.given else RoiRequest(str(DEMO_CASE.mask), feather=request.roi.feather)

@@ -1,7 +1,7 @@
 """``mvg-rt batch`` end to end on the tiny model: failures, resume after kill -9, changed settings, Ray.
 
 Every case is tiny (32x32, 1 PIE round of 2 steps, transitions only where a row asks for them: 3 frames,
-1 step). One torch thread throughout, as each Ray actor uses, so local and Ray runs are bit-comparable.
+2 steps). One torch thread throughout, as each Ray actor uses, so local and Ray runs are bit-comparable.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from test_io import _write_dicom
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = ["--resolution", "32", "--rounds", "1", "--steps", "2", "--strength", "0.5", "--no-transition",
-        "--frames", "3", "--transition-steps", "1", "--transition-sampler", "ddim"]
+        "--frames", "3", "--transition-steps", "2", "--transition-sampler", "ddim"]
 GOOD = ["c1", "c2", "c3", "c6"]
 IDENTIFIERS = ("Doe^Jane", "SECRET-123", "MRN-4711", "Doe_Jane")  # DICOM fields, folder and file names
 

@@ -11,12 +11,25 @@ from PIL import Image
 
 from mvg_rt.batch.plan import plan_batch, recorded_hash
 from mvg_rt.batch.worklist import WorklistInvalid, read_worklist
+from mvg_rt.cli import batch
+from mvg_rt.commands.batch import case_requests
 from mvg_rt.errors import MvgError
 
-SHARED = {"seed": 0, "rounds": 1, "strength": 0.5, "steps": 2, "guidance": 7.5, "beta1": 0.01, "beta2": 0.75,
-          "scheduler": None, "negative_prompt": "", "resolution": 32, "feather": 0.0, "no_transition": True,
-          "frames": 3, "transition_steps": 1, "transition_sampler": "ddim", "transition_guidance": 8.0, "fps": 8.0}
+
+
+def _options(*args: str) -> dict:
+    """The options click hands the batch command for these arguments (a tiny model's settings)."""
+    argv = ["w.csv", "--out", "o", "--model-dir", "/models/tiny", "--resolution", "32", "--rounds", "1",
+            "--steps", "2", "--strength", "0.5", "--no-transition", *args]
+    return dict(batch.make_context("batch", argv).params)
+
+
+SHARED = _options()
 RUNTIME = {"backend": "torch", "model_dir": "/models/tiny"}
+
+
+def _plan(path: Path, out: Path, shared: dict | None = None, redo: bool = False):
+    return plan_batch(case_requests(read_worklist(path), shared or SHARED, out), RUNTIME, out, redo)
 
 
 @pytest.fixture
@@ -87,9 +100,8 @@ def test_override_values_are_checked_where_simulate_checks_them(folder: Path, tm
                         "s2,images/a.png,x,,2.0,\n"
                         "f2,images/a.png,x,,,2\n"
                         "fine,images/a.png,x,,,\n")
-    shared = {**SHARED, "no_transition": False}
     with pytest.raises(WorklistInvalid) as caught:
-        plan_batch(read_worklist(path), shared, RUNTIME, tmp_path / "out")
+        case_requests(read_worklist(path), SHARED | {"no_transition": False}, tmp_path / "out")
     text = str(caught.value)
     assert "row 2 (r0): --rounds must be at least 1" in text
     assert "row 3 (s2): --strength must be in (0, 1]" in text
@@ -100,30 +112,30 @@ def test_override_values_are_checked_where_simulate_checks_them(folder: Path, tm
 def test_plan_resumes_complete_folders_and_refuses_changed_ones(folder: Path, tmp_path: Path):
     path = _csv(folder, "case_id,image,prompt\np1,images/a.png,x\np2,images/a.png,x\np3,images/a.png,x\n")
     out = tmp_path / "out"
-    plan = plan_batch(read_worklist(path), SHARED, RUNTIME, out)
+    plan = _plan(path, out)
     assert [c.case_id for c in plan.to_run] == ["p1", "p2", "p3"]
     for case in plan.cases[:2]:  # what a finished case leaves: run.json with its hash
         (out / case.case_id).mkdir(parents=True)
         (out / case.case_id / "run.json").write_text(json.dumps({"batch": {"settings_sha256": case.settings_sha256}}))
-    again = plan_batch(read_worklist(path), SHARED, RUNTIME, out)
+    again = _plan(path, out)
     assert [c.case_id for c in again.to_run] == ["p3"] and again.complete == {"p1", "p2"}
     assert recorded_hash(out / "p1") == plan.cases[0].settings_sha256
 
     with pytest.raises(MvgError, match=r"2 case folder\(s\) .* p1, p2; pass --redo"):
-        plan_batch(read_worklist(path), {**SHARED, "steps": 3}, RUNTIME, out)  # a changed shared setting
+        _plan(path, out, _options("--steps", "3"))  # a changed shared setting
     Image.fromarray(np.full((40, 40), 129, np.uint8)).save(folder / "images" / "a.png")  # a changed input
     with pytest.raises(MvgError, match="p1, p2"):
-        plan_batch(read_worklist(path), SHARED, RUNTIME, out)
-    redo = plan_batch(read_worklist(path), SHARED, RUNTIME, out, redo=True)
-    assert [(c.case_id, c.redo) for c in redo.to_run] == [("p1", True), ("p2", True), ("p3", False)]
+        _plan(path, out)
+    redo = _plan(path, out, redo=True)
+    assert [(c.case_id, c.request.options.overwrite) for c in redo.to_run] == \
+           [("p1", True), ("p2", True), ("p3", False)]
+    assert redo.to_run[0].request.options.out == out / "p1"
 
 
 def test_settings_hash_ignores_paths_but_not_bytes(folder: Path, tmp_path: Path):
     path = _csv(folder, "case_id,image,prompt\np1,images/a.png,x\n")
-    first = plan_batch(read_worklist(path), SHARED, RUNTIME, tmp_path / "o").cases[0].settings_sha256
+    first = _plan(path, tmp_path / "o").cases[0].settings_sha256
     moved = tmp_path / "moved"
     folder.rename(moved)
-    again = plan_batch(read_worklist(moved / "worklist.csv"), SHARED, RUNTIME, tmp_path / "o").cases[0]
-    assert again.settings_sha256 == first
-    other = plan_batch(read_worklist(moved / "worklist.csv"), {**SHARED, "seed": 1}, RUNTIME, tmp_path / "o")
-    assert other.cases[0].settings_sha256 != first
+    assert _plan(moved / "worklist.csv", tmp_path / "o").cases[0].settings_sha256 == first
+    assert _plan(moved / "worklist.csv", tmp_path / "o", _options("--seed", "1")).cases[0].settings_sha256 != first

@@ -64,9 +64,7 @@ class Summary:
 
     @staticmethod
     def _row(case_id: str, **values: Any) -> dict[str, Any]:
-        row = dict.fromkeys(COLUMNS)
-        row.update(case_id=case_id, attempts=0, resumed=False, **values)
-        return row
+        return dict.fromkeys(COLUMNS) | {"case_id": case_id, "attempts": 0, "resumed": False} | values
 
     def previous_seconds(self) -> dict[str, tuple[str, float]]:
         """(settings hash, seconds) of each case in the summary.json already in ``out``, if any."""
