@@ -53,14 +53,20 @@ def _timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - started, done
 
 
+def _load() -> float:
+    """1-minute load average: the machine is shared, so each row records what it ran beside."""
+    return round(os.getloadavg()[0], 2)
+
+
 def _states(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob("*/states/*.png"))}
 
 
 def _row(name: str, seconds: float, cases: int, done: subprocess.CompletedProcess, out: Path,
-         reference: dict[str, bytes] | None) -> dict[str, Any]:
+         reference: dict[str, bytes] | None, load_before: float) -> dict[str, Any]:
     states = _states(out)
-    return {"row": name, "seconds": round(seconds, 1), "cases": cases,
+    return {"row": name, "seconds": round(seconds, 1), "cases": cases, "load_before": load_before,
+            "load_after": _load(),
             "cases_per_hour": round(3600 * cases / seconds, 1), "exit_code": done.returncode,
             "same_bits_as_simulate": None if reference is None else states == reference,
             "stderr_tail": done.stderr.strip().splitlines()[-1:] if done.returncode else []}
@@ -69,7 +75,7 @@ def _row(name: str, seconds: float, cases: int, done: subprocess.CompletedProces
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core"))
     args = parser.parse_args()
@@ -78,30 +84,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mvg-batch-bench-"))
     try:
         worklist = _worklist(work, args.cases)
-        load_before = os.getloadavg()
         started = time.perf_counter()
         per_case = work / "simulate"
-        wall = 0.0
+        wall, load = 0.0, _load()
         for seed in range(args.cases):
             seconds, done = _timed([*mvg, "simulate", "--seed", str(seed), *settings,
                                     "--out", str(per_case / f"case{seed:02d}")])
             wall += seconds
             if done.returncode:
                 break
-        rows = [_row("simulate per case", wall, args.cases, done, per_case, None)]
+        rows = [_row("simulate per case", wall, args.cases, done, per_case, None, load)]
         reference = _states(per_case)
+        load = _load()
         seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "local"), *settings])
-        rows.append(_row("batch, local", seconds, args.cases, done, work / "local", reference))
+        rows.append(_row("batch, local", seconds, args.cases, done, work / "local", reference, load))
+        load = _load()
         seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "ray"), *settings,
                                 "--ray", "local", "--workers", str(args.workers)])
-        rows.append(_row(f"batch, Ray {args.workers} workers", seconds, args.cases, done, work / "ray", reference))
+        rows.append(_row(f"batch, Ray {args.workers} workers", seconds, args.cases, done, work / "ray", reference,
+                         load))
         base = rows[0]["cases_per_hour"]
         for row in rows:
             row["vs_simulate_per_case"] = round(row["cases_per_hour"] / base, 2)
         report = {"bench": "batch_throughput", "date": time.strftime("%Y-%m-%d %H:%M"),
-                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                              "loadavg_before": [round(v, 2) for v in load_before],
-                              "loadavg_after": [round(v, 2) for v in os.getloadavg()]},
+                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                   "settings": {"cases": args.cases, "model": "embedded demo model", "rounds": args.rounds,
                                "transitions": False, "strength": 0.3, "steps": 50, "resolution": 256},
                   "total_seconds": round(time.perf_counter() - started, 1), "rows": rows}
@@ -110,10 +116,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "batch_throughput.json").write_text(json.dumps(report, indent=2))
     lines = [f"# Batch throughput ({args.cases} demo cases, {args.rounds} PIE rounds each, no transitions)", "",
-             "| row | wall seconds | cases per hour | vs simulate per case | same bits as simulate |",
-             "|---|---|---|---|---|"]
+             "| row | wall seconds | cases per hour | vs simulate per case | same bits as simulate "
+             "| load before/after |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['row']} | {r['seconds']} | {r['cases_per_hour']} | {r['vs_simulate_per_case']}x | "
-              f"{'-' if r['same_bits_as_simulate'] is None else r['same_bits_as_simulate']} |" for r in rows]
+              f"{'-' if r['same_bits_as_simulate'] is None else r['same_bits_as_simulate']} | "
+              f"{r['load_before']} / {r['load_after']} |" for r in rows]
     (args.out / "batch_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -110,6 +110,7 @@ def test_bad_cases_are_recorded_and_the_batch_goes_on(local_run: tuple[int, Path
     assert json.loads((out / "c2" / "run.json").read_text())["seed"] == 3
     document = json.loads((out / "summary.json").read_text())
     assert document["counts"] == {"ok": 4, "failed": 2, "pending": 0}
+    assert "ray" not in sys.modules  # a batch without --ray never imports Ray
 
 
 def test_no_identifier_reaches_the_outputs(local_run: tuple[int, Path], cohort: Path):
