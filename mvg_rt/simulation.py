@@ -32,6 +32,7 @@ from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
 from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
 from mvg_rt.io.video import write_gif, write_mp4
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
+from mvg_rt.runtime.pipelines.latents import images_to_model_range
 from mvg_rt.runtime.pipelines.pie import PieSettings, StepCallback, run_pie
 from mvg_rt.runtime.pipelines.sessions import pie_session, run_transitions, transition_sampler
 from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSettings
@@ -225,8 +226,19 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "timings": result.timings,
         "rounds": result.rounds,
         "clips": result.clips,
-        "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0),
+        "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0,
+                                _vae_embedding(runtime), "posterior mean of the run's own VAE encoder"),
     }
+
+
+def _vae_embedding(runtime: Runtime) -> Callable[[np.ndarray], torch.Tensor]:
+    """The identity embedding (VAE-I) from the model that made the run, not from any other model."""
+
+    def embed(image: np.ndarray) -> torch.Tensor:
+        pixels = images_to_model_range(torch.from_numpy(image)[None]).to(runtime.backend.device)
+        return runtime.backend.encode_images(pixels)[:, : runtime.model.latent_channels].cpu()
+
+    return embed
 
 
 def _write(staging: Path, record: dict[str, Any], roi: RoiMask, result: SimulationResult, fps: float) -> None:
