@@ -11,11 +11,13 @@ Rows, one after another in this run, each a fresh command measured end to end (w
 start and model load included, which is the point):
 
 - ``simulate per case``: one ``mvg-rt simulate`` process per case (models load once per case);
-- ``batch, local``: one ``mvg-rt batch`` process (models load once);
+- ``batch, local``: one ``mvg-rt batch`` process (models load once), torch's default threads (all cores);
+- ``batch, local, 1 thread``: the same with ``OMP_NUM_THREADS=1``, the thread count of each Ray actor;
 - ``batch, Ray 2 workers``: ``mvg-rt batch --ray local --workers 2`` (starts a private Ray instance; two
   actors with one torch thread each, each loading the models once).
 
-Each row also says whether its state images are bit-identical to the ``simulate`` row's. Nothing here is
+Each row also says whether its state images are bit-identical to those of the row with the same torch
+thread count (a different count changes float summation order, hence the last bits). Nothing here is
 asserted; the JSON and the Markdown table are committed.
 """
 
@@ -47,9 +49,9 @@ def _worklist(folder: Path, cases: int) -> Path:
     return path
 
 
-def _timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def _timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
     return time.perf_counter() - started, done
 
 
@@ -63,12 +65,13 @@ def _states(folder: Path) -> dict[str, bytes]:
 
 
 def _row(name: str, seconds: float, cases: int, done: subprocess.CompletedProcess, out: Path,
-         reference: dict[str, bytes] | None, load_before: float) -> dict[str, Any]:
+         reference: tuple[str, dict[str, bytes]] | None, load_before: float) -> dict[str, Any]:
     states = _states(out)
     return {"row": name, "seconds": round(seconds, 1), "cases": cases, "load_before": load_before,
             "load_after": _load(),
             "cases_per_hour": round(3600 * cases / seconds, 1), "exit_code": done.returncode,
-            "same_bits_as_simulate": None if reference is None else states == reference,
+            "states": len(states), "same_bits_as": None if reference is None else reference[0],
+            "same_bits": None if reference is None else states == reference[1],
             "stderr_tail": done.stderr.strip().splitlines()[-1:] if done.returncode else []}
 
 
@@ -94,10 +97,15 @@ def main() -> None:
             if done.returncode:
                 break
         rows = [_row("simulate per case", wall, args.cases, done, per_case, None, load)]
-        reference = _states(per_case)
+        reference = ("simulate per case", _states(per_case))
         load = _load()
         seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "local"), *settings])
         rows.append(_row("batch, local", seconds, args.cases, done, work / "local", reference, load))
+        load = _load()
+        seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "local1"), *settings],
+                               env={"OMP_NUM_THREADS": "1"})
+        rows.append(_row("batch, local, 1 thread", seconds, args.cases, done, work / "local1", None, load))
+        reference = ("batch, local, 1 thread", _states(work / "local1"))
         load = _load()
         seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "ray"), *settings,
                                 "--ray", "local", "--workers", str(args.workers)])
@@ -116,10 +124,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "batch_throughput.json").write_text(json.dumps(report, indent=2))
     lines = [f"# Batch throughput ({args.cases} demo cases, {args.rounds} PIE rounds each, no transitions)", "",
-             "| row | wall seconds | cases per hour | vs simulate per case | same bits as simulate "
+             "| row | wall seconds | cases per hour | vs simulate per case | states bit-identical to "
              "| load before/after |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['row']} | {r['seconds']} | {r['cases_per_hour']} | {r['vs_simulate_per_case']}x | "
-              f"{'-' if r['same_bits_as_simulate'] is None else r['same_bits_as_simulate']} | "
+              f"{'-' if r['same_bits'] is None else ('yes: ' if r['same_bits'] else 'NO: ') + r['same_bits_as']} | "
               f"{r['load_before']} / {r['load_after']} |" for r in rows]
     (args.out / "batch_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
