@@ -11,14 +11,14 @@ Rows, one after another in this run, each a fresh command measured end to end (w
 start and model load included, which is the point):
 
 - ``simulate per case``: one ``mvg-rt simulate`` process per case (models load once per case);
-- ``batch, local``: one ``mvg-rt batch`` process (models load once), torch's default threads (all cores);
-- ``batch, local, 1 thread``: the same with ``OMP_NUM_THREADS=1``, the thread count of each Ray actor;
+- ``batch, local``: one ``mvg-rt batch`` process (models load once);
 - ``batch, Ray 2 workers``: ``mvg-rt batch --ray local --workers 2`` (starts a private Ray instance; two
   actors with one torch thread each, each loading the models once).
 
-Each row also says whether its state images are bit-identical to those of the row with the same torch
-thread count (a different count changes float summation order, hence the last bits). Nothing here is
-asserted; the JSON and the Markdown table are committed.
+Every process runs ``--threads`` torch threads (``OMP_NUM_THREADS``; default 1, what each Ray actor
+uses), so the rows differ only in how cases are distributed, and their states are bit-identical (a
+different thread count changes float summation order, hence the last bits); each row says whether they
+are. Nothing here is asserted; the JSON and the Markdown table are committed.
 """
 
 from __future__ import annotations
@@ -80,10 +80,12 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (Ray actors: 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core"))
     args = parser.parse_args()
     mvg = [sys.executable, "-m", "mvg_rt.cli"]
     settings = ["--rounds", str(args.rounds), "--no-transition"]
+    env = {"OMP_NUM_THREADS": str(args.threads)}
     work = Path(tempfile.mkdtemp(prefix="mvg-batch-bench-"))
     try:
         worklist = _worklist(work, args.cases)
@@ -92,23 +94,18 @@ def main() -> None:
         wall, load = 0.0, _load()
         for seed in range(args.cases):
             seconds, done = _timed([*mvg, "simulate", "--seed", str(seed), *settings,
-                                    "--out", str(per_case / f"case{seed:02d}")])
+                                    "--out", str(per_case / f"case{seed:02d}")], env)
             wall += seconds
             if done.returncode:
                 break
         rows = [_row("simulate per case", wall, args.cases, done, per_case, None, load)]
         reference = ("simulate per case", _states(per_case))
         load = _load()
-        seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "local"), *settings])
+        seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "local"), *settings], env)
         rows.append(_row("batch, local", seconds, args.cases, done, work / "local", reference, load))
         load = _load()
-        seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "local1"), *settings],
-                               env={"OMP_NUM_THREADS": "1"})
-        rows.append(_row("batch, local, 1 thread", seconds, args.cases, done, work / "local1", None, load))
-        reference = ("batch, local, 1 thread", _states(work / "local1"))
-        load = _load()
         seconds, done = _timed([*mvg, "batch", str(worklist), "--out", str(work / "ray"), *settings,
-                                "--ray", "local", "--workers", str(args.workers)])
+                                "--ray", "local", "--workers", str(args.workers)], env)
         rows.append(_row(f"batch, Ray {args.workers} workers", seconds, args.cases, done, work / "ray", reference,
                          load))
         base = rows[0]["cases_per_hour"]
@@ -117,13 +114,15 @@ def main() -> None:
         report = {"bench": "batch_throughput", "date": time.strftime("%Y-%m-%d %H:%M"),
                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                   "settings": {"cases": args.cases, "model": "embedded demo model", "rounds": args.rounds,
-                               "transitions": False, "strength": 0.3, "steps": 50, "resolution": 256},
+                               "transitions": False, "strength": 0.3, "steps": 50, "resolution": 256,
+                               "torch_threads_per_process": args.threads},
                   "total_seconds": round(time.perf_counter() - started, 1), "rows": rows}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "batch_throughput.json").write_text(json.dumps(report, indent=2))
-    lines = [f"# Batch throughput ({args.cases} demo cases, {args.rounds} PIE rounds each, no transitions)", "",
+    lines = [f"# Batch throughput ({args.cases} demo cases, {args.rounds} PIE rounds each, no transitions, "
+             f"{args.threads} torch thread(s) per process)", "",
              "| row | wall seconds | cases per hour | vs simulate per case | states bit-identical to "
              "| load before/after |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['row']} | {r['seconds']} | {r['cases_per_hour']} | {r['vs_simulate_per_case']}x | "

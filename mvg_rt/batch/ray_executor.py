@@ -10,9 +10,9 @@
   (all-or-nothing); the driver alone writes the summary. ``--out`` and the inputs must therefore be on
   storage every node sees at the same path (the worklist resolves them to absolute paths).
 - **Failures.** A case that fails (bad input) is an ordinary ``failed`` outcome. A lost actor (process
-  killed, node gone) is replaced by a fresh one, and its case is resubmitted, at most ``retries`` times
-  more; after that the case is recorded as failed with the reason. The killed worker's staging folder is
-  removed before the retry.
+  killed, node gone, Ray's out-of-memory monitor) is replaced by a fresh one, and its case is resubmitted,
+  at most ``retries`` times more; after that the case is recorded as failed with the reason. The killed
+  worker's staging folder is removed before the retry.
 
 Ray is imported here only, so a batch without ``--ray`` never imports it.
 """
@@ -97,7 +97,7 @@ def _actor_options(spec: RuntimeSpec, workers: int | None) -> tuple[int, dict[st
 def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpec, notice: str | None,
                cases: list[PlannedCase], out: Path, events: BatchEvents) -> None:
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError
+    from ray.exceptions import GetTimeoutError, RayError
 
     started_here = _connect(address, workers)
     actors: list[Any] = []
@@ -119,6 +119,10 @@ def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpe
         except GetTimeoutError as err:
             raise MvgError(f"Ray workers did not open the runtime within {READY_TIMEOUT_S:.0f} s: check that "
                            "every node has mvg-rt installed and sees the model folder") from err
+        except RayError as err:  # e.g. killed by Ray's out-of-memory monitor while loading the models
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise MvgError(f"a Ray worker died while opening the runtime ({type(err).__name__}: {first}); check "
+                           "the node's memory and that mvg-rt is installed on every node") from err
         if problem := next((p for p in problems if p), None):
             raise MvgError(f"a Ray worker could not open the runtime: {problem}")
 
@@ -135,7 +139,8 @@ def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpe
             actor, case = in_flight.pop(ref)
             try:
                 outcome = ray.get(ref)
-            except RayActorError as err:
+            except RayError as err:  # the actor died (crash, kill, lost node, Ray's OOM monitor)
+                ray.kill(actor)
                 idle.append(new_actor())  # the lost actor's slot gets a fresh one
                 discard_partials(out, case.case_id)
                 reason = f"worker lost ({type(err).__name__})"
