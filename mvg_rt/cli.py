@@ -264,7 +264,7 @@ def batch(**opts: object) -> None:
 
     context = click.get_current_context()
     explicit = {name for name in opts if context.get_parameter_source(name) != ParameterSource.DEFAULT}
-    run(explicit=explicit, **opts)
+    run({param.name: param for param in context.command.params}, explicit=explicit, **opts)
 
 
 batch.params.extend(param for param in simulate.params if param.name not in _PER_CASE)

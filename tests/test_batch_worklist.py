@@ -25,11 +25,12 @@ def _options(*args: str) -> dict:
 
 
 SHARED = _options()
+PARAMS = {param.name: param for param in batch.params}
 RUNTIME = {"backend": "torch", "model_dir": "/models/tiny"}
 
 
 def _plan(path: Path, out: Path, shared: dict | None = None, redo: bool = False):
-    return plan_batch(case_requests(read_worklist(path), shared or SHARED, out), RUNTIME, out, redo)
+    return plan_batch(case_requests(read_worklist(path), shared or SHARED, out, PARAMS), RUNTIME, out, redo)
 
 
 @pytest.fixture
@@ -58,9 +59,13 @@ def test_csv_and_jsonl_give_the_same_cases(folder: Path):
     from_csv, from_jsonl = read_worklist(csv_path).cases, read_worklist(jsonl).cases
     assert [c.case_id for c in from_csv] == ["p1", "p2"]
     assert from_csv[0].image == (folder / "images" / "a.png").resolve()  # relative to the worklist file
-    assert from_csv[0].overrides == {"seed": 7} and from_csv[1].overrides == {"no_transition": False}
-    assert [(c.case_id, c.image, c.mask, c.roi_box, c.overrides) for c in from_csv] == \
-           [(c.case_id, c.image, c.mask, c.roi_box, c.overrides) for c in from_jsonl]
+    assert [(c.case_id, c.image, c.mask, c.roi_box) for c in from_csv] == \
+           [(c.case_id, c.image, c.mask, c.roi_box) for c in from_jsonl]
+    requests = [[c.request for c in case_requests(read_worklist(path), SHARED, folder / "out", PARAMS)]
+                for path in (csv_path, jsonl)]
+    assert requests[0] == requests[1]  # "7" from CSV and 7 from JSON: the same typed request
+    assert requests[0][0].options.seed == 7 and requests[0][0].options.transition is None
+    assert requests[0][1].options.seed == 0 and requests[0][1].options.transition.frames == 16
 
 
 def test_every_bad_row_is_named(folder: Path):
@@ -71,7 +76,6 @@ def test_every_bad_row_is_named(folder: Path):
                         "gone,images/missing.png,x,,,,\n"
                         "twoRoi,images/a.png,x,\"1,1,5,5\",\"3,3,2,2\",,\n"
                         "badbox,images/a.png,x,\"5,5,1\",,,\n"
-                        "steps,images/a.png,x,,,many,\n"
                         "noprompt,images/a.png,,,,,\n")
     with pytest.raises(WorklistInvalid) as caught:
         read_worklist(path)
@@ -81,7 +85,7 @@ def test_every_bad_row_is_named(folder: Path):
     for needle in ("row 3 (../evil): case_id '../evil' is not a safe folder name", "row 4 (ok1): case_id 'ok1' "
                    "repeats row 2", "row 5 (gone): image file images/missing.png not found",
                    "row 6 (twoRoi): give one ROI, not roi_box and roi_ellipse", "row 7 (badbox): --roi-box takes 4",
-                   "row 8 (steps): steps:", "row 9 (noprompt): prompt is empty"):
+                   "row 8 (noprompt): prompt is empty"):
         assert needle in text, needle
     assert "\n" not in text and "nothing was run" in text
 
@@ -94,19 +98,32 @@ def test_unsafe_and_reserved_ids(folder: Path):
             read_worklist(path)
 
 
-def test_override_values_are_checked_where_simulate_checks_them(folder: Path, tmp_path: Path):
-    path = _csv(folder, "case_id,image,prompt,rounds,strength,frames\n"
-                        "r0,images/a.png,x,0,,\n"
-                        "s2,images/a.png,x,,2.0,\n"
-                        "f2,images/a.png,x,,,2\n"
-                        "fine,images/a.png,x,,,\n")
+def test_override_values_are_checked_as_the_command_line_checks_them(folder: Path, tmp_path: Path):
+    path = _csv(folder, "case_id,image,prompt,rounds,strength,frames,steps,transition_sampler,no_transition\n"
+                        "r0,images/a.png,x,0,,,,,\n"
+                        "s2,images/a.png,x,,2.0,,,,\n"
+                        "f2,images/a.png,x,,,2,,,\n"
+                        "many,images/a.png,x,,,,many,,\n"
+                        "sampler,images/a.png,x,,,,,euler,\n"
+                        "flag,images/a.png,x,,,,,,maybe\n"
+                        "fine,images/a.png,x,,,,,,\n")
     with pytest.raises(WorklistInvalid) as caught:
-        case_requests(read_worklist(path), SHARED | {"no_transition": False}, tmp_path / "out")
+        case_requests(read_worklist(path), SHARED | {"no_transition": False}, tmp_path / "out", PARAMS)
     text = str(caught.value)
-    assert "row 2 (r0): --rounds must be at least 1" in text
-    assert "row 3 (s2): --strength must be in (0, 1]" in text
-    assert "row 4 (f2): --frames must be at least 3" in text
+    assert "row 2 (r0): --rounds must be" in text
+    assert "row 3 (s2): --strength must be" in text
+    assert "row 4 (f2): --frames must be" in text
+    assert "row 5 (many): steps:" in text and "many" in text
+    assert "row 6 (sampler): transition_sampler:" in text and "euler" in text
+    assert "row 7 (flag): no_transition:" in text
     assert "fine" not in text
+
+
+def test_every_override_is_a_simulate_option():
+    from mvg_rt.batch.worklist import OVERRIDES
+    from mvg_rt.cli import simulate
+
+    assert set(OVERRIDES) <= {param.name for param in simulate.params}
 
 
 def test_plan_resumes_complete_folders_and_refuses_changed_ones(folder: Path, tmp_path: Path):

@@ -10,7 +10,7 @@ Columns (CSV header / JSON keys):
 - ROI, at most one of: ``mask`` (a mask file path, relative like ``image``), ``roi_box`` ``x0,y0,x1,y1``,
   ``roi_ellipse`` ``cx,cy,rx,ry`` (input-image pixels). None: the whole image may change.
 - Optional per-case overrides of the shared ``simulate`` settings: the fixed allow-list :data:`OVERRIDES`.
-  An empty CSV cell means "use the shared setting".
+  An empty CSV cell means "use the shared setting". Their values are checked where the command line's are.
 
 Every problem of every row is collected, so one run of ``mvg-rt batch`` names them all.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,43 +34,12 @@ REQUIRED_COLUMNS = ("case_id", "image", "prompt")
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes"):
-        return True
-    if text in ("0", "false", "no"):
-        return False
-    raise ValueError(f"{value!r} is not true/false")
-
-
-def _integer(value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"{value!r} is not an integer")
-    return int(value) if isinstance(value, (int, float)) else int(str(value).strip())
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    return float(value)
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not text")
-    return value
-
-
-# Per-case overrides: simulate's option names (without dashes) -> parser. Ranges are checked where simulate
-# checks them (PieSettings, TransitionSettings, the resolution and fps checks) when the case is planned.
-OVERRIDES: dict[str, Callable[[Any], Any]] = {
-    "seed": _integer, "rounds": _integer, "strength": _number, "steps": _integer, "guidance": _number,
-    "beta1": _number, "beta2": _number, "scheduler": _text, "negative_prompt": _text, "resolution": _integer,
-    "feather": _number, "no_transition": _boolean, "frames": _integer, "transition_steps": _integer,
-    "transition_sampler": _text, "transition_guidance": _number, "fps": _number,
-}
+# Per-case overrides: the simulate options (by their Python names) a row may set. The values are kept as
+# given and converted at the CLI edge by the very click types of those options, so a row's value passes the
+# same conversion and range checks as the command line's.
+OVERRIDES = ("seed", "rounds", "strength", "steps", "guidance", "beta1", "beta2", "scheduler", "negative_prompt",
+             "resolution", "feather", "no_transition", "frames", "transition_steps", "transition_sampler",
+             "transition_guidance", "fps")
 
 
 @dataclass(frozen=True)
@@ -85,7 +53,7 @@ class CaseRow:
     mask: Path | None = None
     roi_box: str | None = None
     roi_ellipse: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # as given (CSV text or JSON values)
 
 
 @dataclass
@@ -184,14 +152,9 @@ def _case(number: int, raw: dict[str, Any], base: Path, seen: dict[str, int],
                 parse(str(raw[name]))
             except MvgError as err:
                 problems.append(f"{where}: {err}")
-    overrides = {}
-    for name in OVERRIDES.keys() & raw.keys():
-        try:
-            overrides[name] = OVERRIDES[name](raw[name])
-        except (TypeError, ValueError) as err:
-            problems.append(f"{where}: {name}: {err}")
     if len(problems) > before:
         return None
+    overrides = {name: raw[name] for name in OVERRIDES if name in raw}
     return CaseRow(case_id, number, image, prompt, mask, raw.get("roi_box"), raw.get("roi_ellipse"), overrides)
 
 

@@ -1,8 +1,9 @@
 """``mvg-rt batch``: each worklist row becomes a simulate request exactly as simulate's options do.
 
 The shared settings are ``simulate``'s own options (the same click options); a row overrides some of them
-(:data:`mvg_rt.batch.worklist.OVERRIDES`) and supplies the image, prompt and ROI. Every row is resolved
-here, before anything runs, so a bad value anywhere stops the batch with every bad row named (exit 2).
+(:data:`mvg_rt.batch.worklist.OVERRIDES`), its values converted and range-checked by those options' click
+types, and supplies the image, prompt and ROI. Every row is resolved here, before anything runs, so a bad
+value anywhere stops the batch with every bad row named (exit 2).
 """
 
 from __future__ import annotations
@@ -15,17 +16,39 @@ from rich.console import Console
 
 from mvg_rt.batch.job import BatchRequest, run_batch
 from mvg_rt.batch.plan import CaseRequest
-from mvg_rt.batch.worklist import Worklist, WorklistInvalid, read_worklist
+from mvg_rt.batch.worklist import CaseRow, Worklist, WorklistInvalid, read_worklist
 from mvg_rt.commands.simulate import apply_demo_settings, runtime_spec, simulation_request, uses_demo_model
 from mvg_rt.errors import MvgError
 from mvg_rt.simulation import resolve_demo_model
 
 
-def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path) -> list[CaseRequest]:
-    """One simulate request per row (shared options, the row's overrides and inputs); all problems at once."""
+def _overrides(row: CaseRow, params: dict[str, click.Parameter], problems: list[str]) -> dict[str, Any]:
+    """The row's overrides converted by the click types of the options they override (same checks)."""
+    values = {}
+    for name, raw in row.overrides.items():
+        param = params[name]
+        try:
+            values[name] = param.type.convert(raw, param, None)
+        except click.BadParameter as err:
+            problems.append(f"row {row.row} ({row.case_id}): {name}: {err.format_message()}")
+        except MvgError as err:
+            problems.append(f"row {row.row} ({row.case_id}): {err}")
+    return values
+
+
+def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path,
+                  params: dict[str, click.Parameter]) -> list[CaseRequest]:
+    """One simulate request per row (shared options, the row's overrides and inputs); all problems at once.
+
+    ``params`` are the batch command's click options by name (simulate's own, shared).
+    """
     cases, problems = [], []
     for row in worklist.cases:
-        case_opts = {**opts, **row.overrides, "image": str(row.image), "prompt": row.prompt,
+        before = len(problems)
+        overrides = _overrides(row, params, problems)
+        if len(problems) > before:
+            continue
+        case_opts = {**opts, **overrides, "image": str(row.image), "prompt": row.prompt,
                      "mask_path": str(row.mask) if row.mask else None, "roi_box": row.roi_box,
                      "roi_ellipse": row.roi_ellipse, "out": out / row.case_id, "overwrite": False}
         try:
@@ -37,13 +60,13 @@ def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path) -> list[C
     return cases
 
 
-def run(explicit: set[str] | None = None, **opts: Any) -> None:
+def run(params: dict[str, click.Parameter], explicit: set[str] | None = None, **opts: Any) -> None:
     if opts["workers"] is not None and not opts["ray"]:
         raise MvgError("--workers sets the Ray actor count: add --ray local (or auto / ADDRESS), or drop --workers")
     if uses_demo_model(opts):
         opts = apply_demo_settings(opts, explicit or set())
     worklist = read_worklist(opts["worklist"])
-    cases = case_requests(worklist, opts, opts["out"])
+    cases = case_requests(worklist, opts, opts["out"], params)
     spec, notice = resolve_demo_model(runtime_spec(opts))
     spec.validate()  # a bad backend combination stops the batch before any case
     request = BatchRequest(cases, opts["out"], spec, notice, redo=opts["redo"], ray=opts["ray"],
