@@ -194,6 +194,8 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     check_output_dir(options.out, options.overwrite)
     if options.transition is not None:
         runtime.backend.require(SEINE)  # fail before the PIE rounds, not after them
+        if options.graphed_loops:
+            options.transition.require_capturable()
     original = resize_and_crop(inputs.image.pixels, options.resolution)
     roi = inputs.roi or choose_mask(inputs.image.pixels.shape, options.resolution)
     generator = torch.Generator().manual_seed(options.seed)

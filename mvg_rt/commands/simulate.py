@@ -96,11 +96,15 @@ def _open_engines_runtime(backend: str, opts: dict[str, Any]):
 
 
 def _apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> None:
-    """The demo case's recommended settings, for the options the user left at their defaults."""
+    """The demo case's recommended settings, for the options the user left at their defaults.
+
+    An explicit ``--transitions`` preset chooses the transition sampler and steps itself.
+    """
     from mvg_rt.demo.default import DEMO_CASE
 
+    preset_chosen = "transitions" in explicit
     for name, value in DEMO_CASE.settings.items():
-        if name not in explicit:
+        if name not in explicit and not (preset_chosen and name in ("transition_sampler", "transition_steps")):
             opts[name] = value
 
 
@@ -112,9 +116,9 @@ def run(explicit: set[str] | None = None, **opts: Any) -> None:
                            guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
                            scheduler=opts["scheduler"])
     _check_gpu_options(opts)
-    transition = None if opts["no_transition"] else TransitionSettings(
-        frames=opts["frames"], steps=opts["transition_steps"], sampler=opts["transition_sampler"],
-        guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"],
+    transition = None if opts["no_transition"] else TransitionSettings.from_preset(
+        opts["transitions"], sampler=opts["transition_sampler"], steps=opts["transition_steps"],
+        frames=opts["frames"], guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"],
         decode_batch=1 if opts.get("low_memory") else TransitionSettings.decode_batch)
     out: Path = opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
     check_output_dir(out, opts["overwrite"])
