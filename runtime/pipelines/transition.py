@@ -41,7 +41,8 @@ from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.pipelines.gaussian_schedule import MULTISTEP, SAMPLERS, StepTables, clip_schedule
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
-from mvg_rt.runtime.pipelines.pie import ModelInfo
+from mvg_rt.runtime.pipelines.guidance import guided
+from mvg_rt.runtime.pipelines.model_info import ModelInfo
 from mvg_rt.runtime.pipelines.roi import composite_transition
 from mvg_rt.runtime.pipelines.text import encode_texts
 
@@ -178,7 +179,7 @@ class TransitionSampler:
             model_input = torch.cat([x, condition], dim=1).expand(2, -1, -1, -1, -1)
             timestep = self.timesteps[i].expand(2)
             cond, uncond = self.backend.predict_video_noise(model_input, timestep, self.text_embeddings).chunk(2)
-            eps = uncond + guidance * (cond - uncond)
+            eps = guided(cond, uncond, guidance)
             samples.append(x)
             outputs.append(eps)
             x = self._combine(i, samples, outputs)
@@ -191,7 +192,12 @@ class TransitionSampler:
         return x
 
     def _combine(self, i: int, samples: list[Tensor | None], outputs: list[Tensor | None]) -> Tensor:
-        """``sum_l A[i, l] x_{i-l} + B[i, l] eps_{i-l}`` over the lags used (DDPM/DDIM: ``A x + B eps``)."""
+        """``sum_l A[i, l] x_{i-l} + B[i, l] eps_{i-l}`` over the lags used (DDPM/DDIM: ``A x + B eps``).
+
+        Device-tensor coefficients and separate multiply / add, the arithmetic of the
+        captured clip step, so eager and captured DDPM/DDIM clips are bitwise equal
+        (``linear_steps.TableStepper``'s fused host-scalar ``add_`` differs in the last ulp).
+        """
         first, *older = self.lags[i]  # lag 0 is always used: every step moves from its own sample
         x = self.sample_coefs[i, first] * samples[i - first] + self.eps_coefs[i, first] * outputs[i - first]
         for lag in older:
