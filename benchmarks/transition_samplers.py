@@ -30,6 +30,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,12 @@ def demo_states(runtime: Any, rounds: int) -> tuple[list[np.ndarray], np.ndarray
     """The demo case's PIE states (seed 0, demo settings), its ROI (H, W, 3) uint8 and prompt."""
     from mvg_rt.bench.e2e import demo_inputs
     from mvg_rt.demo.default import DEMO_CASE
-    from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
-    from mvg_rt.runtime.pipelines.roi import latent_mask
+    from mvg_rt.runtime.pipelines.pie import PieSettings, run_pie
+    from mvg_rt.runtime.pipelines.sessions import pie_session
 
     original, roi = demo_inputs(runtime.default_resolution)
     settings = PieSettings(rounds=rounds, strength=DEMO_CASE.settings["strength"])
-    mask = latent_mask(torch.from_numpy(roi), runtime.model.vae_scale_factor, runtime.model.latent_channels)
-    session = PieSession(runtime.backend, runtime.model, settings, torch.from_numpy(original), mask, DEMO_CASE.prompt)
+    session = pie_session(runtime.backend, runtime.model, settings, original, roi, DEMO_CASE.prompt)
     states = run_pie(session, torch.Generator().manual_seed(0))
     return [s.cpu().numpy() for s in states], roi, DEMO_CASE.prompt
 
@@ -97,10 +97,18 @@ def inside_range(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, bo
 
 def run_study(seeds: list[int], grid: tuple[tuple[str, int], ...], frames: int, rounds: int) -> dict[str, Any]:
     """Run every setting x seed (seed-major, interleaved) and summarise against the reference."""
-    from mvg_rt.demo.default import demo_runtime
+    from mvg_rt.demo.default import demo_model_dir
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
+
+    model_dir, notice = demo_model_dir()
+    with open_runtime(RuntimeSpec(model_dir=model_dir)) as runtime:
+        return _study(runtime, notice, seeds, grid, frames, rounds)
+
+
+def _study(runtime: Any, notice: str, seeds: list[int], grid: tuple[tuple[str, int], ...], frames: int,
+           rounds: int) -> dict[str, Any]:
     from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
 
-    runtime = demo_runtime("cpu")
     started = time.perf_counter()
     states, roi, prompt = demo_states(runtime, rounds)
     pie_seconds = time.perf_counter() - started
@@ -143,7 +151,9 @@ def run_study(seeds: list[int], grid: tuple[tuple[str, int], ...], frames: int, 
         "study": "transition samplers vs DDPM-250 on the demo case",
         "host": {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
                  "threads": torch.get_num_threads()},
-        "model": runtime.provenance.get("source", "demo"), "notice": runtime.notice,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 check=False).stdout.strip() or None,
+        "model": runtime.provenance, "notice": notice,
         "resolution": runtime.default_resolution, "frames": frames, "seeds": seeds,
         "pie": {"rounds": rounds, "seconds": pie_seconds, "state_ctr": state_ctr, "pair": [pair, pair + 1]},
         "criterion": "within the spread: for every primary measure, the mean over seeds is no worse than "

@@ -71,14 +71,14 @@ def test_every_sampler_draws_only_its_documented_random_numbers(tiny_runtime, im
         for sampler in SAMPLERS:
             generator = torch.Generator().manual_seed(0)
             transition = TransitionSampler(tiny_runtime.backend, tiny_runtime.model,
-                                           TransitionSettings(frames=4, steps=4, sampler=sampler), "p")
+                                           TransitionSettings(frames=4, steps=3, sampler=sampler), "p")
             latents = transition.sample_latents(start, end, generator)
             assert torch.isfinite(latents).all()
             states[sampler] = generator.get_state()
     assert torch.equal(states["ddim"], states["dpm++2m"]) and torch.equal(states["ddim"], states["unipc"])
     generator = torch.Generator().manual_seed(0)
     generator.set_state(states["ddim"])
-    for _ in range(3):  # DDPM: 4 steps, noise after the first 3
+    for _ in range(2):  # DDPM: 3 steps, noise after the first 2
         torch.randn((1, 4, 4, 8, 8), generator=generator)
     assert torch.equal(generator.get_state(), states["ddpm"])
 
@@ -114,26 +114,44 @@ def test_cli_choices_match_the_pipeline():
     assert choices["transitions"] == list(TRANSITION_PRESETS)
 
 
-@pytest.mark.parametrize("preset", list(TRANSITION_PRESETS))
-def test_every_preset_runs_end_to_end(tmp_path, tiny_model_dir, image_64, run_cli, preset):
+def _simulate(tmp_path, tiny_model_dir, image_64, run_cli, *extra: str) -> dict:
     Image.fromarray(image_64).save(tmp_path / "x.png")
     out = tmp_path / "run"
     code, _, err = run_cli(["simulate", "--model-dir", str(tiny_model_dir), "--image", str(tmp_path / "x.png"),
-                            "--prompt", "p", "--roi-box", "16,16,48,48", "--rounds", "1", "--steps", "2",
-                            "--strength", "0.5", "--frames", "3", "--transitions", preset, "--out", str(out)])
+                            "--prompt", "p", "--roi-box", "16,16,48,48", "--resolution", "32", "--rounds", "1",
+                            "--steps", "2", "--strength", "0.5", "--frames", "3", *extra, "--out", str(out)])
     assert code == 0, err
-    transition = json.loads((out / "run.json").read_text())["transition"]
+    return json.loads((out / "run.json").read_text())["transition"]
+
+
+@pytest.mark.parametrize("preset", [pytest.param("paper", marks=pytest.mark.slow), "fast"])
+def test_every_preset_runs_end_to_end(tmp_path, tiny_model_dir, image_64, run_cli, preset):
+    """``paper`` is 250 DDPM steps (slow: ~30 s on a quiet 2-core machine); its parsing is checked fast below."""
+    transition = _simulate(tmp_path, tiny_model_dir, image_64, run_cli, "--transitions", preset)
     sampler, steps = TRANSITION_PRESETS[preset]
     assert (transition["preset"], transition["sampler"], transition["steps"]) == (preset, sampler, steps)
 
 
+def test_presets_parse_at_the_cli_edge_and_beat_the_demo_settings():
+    from click.testing import CliRunner
+
+    from mvg_rt.cli import simulate
+    from mvg_rt.commands.simulate import simulation_request
+
+    def request(*args: str):
+        context = simulate.make_context("simulate", list(args))
+        explicit = {name for name in context.params
+                    if context.get_parameter_source(name).name != "DEFAULT"}
+        return simulation_request(dict(context.params), explicit).options.transition
+
+    with CliRunner().isolation():
+        assert request("--model-dir", ".").preset == "paper"  # the default: SEINE's DDPM-250
+        assert (request("--model-dir", ".").sampler, request("--model-dir", ".").steps) == ("ddpm", 250)
+        assert request("--transitions", "fast").preset == "fast"  # demo model: the preset wins over its settings
+        assert request().preset is None  # demo model, no preset asked: the demo case's own sampler settings
+
+
 def test_explicit_sampler_options_override_the_preset(tmp_path, tiny_model_dir, image_64, run_cli):
-    Image.fromarray(image_64).save(tmp_path / "x.png")
-    out = tmp_path / "run"
-    code, _, err = run_cli(["simulate", "--model-dir", str(tiny_model_dir), "--image", str(tmp_path / "x.png"),
-                            "--prompt", "p", "--rounds", "1", "--steps", "2", "--strength", "0.5", "--frames", "3",
-                            "--transitions", "fast", "--transition-sampler", "unipc", "--transition-steps", "2",
-                            "--out", str(out)])
-    assert code == 0, err
-    transition = json.loads((out / "run.json").read_text())["transition"]
+    transition = _simulate(tmp_path, tiny_model_dir, image_64, run_cli, "--transitions", "fast",
+                           "--transition-sampler", "unipc", "--transition-steps", "2")
     assert (transition["preset"], transition["sampler"], transition["steps"]) == (None, "unipc", 2)
