@@ -10,6 +10,8 @@ from mvg_rt.demo.phantom import DiseaseState, PatientAnatomy, render_phantom
 from mvg_rt.errors import MvgError
 from mvg_rt.eval.transition_quality import PSNR_CAP, transition_quality
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FRAMES = 8
 
 

@@ -14,6 +14,8 @@ from mvg_rt.runtime.pipelines.gaussian_schedule import (SAMPLERS, RespacedSchedu
                                                         multistep_scheduler)
 from mvg_rt.runtime.pipelines.transition import TRANSITION_PRESETS, TransitionSampler, TransitionSettings
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _apply(schedule, x: torch.Tensor, eps_of) -> torch.Tensor:
     """The table form, written out: x_{i+1} = sum_l A[i, l] x_{i-l} + B[i, l] eps_{i-l} (no noise)."""
@@ -124,9 +126,8 @@ def _simulate(tmp_path, tiny_model_dir, image_64, run_cli, *extra: str) -> dict:
     return json.loads((out / "run.json").read_text())["transition"]
 
 
-@pytest.mark.parametrize("preset", [pytest.param("paper", marks=pytest.mark.slow), "fast"])
+@pytest.mark.parametrize("preset", list(TRANSITION_PRESETS))
 def test_every_preset_runs_end_to_end(tmp_path, tiny_model_dir, image_64, run_cli, preset):
-    """``paper`` is 250 DDPM steps (slow: ~30 s on a quiet 2-core machine); its parsing is checked fast below."""
     transition = _simulate(tmp_path, tiny_model_dir, image_64, run_cli, "--transitions", preset)
     sampler, steps = TRANSITION_PRESETS[preset]
     assert (transition["preset"], transition["sampler"], transition["steps"]) == (preset, sampler, steps)
