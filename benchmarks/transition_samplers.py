@@ -181,6 +181,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['seeds']}. Mean ± seed-to-seed std; time per clip measured side by side in one run "
         "(settings interleaved per seed). Measures: `mvg_rt/eval/transition_quality.py`.",
         "",
+        f"CPU s/clip is the process's CPU time with {report['host']['threads']} torch thread(s): the 2 cores are "
+        "shared with other jobs, so wall time carries their load; speed-ups are CPU-time ratios.",
+        "",
         f"Criterion: {report['criterion']}. **fast preset: {report['fast']}**.",
         "",
         "| setting | CPU s/clip | wall s/clip | speed-up (CPU) | CTR max dev. ↓ | CTR monotone ↑ | jerkiness ↓ "
