@@ -184,6 +184,17 @@ def test_an_invalid_worklist_runs_nothing(cohort: Path, tiny_model_dir: Path, tm
     assert not out.exists()
 
 
+def test_ray_options_are_checked_before_anything_runs(cohort: Path, tiny_model_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, capsys):
+    out = tmp_path / "batch"
+    assert _cli(_args(cohort, out, tiny_model_dir, "--workers", "2")) == 2
+    assert "--workers sets the Ray actor count" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert _cli(_args(cohort, out, tiny_model_dir, "--ray", "local")) == 2
+    assert "pip install 'mvg-rt[cluster]'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                     reason="Ray is not installed (pip install mvg-rt[cluster])")
 def test_ray_gives_the_local_bits_and_survives_a_lost_actor(local_run: tuple[int, Path], cohort: Path,

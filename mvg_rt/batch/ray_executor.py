@@ -58,6 +58,15 @@ class CaseActor:
         return self.runner.run(case)
 
 
+def require_ray() -> None:
+    """Fail before any work when Ray is not installed (it is an optional extra)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as err:
+        raise MvgError("--ray needs Ray: pip install 'mvg-rt[cluster]' (on every node of the cluster), or drop "
+                       "--ray to run the cases in this process") from err
+
+
 def _connect(address: str, workers: int | None) -> bool:
     """Connect to (or, for ``local``, start) a cluster; True when this call started Ray here."""
     import ray

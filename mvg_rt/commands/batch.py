@@ -63,6 +63,12 @@ def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path,
 def run(params: dict[str, click.Parameter], explicit: set[str] | None = None, **opts: Any) -> None:
     if opts["workers"] is not None and not opts["ray"]:
         raise MvgError("--workers sets the Ray actor count: add --ray local (or auto / ADDRESS), or drop --workers")
+    if opts["workers"] is not None and opts["workers"] < 1:
+        raise MvgError(f"--workers must be at least 1 (got {opts['workers']})")
+    if opts["ray"]:
+        from mvg_rt.batch.ray_executor import require_ray
+
+        require_ray()
     if uses_demo_model(opts):
         opts = apply_demo_settings(opts, explicit or set())
     worklist = read_worklist(opts["worklist"])
