@@ -160,7 +160,7 @@ def test_settings_hash_ignores_paths_but_not_bytes(folder: Path, tmp_path: Path)
 
 def test_the_shipped_example_worklist_is_valid(tmp_path: Path):
     example = Path(__file__).parents[1] / "examples" / "worklist.csv"
-    cases = case_requests(read_worklist(example), SHARED, tmp_path / "out", PARAMS)
+    cases = case_requests(read_worklist(example), SHARED | {"steps": 50}, tmp_path / "out", PARAMS)
     assert [c.case_id for c in cases] == ["demo-heart-s0", "demo-heart-s1", "demo-ellipse", "demo-box-mild"]
     assert all(Path(c.request.image).is_file() for c in cases)  # relative to the worklist, into the package
     assert cases[3].request.options.pie.rounds == 3 and cases[3].request.roi.box == "66,80,226,194"
