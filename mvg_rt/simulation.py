@@ -26,7 +26,7 @@ import torch
 
 from mvg_rt.io.images import LoadedImage, check_resolution, read_image, resize_and_crop, save_png
 from mvg_rt.io.masks import RoiMask, choose_mask
-from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
+from mvg_rt.io.output_dir import staged_output_dir
 from mvg_rt.components import SEINE
 from mvg_rt.eval.progression import evaluate_states, round_changes
 from mvg_rt.io.video import write_gif, write_mp4
@@ -191,15 +191,14 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
              on_clip_step: ClipStepCallback | None = None, on_clip: Callable[[int], None] | None = None) -> Path:
     """Run the whole job; returns the output folder (complete, or absent on error)."""
     options.resolution = check_resolution(options.resolution, runtime.model.vae_scale_factor)
-    check_output_dir(options.out, options.overwrite)
     if options.transition is not None:
         runtime.backend.require(SEINE)  # fail before the PIE rounds, not after them
     original = resize_and_crop(inputs.image.pixels, options.resolution)
     roi = inputs.roi or choose_mask(inputs.image.pixels.shape, options.resolution)
     generator = torch.Generator().manual_seed(options.seed)
-    result = _run_pie(runtime, inputs, options, original, roi, generator, on_step, on_round)
-    if options.transition is not None:
-        _run_transitions(runtime, inputs, options, roi, result, generator, on_clip_step, on_clip)
-    with staged_output_dir(options.out, options.overwrite) as staging:
+    with staged_output_dir(options.out, options.overwrite) as staging:  # locked for the whole run
+        result = _run_pie(runtime, inputs, options, original, roi, generator, on_step, on_round)
+        if options.transition is not None:
+            _run_transitions(runtime, inputs, options, roi, result, generator, on_clip_step, on_clip)
         _write(staging, _record(runtime, inputs, options, roi, result), roi, result, options.fps)
     return options.out

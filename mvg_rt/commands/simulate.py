@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mvg_rt.errors import MvgError
 from mvg_rt.io.images import check_resolution
 from mvg_rt.io.masks import choose_mask
-from mvg_rt.io.output_dir import check_output_dir
+from mvg_rt.io.output_dir import claim_output_dir
 from mvg_rt.runtime.pipelines.pie import PieSettings
 from mvg_rt.runtime.pipelines.transition import TransitionSettings
 from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
@@ -117,10 +117,12 @@ def run(explicit: set[str] | None = None, **opts: Any) -> None:
         guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"],
         decode_batch=1 if opts.get("low_memory") else TransitionSettings.decode_batch)
     out: Path = opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
-    check_output_dir(out, opts["overwrite"])
-    if opts["fps"] <= 0:
-        raise MvgError(f"--fps must be positive (got {opts['fps']})")
+    with claim_output_dir(out, opts["overwrite"]):  # a second run on the same --out fails here, at once
+        _run(console, opts, settings, transition, out)
 
+
+def _run(console: Console, opts: dict[str, Any], settings: PieSettings, transition: TransitionSettings | None,
+         out: Path) -> None:
     from mvg_rt.demo.default import DEMO_CASE
 
     uses_demo_image = opts["image"] is None

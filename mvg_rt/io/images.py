@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mvg_rt.errors import MvgError
+from mvg_rt.limits import check
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}  # 16-bit and wider PIL modes
@@ -121,8 +122,10 @@ def resize_and_crop(pixels: np.ndarray, resolution: int, resample: Image.Resampl
 
 
 def check_resolution(resolution: int, scale: int = 8) -> int:
-    if resolution < scale or resolution % scale:
-        raise MvgError(f"--resolution must be a positive multiple of {scale} (got {resolution}), e.g. 512")
+    """``--resolution`` within :data:`mvg_rt.limits.LIMITS` and a multiple of the model's VAE factor."""
+    check("--resolution", resolution)
+    if resolution % scale:
+        raise MvgError(f"--resolution must be a multiple of {scale} for this model (got {resolution}), e.g. 512")
     return resolution
 
 
