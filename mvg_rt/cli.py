@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     130 when interrupted, 1 for bugs (with where to report them)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("MVG_RT_DEBUG") == "1"
     _interrupt_on_sigterm()
+    if not debug and not sys.warnoptions:
+        warnings.simplefilter("ignore")  # library warnings (Pillow, torch) are not the user's business; --debug shows them
     try:
         with user_errors():
             cli.main(args=argv, prog_name="mvg-rt", standalone_mode=False)

@@ -13,7 +13,6 @@ Outputs (all written to a staging folder that becomes ``--out`` only on success)
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -24,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mvg_rt.io.images import LoadedImage, check_resolution, read_image, resize_and_crop, save_png
+from mvg_rt.io.images import MIN_IMAGE_SIDE, LoadedImage, check_resolution, read_image, resize_and_crop, save_png
+from mvg_rt.io.jsonio import finite_json
 from mvg_rt.io.masks import RoiMask, choose_mask
 from mvg_rt.io.output_dir import staged_output_dir
 from mvg_rt.components import SEINE
+from mvg_rt.errors import MvgError
 from mvg_rt.eval.progression import evaluate_states, round_changes
 from mvg_rt.io.video import write_gif, write_mp4
 from mvg_rt.runtime.factory import Runtime
@@ -60,16 +61,30 @@ class SimulationOptions:
     out: Path = Path("runs/simulation")
     overwrite: bool = False
     record_paths: bool = False
+    demo_settings: dict[str, Any] = field(default_factory=dict)  # the demo case's settings that applied
 
 
 def load_inputs(image_path: str, prompt: str, negative_prompt: str = "", record_path: bool = False) -> SimulationInputs:
-    image = read_image(image_path)
+    image = read_image(image_path, min_side=MIN_IMAGE_SIDE)
     digest = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
     if not prompt.strip():
         from mvg_rt.errors import MvgError
 
         raise MvgError("--prompt is empty: describe the disease state to simulate, e.g. 'severe cardiomegaly'")
     return SimulationInputs(image, digest, prompt, negative_prompt, image_path=image_path if record_path else None)
+
+
+def prompt_truncation(tokenizer: Any, prompt: str) -> dict[str, Any] | None:
+    """None if CLIP's text encoder reads the whole prompt, else how many tokens it has and what is kept.
+
+    CLIP reads ``model_max_length`` tokens (77) including its start and end tokens; the pipelines
+    truncate there, so the words past it never reach the model.
+    """
+    limit = int(tokenizer.model_max_length)
+    ids = tokenizer(prompt, truncation=False).input_ids
+    if len(ids) <= limit:
+        return None
+    return {"tokens": len(ids), "limit": limit, "kept": tokenizer.decode(ids[1 : limit - 1]).strip()}
 
 
 def _versions() -> dict[str, str]:
@@ -153,7 +168,9 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
             **({"path": inputs.image_path} if inputs.image_path else {}),
         },
         "prompt": inputs.prompt,
+        "prompt_truncated": prompt_truncation(runtime.model.tokenizer, inputs.prompt),
         "negative_prompt": inputs.negative_prompt,
+        **({"demo_settings": options.demo_settings} if options.demo_settings else {}),
         "roi": {"source": roi.source, "coverage": round(roi.coverage, 4)},
         "resolution": options.resolution,
         "seed": options.seed,
@@ -183,7 +200,7 @@ def _write(staging: Path, record: dict[str, Any], roi: RoiMask, result: Simulati
             save_png(frame, staging / "frames" / f"frame_{index:04d}.png")
     write_mp4(video, staging / "progression.mp4", fps)
     write_gif(video, staging / "progression.gif", fps)
-    (staging / "run.json").write_text(json.dumps(record, indent=2))
+    (staging / "run.json").write_text(finite_json(record))
 
 
 def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions,
@@ -191,8 +208,11 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
              on_clip_step: ClipStepCallback | None = None, on_clip: Callable[[int], None] | None = None) -> Path:
     """Run the whole job; returns the output folder (complete, or absent on error)."""
     options.resolution = check_resolution(options.resolution, runtime.model.vae_scale_factor)
-    if options.transition is not None:
-        runtime.backend.require(SEINE)  # fail before the PIE rounds, not after them
+    if options.transition is not None and SEINE.name not in runtime.backend.components:
+        raise MvgError(  # before the PIE rounds, not after them
+            f"the {runtime.backend.name} backend has no SEINE transition network (a model folder without seine/, "
+            "or engines exported without it): pass --seine CKPT (the SEINE checkpoint), or --no-transition for "
+            "the PIE states only")
     original = resize_and_crop(inputs.image.pixels, options.resolution)
     roi = inputs.roi or choose_mask(inputs.image.pixels.shape, options.resolution)
     generator = torch.Generator().manual_seed(options.seed)

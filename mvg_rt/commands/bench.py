@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from mvg_rt.errors import MvgError
+from mvg_rt.io.output_dir import staged_output_dir
 
 # End-to-end defaults per device: the paper's settings on a GPU, a run that fits a 2-core CPU otherwise.
 E2E_DEFAULTS = {
@@ -65,15 +67,21 @@ def run(**opts: Any) -> None:
     from mvg_rt.bench.runner import Bench
 
     config = config_from_options(opts)
+    out = config.out
+    if out.is_dir() and any(out.iterdir()) and not (out / "bench.json").is_file():
+        raise MvgError(f"--out {out} holds files that are not a bench report: choose an empty or new folder "
+                       "(an earlier report there is replaced once the new one is complete)")
     console = Console(stderr=True, highlight=False)
-    bench = Bench(config, progress=lambda line: console.print(line, markup=False))
-    report = bench.run()
-    paths = write_all(report, config.out)
-    if not opts.get("keep_work"):
-        shutil.rmtree(config.out / "work", ignore_errors=True)
+    with staged_output_dir(out, overwrite=True) as staging:  # locked; the old report stays until the new one is done
+        config = dataclasses.replace(config, out=staging)
+        bench = Bench(config, progress=lambda line: console.print(line, markup=False))
+        report = bench.run()
+        paths = write_all(report, staging)
+        if not opts.get("keep_work"):
+            shutil.rmtree(staging / "work", ignore_errors=True)
     for target in report.get("targets", []):
         click.echo(f"target {target['id']} {target['status']}: {target['name']}: {target['value_text']} "
                    f"(threshold {target['threshold_text']})")
     if report.get("errors"):
-        click.echo(f"{len(report['errors'])} measurement(s) failed; see {config.out / 'bench.md'}", err=True)
-    click.echo(f"wrote {', '.join(p.name for p in paths)} to {config.out}")
+        click.echo(f"{len(report['errors'])} measurement(s) failed; see {out / 'bench.md'}", err=True)
+    click.echo(f"wrote {', '.join(p.name for p in paths)} to {out}")

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from mvg_rt.io.output_dir import claim_output_dir
+
 
 def run(**opts: Any) -> None:
     from mvg_rt.export.build import ExportRequest, export_engines
@@ -18,6 +20,7 @@ def run(**opts: Any) -> None:
         with_seine=not opts.get("no_seine"),
         fp16=opts["fp16"], opset=opts["opset"], slim=opts["slim"], exporter=opts["exporter"],
         overwrite=opts["overwrite"])
-    manifest = export_engines(request, progress=lambda line: click.echo(line, err=True))
+    with claim_output_dir(request.out, request.overwrite):  # held from before the model loads to the commit
+        manifest = export_engines(request, progress=lambda line: click.echo(line, err=True))
     files = ", ".join(f"{a.component}/{a.precision}" for a in manifest.artifacts)
     click.echo(f"wrote {len(manifest.artifacts)} ONNX artifacts ({files}) and manifest.json to {request.out}")

@@ -17,7 +17,7 @@ from mvg_rt.io.masks import choose_mask
 from mvg_rt.io.output_dir import claim_output_dir
 from mvg_rt.runtime.pipelines.pie import PieSettings
 from mvg_rt.runtime.pipelines.transition import TransitionSettings
-from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
+from mvg_rt.simulation import SimulationOptions, load_inputs, prompt_truncation, simulate
 
 
 def _open_runtime(opts: dict[str, Any]):
@@ -95,19 +95,29 @@ def _open_engines_runtime(backend: str, opts: dict[str, Any]):
     return runtime
 
 
-def _apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> None:
-    """The demo case's recommended settings, for the options the user left at their defaults."""
+def _apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """The demo case's recommended settings, for the options the user left at their defaults (returned)."""
     from mvg_rt.demo.default import DEMO_CASE
 
-    for name, value in DEMO_CASE.settings.items():
-        if name not in explicit:
-            opts[name] = value
+    applied = {name: value for name, value in DEMO_CASE.settings.items() if name not in explicit}
+    opts.update(applied)
+    return applied
+
+
+def _describe_demo_settings(applied: dict[str, Any], resolution: int) -> str:
+    words = {"strength": "strength {}", "frames": "{} frames per clip", "transition_steps": "{} transition steps",
+             "transition_sampler": "{} sampler", "fps": "{} fps"}
+    parts = [words.get(name, name + " {}").format(str(value).upper() if name == "transition_sampler" else value)
+             for name, value in applied.items()]
+    return (f"demo settings apply: {', '.join(parts)}, at {resolution} px (the demo model's resolution); "
+            "options you pass override them (--help shows the paper's defaults)")
 
 
 def run(explicit: set[str] | None = None, **opts: Any) -> None:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
+    demo: dict[str, Any] = {}
     if not opts["model_dir"] and (opts.get("backend") or "torch") == "torch":
-        _apply_demo_settings(opts, explicit or set())
+        demo = _apply_demo_settings(opts, explicit or set())
     settings = PieSettings(rounds=opts["rounds"], strength=opts["strength"], steps=opts["steps"],
                            guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
                            scheduler=opts["scheduler"])
@@ -118,11 +128,11 @@ def run(explicit: set[str] | None = None, **opts: Any) -> None:
         decode_batch=1 if opts.get("low_memory") else TransitionSettings.decode_batch)
     out: Path = opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
     with claim_output_dir(out, opts["overwrite"]):  # a second run on the same --out fails here, at once
-        _run(console, opts, settings, transition, out)
+        _run(console, opts, settings, transition, out, demo)
 
 
 def _run(console: Console, opts: dict[str, Any], settings: PieSettings, transition: TransitionSettings | None,
-         out: Path) -> None:
+         out: Path, demo: dict[str, Any]) -> None:
     from mvg_rt.demo.default import DEMO_CASE
 
     uses_demo_image = opts["image"] is None
@@ -140,12 +150,37 @@ def _run(console: Console, opts: dict[str, Any], settings: PieSettings, transiti
                              opts["roi_ellipse"], opts["feather"])
     options = SimulationOptions(pie=settings, transition=transition, graphed_loops=bool(opts.get("cuda_graphs")),
                                 resolution=resolution, seed=opts["seed"], fps=opts["fps"],
-                                out=out, overwrite=opts["overwrite"], record_paths=opts["record_paths"])
+                                out=out, overwrite=opts["overwrite"], record_paths=opts["record_paths"],
+                                demo_settings={**demo, "resolution": resolution} if demo else {})
     if runtime.notice:
-        console.print(f"[yellow]note:[/yellow] {runtime.notice}")
+        console.print(f"[yellow]note:[/yellow] {runtime.notice}", highlight=False)
+    if demo:
+        console.print(f"[yellow]note:[/yellow] {_describe_demo_settings(demo, resolution)}", highlight=False)
+    truncated = prompt_truncation(runtime.model.tokenizer, prompt)
+    if truncated:
+        console.print(f"[yellow]note:[/yellow] the prompt is {truncated['tokens']} tokens long but the text "
+                      f"encoder reads {truncated['limit']}: the rest is ignored (run.json records what was kept)",
+                      highlight=False)
+    _progress(console, runtime, inputs, options, settings, transition)
+    video = f"{settings.rounds * (transition.frames - 1) + 1} frames" if transition else "the states"
+    click.echo(f"wrote {settings.rounds + 1} states, {video} as progression.mp4/.gif, mask.png and run.json "
+               f"to {out}")
+
+
+def _progress(console: Console, runtime: Any, inputs: Any, options: SimulationOptions, settings: PieSettings,
+              transition: TransitionSettings | None) -> None:
+    """Run the job with progress bars on a terminal, and one stage line per round/clip otherwise (logs)."""
+    started = time.perf_counter()
+
+    def stage(text: str) -> None:
+        if not console.is_terminal:
+            click.echo(f"mvg-rt: {text} ({time.perf_counter() - started:.1f} s)", err=True)
+
+    stage(f"running {settings.rounds} PIE rounds" + (f", then {settings.rounds} transition clips" if transition
+                                                        else ""))
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         rounds_task = progress.add_task("PIE rounds", total=settings.rounds)
         steps_task = progress.add_task("denoising steps", total=None)
 
@@ -155,6 +190,7 @@ def _run(console: Console, opts: dict[str, Any], settings: PieSettings, transiti
 
         def on_round(round_index: int) -> None:
             progress.update(rounds_task, completed=round_index)
+            stage(f"PIE round {round_index}/{settings.rounds} done")
 
         clips_task = progress.add_task("transition clips", total=settings.rounds if transition else 0)
 
@@ -163,9 +199,7 @@ def _run(console: Console, opts: dict[str, Any], settings: PieSettings, transiti
 
         def on_clip(clip_index: int) -> None:
             progress.update(clips_task, completed=clip_index)
+            stage(f"transition clip {clip_index}/{settings.rounds} done")
 
-        folder = simulate(runtime, inputs, options, on_step=on_step, on_round=on_round, on_clip_step=on_clip_step,
-                          on_clip=on_clip)
-    video = f"{settings.rounds * (transition.frames - 1) + 1} frames" if transition else "the states"
-    click.echo(f"wrote {settings.rounds + 1} states, {video} as progression.mp4/.gif, mask.png and run.json "
-               f"to {folder}")
+        simulate(runtime, inputs, options, on_step=on_step, on_round=on_round, on_clip_step=on_clip_step,
+                 on_clip=on_clip)

@@ -66,7 +66,7 @@ def _feathered(canvas: Image.Image, feather: float) -> np.ndarray:
 
 def mask_from_file(path: str, image_shape: tuple[int, ...], resolution: int, feather: float = 0) -> RoiMask:
     """A mask image (any size of the image's aspect ratio). A 0/1-valued mask is scaled to 0/255."""
-    loaded = read_image(path).pixels
+    loaded = read_image(path, role="--mask file", min_side=1).pixels
     if loaded.max() == 1:  # masks saved as 0/1 labels would otherwise read as all-but-zero
         loaded = loaded * 255
     if feather > 0:

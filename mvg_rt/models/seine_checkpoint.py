@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,15 +174,19 @@ def _one_line(err: BaseException) -> str:
 
 
 def _read_pickle(path: Path) -> object:
+    """``torch.load(weights_only=True)``: a pickle that would run code or build objects is refused, never run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes are not the user's business
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if not refused:
+        if "weights only load failed" not in str(err).lower():
             raise _corrupt(path, "not a valid PyTorch pickle") from err
+        refused = re.search(r"GLOBAL (\S+?)[ ,.]", str(err))
+        what = f"a Python object ({refused.group(1)})" if refused else "pickle instructions beyond plain tensors"
         raise MvgError(
-            f"SEINE checkpoint {path} holds a Python object ({refused.group(1)}) that a safe load refuses. "
-            f"If you trust the file, re-save only its weights, e.g. "
+            f"SEINE checkpoint {path} was refused as unsafe: it holds {what}, which the safe loader "
+            f"(torch.load(weights_only=True)) never runs. If you trust the file, re-save only its weights, e.g. "
             f"torch.save({{'ema': torch.load(p, weights_only=False)['ema']}}, 'seine_weights.pt'), "
             f"or convert it to {SAFETENSORS_SUFFIX}.") from err
     except Exception as err:  # a damaged zip/pickle raises many types; all mean the same to the user
