@@ -28,9 +28,9 @@ RESOLUTION = 128
 
 @pytest.fixture(scope="module")
 def demo_runtime():
-    from mvg_rt.runtime.factory import torch_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
-    return torch_runtime(DEMO_WEIGHTS)
+    return open_runtime(RuntimeSpec(model_dir=DEMO_WEIGHTS))
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +99,9 @@ def demo_engines(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_onnx_runtime_gives_the_same_ctr_trajectory(demo_engines, case, progression):
-    from mvg_rt.runtime.factory import ort_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
-    states = _pie(ort_runtime(demo_engines), case, _demo_settings())
+    states = _pie(open_runtime(RuntimeSpec(backend="ort", engines_dir=demo_engines)), case, _demo_settings())
     ort_ctr = evaluate_states(states, case[1][..., 0] / 255.0)["ctr"]
     assert ort_ctr is not None
     assert np.abs(np.array(ort_ctr) - np.array(progression["ctr"])).max() <= 0.01, (ort_ctr, progression["ctr"])
