@@ -89,7 +89,10 @@ def _read_raster(path: Path) -> LoadedImage:
 def _dicom_reason(err: BaseException) -> str:
     """pydicom's message on one line: a missing decoder's message lists the plugins on later lines."""
     lines = [" ".join(line.split()) for line in str(err).splitlines() if line.strip()]
-    return "; ".join(lines)[:300] or type(err).__name__
+    if not lines:
+        return type(err).__name__
+    head, rest = lines[0], "; ".join(lines[1:])
+    return (f"{head} {rest}" if head.endswith(":") else "; ".join(lines))[:300]
 
 
 def _read_dicom(path: Path) -> LoadedImage:
