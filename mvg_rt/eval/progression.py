@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,12 @@ def identity_similarity(reference: np.ndarray, states: list[np.ndarray], embed: 
     return [round(float(torch.cosine_similarity(base, embed(s).flatten().double(), dim=0)), 4) for s in states]
 
 
+def _ssim_outside(states: list[np.ndarray], outside_weight: np.ndarray) -> list[float] | None:
+    """SSIM against the input outside the ROI; None when the ROI leaves no SSIM window outside it."""
+    values = [ssim(states[0], s, weight=outside_weight) for s in states] if outside_weight.sum() > 0 else []
+    return [round(v, 4) for v in values] if values and not any(math.isnan(v) for v in values) else None
+
+
 def evaluate_states(states: list[np.ndarray], roi: np.ndarray, embed: Embedding | None = None,
                     embedding: str | None = None) -> dict[str, Any]:
     """Every measure above on [input, state_1, ..., state_N]; ``roi`` is (H, W) in [0, 1].
@@ -125,8 +132,7 @@ def evaluate_states(states: list[np.ndarray], roi: np.ndarray, embed: Embedding 
         "ctr": ctr,
         "ctr_monotone": is_monotone(ctr) if ctr else None,
         "ctr_course": ctr_course(ctr) if ctr else None,
-        "ssim_outside_roi": [round(ssim(states[0], s, weight=outside_weight), 4) for s in states]
-        if outside_weight.sum() > 0 else None,
+        "ssim_outside_roi": _ssim_outside(states, outside_weight),
         "identity_similarity": identity_similarity(states[0], states, embed) if embed is not None else None,
         "identity_embedding": embedding if embed is not None else None,
         "round_change": [{k: round(v, 5) for k, v in c.items()} for c in changes],
