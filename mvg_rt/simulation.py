@@ -118,6 +118,8 @@ def run_simulation(request: SimulationRequest, on_step: StepCallback | None = No
     with claim_output_dir(options.out, options.overwrite):  # a second run on this --out fails here, at once
         inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
         inputs.roi = request.roi
+        if options.resolution is not None and request.roi.given:  # a bad mask fails before the model loads
+            inputs.roi = request.roi.resolve(inputs.image.pixels.shape, options.resolution)
         with open_runtime(request.runtime) as runtime:
             runtime.notice = notice
             resolution = options.resolution or runtime.default_resolution

@@ -49,6 +49,11 @@ CASES: dict[str, int] = {}
 OUTCOMES: dict[str, int] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """Tiny models on a shared 2-core machine: one torch thread (see conftest.one_torch_thread)."""
+
+
 @pytest.fixture(scope="module")
 def fuzz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")

@@ -49,6 +49,11 @@ def _one_line_exit_2(code: int, err: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("mvg-rt: error: ") and "Traceback" not in err, err
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """Tiny models on a shared 2-core machine: one torch thread (see conftest.one_torch_thread)."""
+
+
 @pytest.fixture
 def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
     path = tmp_path / "xray.png"
