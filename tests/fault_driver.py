@@ -5,7 +5,8 @@ costs milliseconds). Each child is a real process running ``mvg_rt.cli.main(ARGS
 stderr file, so SIGKILL and SIGTERM reach it exactly as they reach ``mvg-rt``. Protocol on stdin,
 one JSON object per line, one JSON answer per line on stdout:
 
-- ``{"args": [...], "stderr": PATH, "stage": STAGE, "marker": PATH}`` -> ``{"pid": N}``: fork a run;
+- ``{"args": [...], "stderr": PATH, "stage": STAGE, "marker": PATH}`` -> ``{"pid": N}``: fork a run
+  (its stdout discarded);
   when it reaches STAGE it creates MARKER, then waits until ``MARKER.go`` exists (the test signals
   it, then creates that file);
 - ``{"wait": N}`` -> ``{"pid": N, "code": C}``: the exit status (``-9``: killed by SIGKILL).
@@ -92,7 +93,9 @@ def _child(request: dict) -> None:
     try:
         fd = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(fd, 2)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout is the driver's answer channel
         sys.stderr = os.fdopen(2, "w", buffering=1)
+        sys.stdout = os.fdopen(1, "w", buffering=1)
         torch.set_num_threads(1)
         install(request.get("stage") or "", Path(request.get("marker") or os.devnull))
         try:

@@ -109,6 +109,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.slow  # about 15 s alone, up to a minute on 2 shared cores: 11 real processes killed at each stage
 def test_kill_at_every_stage_leaves_the_old_or_the_new_run(tmp_path: Path, tiny_model_dir: Path, xray: Path):
     parent = tmp_path / "runs"
     parent.mkdir()
