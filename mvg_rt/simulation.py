@@ -13,7 +13,6 @@ Outputs (all written to a staging folder that becomes ``--out`` only on success)
 from __future__ import annotations
 
 import hashlib
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ from mvg_rt.io.jsonio import finite_json
 from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
 from mvg_rt.io.output_dir import claim_output_dir, staged_output_dir
 from mvg_rt.io.video import write_gif, write_mp4
+from mvg_rt.versions import package_versions
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
 from mvg_rt.runtime.pipelines.latents import images_to_model_range
 from mvg_rt.runtime.pipelines.pie import PieSettings, StepCallback, run_pie
@@ -158,18 +158,6 @@ def prompt_truncation(tokenizer: Any, prompt: str) -> dict[str, Any] | None:
     return {"tokens": len(ids), "limit": limit, "kept": tokenizer.decode(ids[1 : limit - 1]).strip()}
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for package in ("mvg-rt", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "tensorrt"):
-        try:
-            out[package] = md.version(package)
-        except md.PackageNotFoundError:
-            continue
-    return out
-
-
 @dataclass
 class SimulationResult:
     """Everything the job produced, in memory, before anything is written."""
@@ -259,7 +247,7 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "video": {"frames": len(result.frames or result.states), "fps": options.fps},
         "backend": runtime.describe(),
         "model": runtime.provenance,
-        "versions": _versions(),
+        "versions": package_versions(),
         "timings": result.timings,
         "rounds": result.rounds,
         "clips": result.clips,
@@ -302,11 +290,14 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     is checked before any computation and written all at once at the end.
     """
     resolution = check_resolution(options.resolution or runtime.default_resolution, runtime.model.vae_scale_factor)
-    if options.transition is not None and SEINE.name not in runtime.backend.components:
-        raise MvgError(  # before the PIE rounds, not after them
-            f"the {runtime.backend.name} backend has no SEINE transition network (a model folder without seine/, "
-            "or engines exported without it): pass --seine CKPT (the SEINE checkpoint), or --no-transition for "
-            "the PIE states only")
+    if options.transition is not None:
+        if SEINE.name not in runtime.backend.components:
+            raise MvgError(  # before the PIE rounds, not after them
+                f"the {runtime.backend.name} backend has no SEINE transition network (a model folder without "
+                "seine/, or engines exported without it): pass --seine CKPT (the SEINE checkpoint), or "
+                "--no-transition for the PIE states only")
+        if _graphed(runtime, options):
+            options.transition.require_capturable()  # the captured clip loop replays single-step tables
     original = resize_and_crop(inputs.image.pixels, resolution)
     roi = inputs.roi.resolve(inputs.image.pixels.shape, resolution) if isinstance(inputs.roi, RoiRequest) \
         else inputs.roi or full_mask(resolution)
