@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from mvg_rt.cli_types import DEVICE, FLOAT, INT, TEXT
+from mvg_rt.cli_types import DEVICE, FLOAT, INT, TEXT, Number
 from mvg_rt.errors import EXIT_USAGE, MvgError, user_errors
 
 
@@ -207,7 +207,8 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
               help="Backends to compare (repeatable). Default: torch and ort.")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda[:N] (GPU: FP16 variants).")
 @click.option("--cuda-graphs", is_flag=True, help="CUDA only: add the CUDA-graph variant of every backend.")
-@click.option("--resolution", type=INT, default=256, show_default=True, help="Image size (multiple of 64).")
+@click.option("--resolution", type=Number(integer=True, key="bench --resolution"), default=256, show_default=True,
+              help="Image size (multiple of 64).")
 @click.option("--frames", type=INT, default=16, show_default=True, help="SEINE frames of the seine component.")
 @click.option("--components", help="Comma list of components to time (empty: none). Default: all five.")
 @click.option("--e2e", is_flag=True, help="Also time PIE round, PIE run, transition clip, full simulation.")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from mvg_rt.errors import MvgError
-from mvg_rt.limits import check
+from mvg_rt.limits import LIMITS, check
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -25,8 +25,9 @@ def _option(param: click.Parameter | None) -> str:
 class Number(click.ParamType):
     """An int or float option checked against its entry in :data:`mvg_rt.limits.LIMITS`."""
 
-    def __init__(self, integer: bool = False) -> None:
+    def __init__(self, integer: bool = False, key: str | None = None) -> None:
         self.integer = integer
+        self.key = key  # the LIMITS entry when it is not the option's own name (e.g. "bench --resolution")
         self.name = "integer" if integer else "number"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -38,7 +39,7 @@ class Number(click.ParamType):
             except ValueError:
                 kind = "an integer" if self.integer else "a number"
                 raise MvgError(f"{option} takes {kind} (got {text[:40]!r})") from None
-        return check(option, value)
+        return check(option, value, LIMITS[self.key] if self.key else None)
 
 
 INT = Number(integer=True)

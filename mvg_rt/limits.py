@@ -66,6 +66,7 @@ LIMITS: dict[str, Limit] = {
     "--transition-guidance": _CFG,
     "--fps": Limit(0, 100, low_open=True, hint="GIF frame times are whole hundredths of a second"),
     "--roi": Limit(-1e6, 1e6),  # box / ellipse coordinates, in input-image pixels
+    "bench --resolution": Limit(64, 4096, integer=True, multiple_of=64),  # the real UNet's 3 downsamplings
     # export, build, train-demo, bench, check
     "--opset": Limit(14, 23, integer=True),
     "--decode-batch": Limit(1, 256, integer=True),
