@@ -227,14 +227,13 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
 @click.option("--transition-steps", type=int, help="SEINE steps end to end. Default: 3 on CPU, 250 on CUDA.")
 @click.option("--no-transitions", is_flag=True, help="End to end: PIE only.")
 @click.option("--e2e-repeat", type=int, help="Timed PIE rounds per pipeline. Default: 1 on CPU (3 tiny), 3 on CUDA.")
-@click.option("--loops", default="eager,lean", show_default=True, help="PIE round loops: eager (diffusers "
-              "scheduler) and/or lean (static buffers, scheduler tables).")
+@click.option("--steppers", default="auto", show_default=True, help="PIE round rows: auto (the table step where "
+              "the scheduler allows it, as simulate runs) and/or scheduler (diffusers' step).")
 @click.option("--in-process/--isolate", "in_process", default=None,
-              help="Measure in this process, or each job in a fresh one. Default: isolate unless --size tiny.")
+              help="Measure in this process, or each variant in a fresh one. Default: isolate unless --size tiny.")
 @click.option("--optimum-python", help="Python with optimum[onnxruntime] for the Optimum peer.")
 @click.option("--no-optimum", is_flag=True, help="Skip the Optimum peer.")
 @click.option("--overhead-repeat", type=int, default=5, show_default=True, help="Rounds per overhead measurement.")
-@click.option("--keep-work", is_flag=True, help="Keep the outputs (.npy) the differences were computed from.")
 def bench(**opts: object) -> None:
     """Benchmark components and pipelines per backend against the PyTorch reference and peers."""
     from mvg_rt.commands.bench import run

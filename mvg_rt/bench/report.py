@@ -1,57 +1,36 @@
-"""Writing the bench report: ``bench.json`` (everything), ``bench.md`` (tables), ``bench.png`` (chart)."""
+"""Writing the bench report from its rows: ``bench.json`` (everything), ``bench.md`` (tables), ``bench.png``.
+
+Markdown and the chart read only ``bench.json``'s content, so either can be redrawn
+from a committed JSON. Each table is a list of (header, cell) columns over the rows of
+one kind.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-JSON_NAME, MARKDOWN_NAME, CHART_NAME = "bench.json", "bench.md", "bench.png"
+Column = tuple[str, Callable[[dict[str, Any]], str]]
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats as strings, paths as strings."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else ("inf" if value > 0 else ("-inf" if value < 0 else "nan"))
+def clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats as strings ("inf", "nan"), paths as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _strip_paths(report: dict[str, Any]) -> dict[str, Any]:
-    """Drop the temporary .npy paths (the work folder is deleted after the comparisons)."""
-    def walk(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items() if k not in ("output", "outputs")}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        return value
-
-    return walk(report)
-
-
-def write_json(report: dict[str, Any], out: Path) -> Path:
-    path = out / JSON_NAME
-    path.write_text(json.dumps(_clean(_strip_paths(report)), indent=2, default=str) + "\n")
-    return path
-
-
-# ------------------------------------------------------------------ Markdown
+        return [clean(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def _s(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return f"{value:.{digits}f}"
+    return value if isinstance(value, str) else f"{value:.{digits}f}"
 
 
 def _x(value: Any) -> str:
@@ -64,205 +43,141 @@ def _mb(value: Any) -> str:
 
 def _psnr(diff: dict[str, Any] | None) -> str:
     if not diff or "psnr_db" not in diff:
-        return "-" if not diff or "error" not in diff else diff["error"]
-    value = diff["psnr_db"]
-    return "inf" if value == "inf" else f"{value:.1f}"
+        return (diff or {}).get("error", "-")
+    return _s(diff["psnr_db"], 1)
 
 
-def _maxabs(diff: dict[str, Any] | None) -> str:
-    return "-" if not diff or "max_abs" not in diff else str(diff["max_abs"])
+def _rss(row: dict[str, Any]) -> str:
+    return _mb(row.get("memory", {}).get("peak_rss_bytes"))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+def table(rows: list[dict[str, Any]], columns: list[Column]) -> list[str]:
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [columns[0][1](row), "error: " + row["error"][:300]] + ["-"] * (len(columns) - 2) \
+            if row.get("error") else [cell(row) for _, cell in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def _machine(report: dict[str, Any]) -> list[str]:
-    m = report["machine"]
-    peak = report["peak"]["fp32"]
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    gpus = ", ".join(g["name"] for g in m["gpus"]) or "none"
-    cores = m["cores"]
-    return [
-        f"- **CPU**: {m['cpu']} ({cores['physical']} physical / {cores['logical']} logical cores, "
-        f"SIMD {' '.join(m['cpu_flags']) or '?'}); PyTorch threads {m['torch_threads']}; "
-        f"RAM {_mb(m['ram_bytes'])} MiB; GPU: {gpus}",
-        f"- **Load average** (1/5/15 min) at start {m.get('load_average_at_start')}, at end "
-        f"{m.get('load_average_at_end')}",
-        f"- **Matmul peak** (same run): {peak['flops_per_second'] / 1e9:.1f} GFLOP/s "
-        f"({peak['size']}x{peak['size']} {peak['dtype']} matmul, {peak['threads']} threads, best of {peak['repeats']})"
-        + (f"; fp16 {report['peak']['fp16']['flops_per_second'] / 1e12:.1f} TFLOP/s" if "fp16" in report["peak"]
-           else ""),
-        f"- **Versions**: {versions}",
-    ]
+def _diff_cell(row: dict[str, Any]) -> str:
+    diff = row.get("diff_vs_reference") or {}
+    return "-" if "cosine" not in diff else f"{diff['max_abs']:.1e} ({diff['max_abs_scaled']:.1e}), {diff['cosine']:.7f}"
 
 
-def _settings(report: dict[str, Any]) -> list[str]:
-    s = report["settings"]
+COMPONENTS: list[Column] = [
+    ("component (first input)", lambda r: f"{r['component']} {tuple(next(iter(r.get('shapes', {}).values()), ()))}"),
+    ("backend", lambda r: r["label"]), ("n", lambda r: str(r["repeat"])), ("median s", lambda r: _s(r["median_s"])),
+    ("p10 s", lambda r: _s(r["p10_s"])), ("p90 s", lambda r: _s(r["p90_s"])),
+    ("GFLOP/call", lambda r: _s(r["flops"] / 1e9, 1)),
+    ("GFLOP/s", lambda r: _s(r["achieved_flops_per_second"] / 1e9, 1)),
+    ("of peak", lambda r: f"{100 * r['fraction_of_peak']:.0f}%"), ("vs torch", lambda r: _x(r.get("speedup_vs_torch"))),
+    ("peak RSS MiB", _rss), ("max abs diff vs torch (scaled), cosine", _diff_cell),
+]
+ROUNDS: list[Column] = [
+    ("pipeline", lambda r: r["label"]), ("round s (median)", lambda r: _s(r["median_s"], 2)),
+    ("p10 s", lambda r: _s(r["p10_s"], 2)), ("p90 s", lambda r: _s(r["p90_s"], 2)),
+    ("s/step", lambda r: _s(r["per_step_s"])), ("session setup s", lambda r: _s(r.get("setup_s"), 2)),
+    ("vs torch", lambda r: _x(r.get("speedup_vs_torch"))), ("vs diffusers", lambda r: _x(r.get("speedup_vs_diffusers"))),
+    ("max abs vs torch", lambda r: str((r.get("diff_vs_reference") or {}).get("max_abs", "-"))),
+    ("PSNR vs torch dB", lambda r: _psnr(r.get("diff_vs_reference"))),
+    ("PSNR vs diffusers dB", lambda r: _psnr(r.get("diff_vs_diffusers"))), ("peak RSS MiB", _rss),
+]
+SIMULATION: list[Column] = [
+    ("pipeline", lambda r: r["label"]), ("PIE run s", lambda r: _s(r["pie_run_s"], 1)),
+    ("per round s", lambda r: " / ".join(_s(x, 1) for x in r["round_s"])),
+    ("first clip s", lambda r: _s((r["clip_s"] or [None])[0], 1)), ("all clips s", lambda r: _s(r["transitions_s"], 1)),
+    ("simulation s", lambda r: _s(r["simulation_s"], 1)), ("vs torch", lambda r: _x(r.get("speedup_vs_torch"))),
+    ("final state PSNR vs torch dB", lambda r: _psnr((r.get("diff_vs_reference") or {}).get("final_state"))),
+    ("first clip PSNR vs torch dB", lambda r: _psnr((r.get("diff_vs_reference") or {}).get("first_clip"))),
+]
+OVERHEAD: list[Column] = [
+    ("pipeline", lambda r: r["label"]), ("step ms", lambda r: _s(1e3 * r["step_s"])),
+    ("UNet ms", lambda r: _s(1e3 * r["network_s"])), ("outside ms", lambda r: _s(1e3 * r["overhead_s"])),
+    ("diffusers / this", lambda r: _x(r.get("overhead_ratio_vs_diffusers"))),
+    ("UNet timed by", lambda r: r["instrumentation"]),
+]
+STUB: list[Column] = [
+    ("pipeline", lambda r: r["label"]), ("loop ms/step", lambda r: _s(1e3 * r["loop_s_per_step"])),
+    ("aten ops/step", lambda r: f"{r['aten_ops_per_step']:.0f}"),
+    ("most frequent ops (calls/step)",
+     lambda r: ", ".join(f"{o['op']} {o['calls_per_step']:.1f}x" for o in r["top_ops"][:5])),
+]
+RUNTIMES: list[Column] = [("variant", lambda r: r["label"]), ("open s", lambda r: _s(r.get("open_s"), 2)),
+                          ("warm-up s", lambda r: _s(r.get("warmup_s"), 2))]
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    m, peak, s = report["machine"], report["peak"]["fp32"], report["settings"]
     e = s["e2e_settings"]
+    fp16 = f"; fp16 {report['peak']['fp16']['flops_per_second'] / 1e12:.1f} TFLOP/s" if "fp16" in report["peak"] else ""
     return [
-        f"- **Models**: {report['models']['origin']}; resolution {s['resolution']}x{s['resolution']}, "
-        f"SEINE frames {s['frames']}; backends {', '.join(s['backends'])} on {s['device']}",
-        f"- **Timing**: {s['warmup']} warm-up + {s['repeat']} timed calls per component (fewer, at least 2, once a "
-        f"row's timed calls exceed {s['row_budget_s']} s: see n); each variant x component "
-        f"{'in a fresh process' if s['isolate'] else 'in this process'}; FLOPs counted once per component with "
-        "torch's FlopCounterMode (meta device)",
-        f"- **End to end**: seed {e['seed']}, prompt \"{e['prompt']}\", {e['steps']} scheduler steps x strength "
-        f"{e['strength']} = {e['denoising_steps_per_round']} denoising steps a round, CFG {e['guidance']}, model's "
-        f"scheduler; simulation {e['rounds']} rounds (beta1 {e['beta1']}, beta2 {e['beta2']}, demo heart ROI) + "
-        f"{e['rounds']} clips of {e['frames']} frames, {e['transition_steps']} {e['transition_sampler']} steps, "
-        f"CFG {e['transition_guidance']}; {e['repeat']} timed PIE round(s) after warm-up",
+        "# mvg-rt bench", "",
+        f"- **CPU**: {m['cpu']} ({m['cores']['physical']} physical / {m['cores']['logical']} logical cores, SIMD "
+        f"{' '.join(m['cpu_flags']) or '?'}); PyTorch threads {m['torch_threads']}; RAM {_mb(m['ram_bytes'])} MiB; "
+        f"GPU: {', '.join(g['name'] for g in m['gpus']) or 'none'}",
+        f"- **Load average** (1/5/15 min) at start {m['load_average_at_start']}, at end {m.get('load_average_at_end')}",
+        f"- **Matmul peak** (same run): {peak['flops_per_second'] / 1e9:.1f} GFLOP/s ({peak['size']}x{peak['size']} "
+        f"{peak['dtype']} matmul, {peak['threads']} threads, best of {peak['repeats']}){fp16}",
+        f"- **Versions**: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
+        f"- **Models**: {report['models']['origin']}; {s['resolution']}x{s['resolution']}, SEINE frames {s['frames']}; "
+        f"backends {', '.join(s['backends'])} on {s['device']}, each opened with open_runtime "
+        f"{'in a fresh process' if s['isolate'] else 'in this process'}",
+        f"- **Components**: {s['warmup']} warm-up + {s['repeat']} timed calls (fewer, at least 2, once they exceed "
+        f"{s['row_budget_s']} s: see n); FLOPs counted once per component with torch's FlopCounterMode (meta device)",
+        f"- **End to end**: seed {e['seed']}, prompt \"{e['prompt']}\", {e['steps']} steps x strength {e['strength']} "
+        f"= {e['denoising_steps_per_round']} denoising steps a round, CFG {e['guidance']}, the model's scheduler; "
+        f"simulation {e['rounds']} rounds (beta1 {e['beta1']}, beta2 {e['beta2']}, demo heart ROI) + clips of "
+        f"{e['frames']} frames, {e['transition_steps']} {e['transition_sampler']} steps, CFG {e['transition_guidance']}; "
+        f"{e['repeat']} timed PIE round(s) after warm-up", "",
     ]
-
-
-def _targets(report: dict[str, Any]) -> list[str]:
-    rows = [[str(t["id"]), t["name"], t["value_text"], t["threshold_text"], f"**{t['status']}**"]
-            for t in report.get("targets", [])]
-    return ["## Targets", ""] + _table(["#", "target", "measured", "threshold", "status"], rows)
-
-
-def _components(report: dict[str, Any]) -> list[str]:
-    rows = []
-    for r in report.get("components", []):
-        label = r["variant"]["label"]
-        if "error" in r:
-            rows.append([r["component"], label, "error: " + r["error"][:120]] + ["-"] * 10)
-            continue
-        diff = r.get("diff_vs_reference") or {}
-        shape = next(iter(r["shapes"].values()))
-        rows.append([
-            f"{r['component']} {tuple(shape)}", label, str(r["repeat"]), _s(r["median_s"]), _s(r["p10_s"]),
-            _s(r["p90_s"]),
-            _s(r["flops"] / 1e9, 1), _s(r["achieved_flops_per_second"] / 1e9, 1),
-            f"{100 * r['fraction_of_peak']:.0f}%", _x(r.get("speedup_vs_torch")),
-            _mb(r["memory"]["peak_rss_bytes"]),
-            "-" if "max_abs" not in diff else f"{diff['max_abs']:.1e} ({diff['max_abs_scaled']:.1e})",
-            "-" if "cosine" not in diff else f"{diff['cosine']:.7f}",
-        ])
-    if not rows:
-        return []
-    header = ["component (first input)", "backend", "n", "median s", "p10 s", "p90 s", "GFLOP/call", "GFLOP/s", "of peak",
-              "vs torch", "peak RSS MiB", "max abs diff vs torch (scaled)", "cosine vs torch"]
-    return (["## Components (one call each)", ""] + _table(header, rows) +
-            ["Peak RSS: the resident-set high-water mark over the timed calls (reset before them), i.e. the "
-             "component's weights plus its working memory; each row ran in a fresh process when isolated.", ""])
-
-
-def _rounds(report: dict[str, Any]) -> list[str]:
-    rows = []
-    for r in report.get("pie_round", []):
-        if "error" in r:
-            rows.append([r["label"], "error: " + r["error"][:120]] + ["-"] * 9)
-            continue
-        rows.append([r["label"], _s(r["median_s"], 2), _s(r["p10_s"], 2), _s(r["p90_s"], 2), _s(r["per_step_s"], 3),
-                     _s(r.get("setup_s"), 2), _x(r.get("speedup_vs_torch")), _x(r.get("speedup_vs_diffusers")),
-                     _maxabs(r.get("diff_vs_reference")), _psnr(r.get("diff_vs_reference")),
-                     _psnr(r.get("diff_vs_diffusers")), _mb(r["memory"]["peak_rss_bytes"])])
-    for p in report.get("peers", []):
-        if "error" in p:
-            rows.append([p["label"], "not run: " + p["error"][:300]] + ["-"] * 10)
-            continue
-        round_ = p["round"]
-        diffusers_diff = "same" if p["peer"] == "diffusers" else None
-        rows.append([p["label"], _s(round_["median_s"], 2), _s(round_["p10_s"], 2), _s(round_["p90_s"], 2),
-                     _s(p["per_step_s"], 3), "-", _x(p.get("speedup_vs_torch")), _x(p.get("speedup_vs_diffusers")),
-                     _maxabs(p.get("diff_vs_reference")), _psnr(p.get("diff_vs_reference")),
-                     diffusers_diff or _psnr(_peer_vs_diffusers(report, p)),
-                     _mb(round_.get("memory", {}).get("peak_rss_bytes"))])
-    if not rows:
-        return []
-    steps = report["settings"]["e2e_settings"]["denoising_steps_per_round"]
-    header = ["pipeline", "round s (median)", "p10 s", "p90 s", "s/step", "session setup s", "vs torch eager",
-              "vs diffusers", "max abs vs torch ref", "PSNR vs torch ref dB", "PSNR vs diffusers dB", "peak RSS MiB"]
-    return ([f"## PIE round = img2img ({steps} denoising steps, ROI = whole image, beta2 = 1)", ""] +
-            _table(header, rows) +
-            ["mvg-rt rows time `PieSession.run_round` (VAE encode, loop, Eq 6, VAE decode); the session setup "
-             "(prompt + original encoding, once per simulation) is listed apart. Peer rows time one pipeline call "
-             "(which also encodes the prompt). Differences are on the uint8 output image, same seed; the torch "
-             "reference is mvg-rt's PyTorch FP32 eager loop.", ""])
-
-
-def _peer_vs_diffusers(report: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any] | None:
-    return peer.get("diff_vs_diffusers")
-
-
-def _simulation(report: dict[str, Any]) -> list[str]:
-    rows = []
-    for r in report.get("simulation", []):
-        diff = r.get("diff_vs_reference") or {}
-        clip = r.get("clip_s") or []
-        rows.append([r["label"], _s(r["pie_run_s"], 1), " / ".join(_s(x, 1) for x in r["round_s"]),
-                     _s(clip[0], 1) if clip else "-", _s(r.get("transitions_s"), 1), _s(r["simulation_s"], 1),
-                     _x(r.get("speedup_vs_torch")), _psnr(diff.get("final_state")), _psnr(diff.get("first_clip"))])
-    if not rows:
-        return []
-    header = ["pipeline", "PIE run s", "per round s", "first clip s", "all clips s", "simulation s", "vs torch",
-              "final state PSNR vs torch dB", "first clip PSNR vs torch dB"]
-    return ["## Simulation (reduced settings, see above)", ""] + _table(header, rows)
-
-
-def _overhead(report: dict[str, Any]) -> list[str]:
-    overhead = report.get("overhead")
-    if not overhead:
-        return []
-    rows = [[name, _s(1e3 * r["step_s"], 3), _s(1e3 * r["network_s"], 3), _s(1e3 * r["overhead_s"], 3),
-             r["instrumentation"]] for name, r in overhead["rows"].items()]
-    stub_rows = [[name, _s(1e3 * r["loop_s_per_step"], 3), f"{r['aten_ops_per_step']:.0f}",
-                  ", ".join(f"{o['op']} {o['calls_per_step']:.1f}x" for o in r["top_ops"][:5])]
-                 for name, r in overhead["stubbed_unet"].items()]
-    s = overhead["settings"]
-    return (["## Per-step overhead outside the networks (tiny model)", "",
-             f"{s['denoising_steps_per_round']} denoising steps at {s['resolution']}x{s['resolution']}; median over "
-             f"rounds of (loop time - UNet time) / steps, complete steps only.", ""] +
-            _table(["pipeline", "step ms", "UNet ms", "outside ms", "UNet timed by"], rows) +
-            ["With the UNet replaced by a stub returning a fixed tensor (everything left is loop overhead; aten "
-             "ops per step from torch.profiler, as the difference of two rounds with different step counts):", ""] +
-            _table(["pipeline", "loop ms/step", "aten ops/step", "most frequent ops (calls/step)"],
-                   stub_rows))
-
-
-def _profiles(report: dict[str, Any]) -> list[str]:
-    profiles = report.get("profiles")
-    if not profiles:
-        return []
-    lines = ["## Profiles (a target was missed)", ""]
-    for name, p in profiles.items():
-        if "error" in p:
-            lines += [f"{name}: profiling failed: {p['error']}", ""]
-            continue
-        lines += [f"**{name}** on {p['variant']['label']} ({p['tool']}):", ""]
-        entries = p.get("by_op_type") or p.get("by_op") or []
-        lines += _table(["op", "seconds", "share"],
-                        [[e["op"], _s(e["seconds"], 3), f"{100 * e['share']:.1f}%"] for e in entries])
-    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# mvg-rt bench", ""] + _machine(report) + _settings(report) + [""]
-    lines += _targets(report) + _components(report) + _rounds(report) + _simulation(report) + _overhead(report)
-    lines += _profiles(report)
-    if report.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    if report.get("errors"):
-        lines += ["## Errors", ""] + [f"- {e['error'][:400]}" for e in report["errors"]] + [""]
-    lines += [f"Wall time of the bench: {report.get('wall_seconds', 0) / 60:.1f} min.", ""]
-    return "\n".join(lines)
+    rows = report["rows"]
 
+    def of(*kinds: str) -> list[dict[str, Any]]:
+        return [r for r in rows if r["kind"] in kinds]
 
-def write_markdown(report: dict[str, Any], out: Path) -> Path:
-    path = out / MARKDOWN_NAME
-    path.write_text(markdown(report))
-    return path
+    lines = _header(report) + ["## Targets", "", "| # | target | measured | threshold | status |", "|---|---|---|---|---|"]
+    lines += [f"| {t['id']} | {t['name']} | {t['value_text']} | {t['threshold_text']} | **{t['status']}** |"
+              for t in report["targets"]] + [""]
+    steps = report["settings"]["e2e_settings"]["denoising_steps_per_round"]
+    sections = [
+        ("## Runtimes", of("runtime"), RUNTIMES, []),
+        ("## Components (one call each)", of("component"), COMPONENTS,
+         ["Peak RSS: the resident-set high-water mark over the timed calls, on top of the variant's resident "
+          "weights (torch holds every component; ORT creates a session per component on first use)."]),
+        (f"## PIE round = img2img ({steps} denoising steps, ROI = whole image, beta2 = 1)", of("pie_round"), ROUNDS,
+         ["mvg-rt rows time `PieSession.run_round` (VAE encode, loop, Eq 6, VAE decode); the session setup (prompt "
+          "+ original encoding, once per simulation) is apart. Peer rows time one pipeline call. Differences are "
+          "on the uint8 output image, same seed, against mvg-rt's PyTorch FP32 row (the table step)."]),
+        ("## Simulation (`simulate`'s stages from its run.json)", of("simulation"), SIMULATION, []),
+        ("## Per-step overhead outside the networks (tiny model)", of("overhead"), OVERHEAD,
+         ["Median over rounds of (loop time - UNet time) / steps, complete steps only. With the UNet replaced by a "
+          "stub (everything left is loop overhead; aten ops per step from torch.profiler):", ""]
+         + table(of("overhead_stub"), STUB)),
+    ]
+    for title, selected, columns, after in sections:
+        if selected:
+            lines += [title, ""] + table(selected, columns) + after + [""]
+    for p in of("profile"):
+        lines += [f"## Profile of the UNet on {p['label']} (a target was missed)", ""]
+        lines += [p["error"], ""] if p.get("error") else [p["tool"], ""] + table(p["by_op"], [
+            ("op", lambda e: e["op"]), ("seconds", lambda e: _s(e["seconds"])),
+            ("share", lambda e: f"{100 * e['share']:.1f}%")])
+    lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""] if report["notes"] else []
+    lines += ["## Errors", ""] + [f"- {e['label']} {e['kind']}: {e['error'][:400]}" for e in report["errors"]] + [""] \
+        if report["errors"] else []
+    return "\n".join(lines + [f"Wall time of the bench: {report.get('wall_seconds', 0) / 60:.1f} min.", ""])
 
 
 def write_all(report: dict[str, Any], out: Path) -> list[Path]:
     from mvg_rt.bench.chart import write_chart
 
     out.mkdir(parents=True, exist_ok=True)
-    paths = [write_json(report, out), write_markdown(report, out)]
-    chart = write_chart(report, out / CHART_NAME)
-    if chart is not None:
-        paths.append(chart)
-    return paths
+    report = clean(report)
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown(report))
+    chart = write_chart(report, out / "bench.png")
+    return [out / "bench.json", out / "bench.md"] + ([chart] if chart else [])
