@@ -204,8 +204,8 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
 @click.option("--frames", type=int, default=16, show_default=True, help="SEINE frames of the seine component.")
 @click.option("--components", help="Comma list of components to time (empty: none). Default: all five.")
 @click.option("--e2e", is_flag=True, help="Also time PIE round, PIE run, transition clip, full simulation.")
-@click.option("--peers", is_flag=True, help="Also run diffusers img2img eager and Optimum ORT, and the per-step "
-              "overhead comparison on the tiny model.")
+@click.option("--peers", is_flag=True, help="Also run diffusers img2img eager, and the per-step overhead "
+              "comparison on the tiny model.")
 @click.option("--repeat", type=int, default=5, show_default=True, help="Timed calls per component.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed calls first.")
 @click.option("--row-budget", type=float, default=60.0, show_default=True,
@@ -231,8 +231,6 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
               "the scheduler allows it, as simulate runs) and/or scheduler (diffusers' step).")
 @click.option("--in-process/--isolate", "in_process", default=None,
               help="Measure in this process, or each variant in a fresh one. Default: isolate unless --size tiny.")
-@click.option("--optimum-python", help="Python with optimum[onnxruntime] for the Optimum peer.")
-@click.option("--no-optimum", is_flag=True, help="Skip the Optimum peer.")
 @click.option("--overhead-repeat", type=int, default=5, show_default=True, help="Rounds per overhead measurement.")
 def bench(**opts: object) -> None:
     """Benchmark components and pipelines per backend against the PyTorch reference and peers."""

@@ -14,7 +14,7 @@ def test_bench_tiny_writes_json_markdown_and_chart(tmp_path: Path, tiny_model_di
         "bench", "--size", "tiny", "--model-dir", str(tiny_model_dir), "--engines", str(tiny_engines),
         "--cache", str(tmp_path / "cache"), "--out", str(out), "--in-process",
         "--resolution", "64", "--frames", "3", "--components", "unet,vae_decoder", "--repeat", "2", "--warmup", "1",
-        "--e2e", "--peers", "--no-optimum", "--steppers", "auto,scheduler", "--steps", "4", "--rounds", "1",
+        "--e2e", "--peers", "--steppers", "auto,scheduler", "--steps", "4", "--rounds", "1",
         "--transition-frames", "3", "--transition-steps", "2", "--e2e-repeat", "1", "--overhead-repeat", "1"])
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]  # work/ removed

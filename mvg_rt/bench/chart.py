@@ -10,7 +10,7 @@ PANELS = (  # title, unit, row kind, value of a row
     ("PIE round (img2img)", "seconds (lower is better)", "pie_round", lambda r: r["median_s"]),
     ("Per-step overhead outside the UNet (tiny)", "milliseconds per step", "overhead", lambda r: 1e3 * r["overhead_s"]),
 )
-PALETTE = {"torch": "#4C72B0", "ort": "#DD8452", "trt": "#55A868", "diffusers": "#8172B3", "Optimum": "#C44E52"}
+PALETTE = {"torch": "#4C72B0", "ort": "#DD8452", "trt": "#55A868", "diffusers": "#8172B3"}
 
 
 def write_chart(report: dict[str, Any], path: Path) -> Path | None:

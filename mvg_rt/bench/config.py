@@ -92,8 +92,6 @@ class BenchConfig:
     e2e_settings: E2ESettings = field(default_factory=E2ESettings)
     transitions: bool = True
     overhead_repeat: int = 5
-    optimum: bool = True
-    optimum_python: str | None = None
     profile_misses: bool = True
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 PACKAGES = ("mvg-rt", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-            "optimum", "optimum-onnx", "numpy", "psutil")
+            "numpy", "psutil")
 
 
 def _proc(path: str, name: str) -> str | None:

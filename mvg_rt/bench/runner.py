@@ -113,9 +113,9 @@ def prepare_engines(c: BenchConfig, source: models.ModelSource, with_seine: bool
 
 def peer_rows(c: BenchConfig, source: models.ModelSource, cache: Path, engines: Path | None, say: Progress,
               notes: list[str]) -> list[Row]:
-    """diffusers img2img (fp32, + fp16 on CUDA) and Optimum (CPU) rows, then the tiny model's overhead rows."""
+    """diffusers img2img rows (fp32, + fp16 on CUDA), then the tiny model's overhead rows."""
     from mvg_rt.bench.overhead import overhead_rows, stub_rows
-    from mvg_rt.bench.peers import OPTIMUM_LABEL, diffusers_row, load_diffusers_img2img, optimum_python, optimum_row
+    from mvg_rt.bench.peers import diffusers_row, load_diffusers_img2img
 
     rows = []
     for precision in ("fp32", "fp16") if c.cuda else ("fp32",):
@@ -123,12 +123,6 @@ def peer_rows(c: BenchConfig, source: models.ModelSource, cache: Path, engines: 
         empty = Row("pie_round", f"diffusers img2img (PyTorch eager {precision})", metrics={"peer": "diffusers"})
         rows.append(attempt(empty, partial(call, c, diffusers_row, source.model_dir, c.e2e_settings, c.device,
                                            precision)))
-    if c.optimum and not c.cuda:
-        say("peer: Optimum ORTStableDiffusionImg2ImgPipeline")
-        rows.append(attempt(Row("pie_round", OPTIMUM_LABEL, metrics={"peer": "optimum"}), lambda: optimum_row(
-            source, c.e2e_settings, cache, optimum_python(c.optimum_python))))
-    elif c.optimum:
-        notes.append("Optimum peer: run on CPU only (its CUDA EP pipeline is not wired here)")
     if c.cuda:
         notes.append("per-step overhead (target 3) is measured on the CPU only")
     own = c.size == "tiny"  # the run's own model is tiny (random, or --model-dir with --size tiny)

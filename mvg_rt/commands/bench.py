@@ -47,8 +47,7 @@ def config_from_options(opts: dict[str, Any]) -> Any:
         seed=e2e.seed, engines=Path(opts["engines_dir"]) if opts.get("engines_dir") else None,
         cache=Path(opts["cache"]) if opts.get("cache") else None, out=Path(opts.get("out") or "runs/bench"),
         in_process=opts.get("in_process"), steppers=_split(opts.get("steppers") or "auto"), e2e_settings=e2e,
-        transitions=not opts.get("no_transitions"), overhead_repeat=opts.get("overhead_repeat") or 5,
-        optimum=not opts.get("no_optimum"), optimum_python=opts.get("optimum_python"))
+        transitions=not opts.get("no_transitions"), overhead_repeat=opts.get("overhead_repeat") or 5)
 
 
 def run(**opts: Any) -> None:
