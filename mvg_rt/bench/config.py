@@ -60,14 +60,6 @@ class E2ESettings:
         return asdict(self) | {"denoising_steps_per_round": self.denoising_steps}
 
 
-def require_cuda(device: str, what: str) -> None:
-    if not device.startswith("cuda"):
-        raise MvgError(f"{what} needs CUDA: pass --device cuda on a machine with an NVIDIA GPU")
-    if not torch.cuda.is_available():
-        raise MvgError(f"{what} needs CUDA, and no CUDA device is visible to PyTorch on this machine; run the bench "
-                       "on a GPU machine or drop it")
-
-
 @dataclass(frozen=True)
 class BenchConfig:
     backends: tuple[str, ...] = ("torch", "ort")
@@ -121,12 +113,13 @@ class BenchConfig:
 
     def variants(self) -> list[RuntimeSpec]:
         """The variants as specs without their model paths (the runner fills them in once models exist)."""
-        if self.cuda_graphs:
-            require_cuda(self.device, "--cuda-graphs")
-        if "trt" in self.backends:
-            require_cuda(self.device, "--backend trt (TensorRT)")
-        if self.cuda:
-            require_cuda(self.device, f"--device {self.device}")
+        for what, asked in (("--cuda-graphs", self.cuda_graphs), ("--backend trt (TensorRT)", "trt" in self.backends),
+                            (f"--device {self.device}", self.cuda)):
+            if asked and not self.cuda:
+                raise MvgError(f"{what} needs CUDA: pass --device cuda on a machine with an NVIDIA GPU")
+            if asked and not torch.cuda.is_available():
+                raise MvgError(f"{what} needs CUDA, and no CUDA device is visible to PyTorch here; run the bench on a "
+                               "GPU machine or drop it")
         precision = "fp16" if self.cuda else "fp32"
         return [RuntimeSpec(backend, self.device, precision, graphs) for backend in self.backends
                 for graphs in ((False, True) if self.cuda_graphs else (False,))]

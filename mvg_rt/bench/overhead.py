@@ -148,16 +148,14 @@ def stub_rows(runtime: Runtime, pipe: Any, settings: E2ESettings, repeat: int, t
         return {e.key: (e.count, e.self_cpu_time_total) for e in prof.key_averages() if e.key.startswith("aten::")}
 
     def measure(long: Round, short_run: Round) -> dict[str, Any]:
-        times = []
-        for _ in range(repeat + 1):
-            clock = StepClock()
+        clocks = [StepClock() for _ in range(repeat + 1)]
+        for clock in clocks:
             long(clock.mark)
-            times.append((clock.marks[-1] - clock.marks[0]) / (len(clock.marks) - 1))
         long_ops, short_ops = ops(long), ops(short_run)
         step = {k: ((n - short_ops.get(k, (0, 0.0))[0]) / extra_steps, (us - short_ops.get(k, (0, 0.0))[1])
                     / extra_steps) for k, (n, us) in long_ops.items()}
         most = sorted(((k, v) for k, v in step.items() if v[0] > 0.5), key=lambda kv: -kv[1][0])[:top]
-        return {"loop_s_per_step": float(np.median(times[1:])),
+        return {"loop_s_per_step": float(np.median([c.per_step()["step_s"] for c in clocks[1:]])),
                 "aten_ops_per_step": sum(max(v[0], 0.0) for v in step.values()),
                 "top_ops": [{"op": k, "calls_per_step": v[0], "self_cpu_us_per_step": v[1]} for k, v in most]}
 
