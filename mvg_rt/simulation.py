@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,9 @@ from mvg_rt.io.images import LoadedImage, check_resolution, read_image, resize_a
 from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
 from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
 from mvg_rt.io.video import write_gif, write_mp4
+from mvg_rt.versions import package_versions
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
+from mvg_rt.runtime.pipelines.latents import images_to_model_range
 from mvg_rt.runtime.pipelines.pie import PieSettings, StepCallback, run_pie
 from mvg_rt.runtime.pipelines.sessions import pie_session, run_transitions, transition_sampler
 from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSettings
@@ -122,18 +123,6 @@ def run_simulation(request: SimulationRequest, on_step: StepCallback | None = No
         return simulate(runtime, inputs, request.options, on_step, on_round, on_clip_step, on_clip)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for package in ("mvg-rt", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "tensorrt"):
-        try:
-            out[package] = md.version(package)
-        except md.PackageNotFoundError:
-            continue
-    return out
-
-
 @dataclass
 class SimulationResult:
     """Everything the job produced, in memory, before anything is written."""
@@ -221,12 +210,23 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "video": {"frames": len(result.frames or result.states), "fps": options.fps},
         "backend": runtime.describe(),
         "model": runtime.provenance,
-        "versions": _versions(),
+        "versions": package_versions(),
         "timings": result.timings,
         "rounds": result.rounds,
         "clips": result.clips,
-        "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0),
+        "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0,
+                                _vae_embedding(runtime), "posterior mean of the run's own VAE encoder"),
     }
+
+
+def _vae_embedding(runtime: Runtime) -> Callable[[np.ndarray], torch.Tensor]:
+    """The identity embedding (VAE-I) from the model that made the run, not from any other model."""
+
+    def embed(image: np.ndarray) -> torch.Tensor:
+        pixels = images_to_model_range(torch.from_numpy(image)[None]).to(runtime.backend.device)
+        return runtime.backend.encode_images(pixels)[:, : runtime.model.latent_channels].cpu()
+
+    return embed
 
 
 def _write(staging: Path, record: dict[str, Any], roi: RoiMask, result: SimulationResult, fps: float) -> None:

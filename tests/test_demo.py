@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mvg_rt.demo.default import DEMO_CASE, DEMO_WEIGHTS
 from mvg_rt.eval.metrics import psnr
 from mvg_rt.eval.progression import evaluate_states, is_monotone
 from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import choose_mask
-from mvg_rt.runtime.pipelines.latents import images_to_model_range, model_range_to_images, posterior_sample
+from mvg_rt.runtime.pipelines.latents import images_to_model_range, model_range_to_images
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
 from mvg_rt.runtime.pipelines.roi import latent_mask
 from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings

@@ -3,7 +3,8 @@
 A graph replays the kernels of one call with the shapes and buffer addresses it was
 captured with, so every captured call needs its own *static* input buffers (feeds are
 copied into them) and keeps the output buffers the capture allocated. This module
-decides what to do with each call; *how* a graph is captured is injected:
+decides what to do with each call; *how* a graph is captured is injected (both
+capture functions live in :mod:`mvg_rt.runtime.graph_capture`):
 
 * :func:`torch_capture` (GPU): ``torch.cuda.CUDAGraph`` around the call, after one
   eager run on a side stream, as the PyTorch CUDA-graph notes prescribe. The TensorRT
@@ -28,16 +29,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-import torch
 from torch import Tensor
 
 from mvg_rt.components import ComponentSpec
-from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
-from mvg_rt.runtime.graph_capture import Call, CaptureFn, Captured, cuda_capturing
+from mvg_rt.runtime.graph_capture import Call, CaptureFn, Captured, cuda_capturing, torch_capture
 
 DEFAULT_COMPONENTS = ("unet", "seine")  # the denoisers: thousands of calls; the rest run a few times per round
 
