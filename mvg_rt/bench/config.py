@@ -1,10 +1,6 @@
-"""What one ``mvg-rt bench`` run measures, as typed settings built once at the CLI edge.
-
-A *variant* is a :class:`RuntimeSpec`, opened with ``open_runtime`` like in every job:
-on a CPU ``torch`` (FP32 eager, the reference) and ``ort``; on CUDA every backend in
-FP16, plus a CUDA-graph twin with ``--cuda-graphs``. A GPU variant without a GPU is a
-one-line "needs CUDA" error before anything is built.
-"""
+"""What one ``mvg-rt bench`` run measures, as typed settings built once at the CLI edge. A *variant* is a
+:class:`RuntimeSpec` (on a CPU ``torch``, the reference, and ``ort``; on CUDA every backend in FP16, plus
+CUDA-graph twins); a GPU variant without a GPU is a one-line "needs CUDA" error before anything is built."""
 
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
-"""What the bench ran on, its matmul peak, and how one call is timed there (seconds and peak memory).
-
-The peak is measured in the same run as everything else, so "share of peak" compares two
-numbers taken under the same clock, thermal state and load. Peak memory, CPU: the
-resident-set high-water mark, reset before the timed calls (``/proc/self/clear_refs``),
-else the process-lifetime peak (the row says which); GPU: PyTorch's allocator peak and
-the device's used memory (ORT and TensorRT allocate outside PyTorch).
-"""
+"""What the bench ran on, its matmul peak (measured in the same run, so "share of peak" compares numbers
+taken under the same clock and load), and how one call is timed there: seconds and peak memory (CPU: the
+resident-set high-water mark reset before the timed calls; GPU: PyTorch's allocator peak and the device's
+used memory, since ORT and TensorRT allocate outside PyTorch)."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import resource
@@ -20,8 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-PACKAGES = ("mvg-rt", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-            "numpy", "psutil")
+from mvg_rt.versions import PACKAGES, package_versions
 
 
 def _proc(path: str, name: str) -> str | None:
@@ -44,12 +38,6 @@ def load_average() -> list[float] | None:
 def machine_info() -> dict[str, Any]:
     import psutil  # installed with accelerate
 
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            continue
     flags = (_proc("/proc/cpuinfo", "flags") or "").split()
     gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
     return {"cpu": _proc("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
@@ -58,13 +46,22 @@ def machine_info() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "ram_bytes": int(psutil.virtual_memory().total),
             "gpus": [{"name": g.name, "memory_bytes": int(g.total_memory), "capability": f"{g.major}.{g.minor}"}
                      for g in gpus],
-            "platform": platform.platform(), "load_average_at_start": load_average(), "versions": versions}
+            "platform": platform.platform(), "load_average_at_start": load_average(),
+            "versions": package_versions(PACKAGES + ("onnxruntime-gpu", "numpy", "psutil"))}
 
 
 def synchronizer(device: torch.device | str) -> Callable[[], None]:
     """Waits for queued device work (CUDA is asynchronous); a no-op on the CPU."""
     device = torch.device(device)
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def clocked(call: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, float]:
+    """``call()`` and its seconds, queued device work included."""
+    started = time.perf_counter()
+    result = call()
+    synchronizer(device)()
+    return result, time.perf_counter() - started
 
 
 def timed(call: Callable[[], Any], repeat: int, device: torch.device | str = "cpu", warmup: int = 0,

@@ -1,15 +1,12 @@
-"""Every row of one variant on one runtime from ``open_runtime``: components, PIE rounds, simulation.
-
-Inputs are the bundled demo case at the bench resolution with a fixed seed, so every
-variant and peer sees the same image, prompt, settings and random numbers. What each
-row times is described in benchmarks/README.md ("How the bench works").
-"""
+"""Every row of one variant on one runtime from ``open_runtime`` (components, PIE rounds, simulation), and
+the PIE round's peer, diffusers' img2img in PyTorch eager, on the demo case with a fixed seed: it draws random
+numbers in a PIE round's order, so with the ROI = the whole image and beta2 = 1 the outputs must agree. What
+each row times: benchmarks/README.md ("How the bench works")."""
 
 from __future__ import annotations
 
 import json
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mvg_rt.bench.config import BenchConfig, E2ESettings
-from mvg_rt.bench.machine import synchronizer, timed
+from mvg_rt.bench.machine import clocked, timed
 from mvg_rt.bench.rows import Row, attempt
 from mvg_rt.components import COMPONENTS
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
@@ -53,9 +50,8 @@ def measure_variant(spec: RuntimeSpec, config: BenchConfig, inputs: dict[str, di
 
     def open_() -> Row:
         nonlocal runtime
-        started = time.perf_counter()
-        runtime = open_runtime(spec)
-        opened.metrics |= {"open_s": time.perf_counter() - started, "backend": runtime.describe()}
+        runtime, opened.metrics["open_s"] = clocked(lambda: open_runtime(spec))
+        opened.metrics["backend"] = runtime.describe()
         return opened
 
     rows = [attempt(opened, open_)]
@@ -79,11 +75,9 @@ def measure_variant(spec: RuntimeSpec, config: BenchConfig, inputs: dict[str, di
 
 def warm_up(runtime: Runtime, row: Row, config: BenchConfig, out: Path) -> Row:
     """One short ``simulate``: one round of one step, a two-step clip."""
-    started = time.perf_counter()
     short = replace(config.e2e_settings, rounds=1, steps=2, strength=0.5, transition_steps=2)
-    run_demo_simulation(runtime, short, config.transitions, out)
-    synchronizer(runtime.backend.device)()
-    row.metrics["warmup_s"] = time.perf_counter() - started
+    _, row.metrics["warmup_s"] = clocked(lambda: run_demo_simulation(runtime, short, config.transitions, out),
+                                         runtime.backend.device)
     return row
 
 
@@ -94,10 +88,7 @@ def round_label(spec: RuntimeSpec, stepper: str) -> str:
 def component_row(runtime: Runtime, component: str, feeds: dict[str, Tensor], config: BenchConfig) -> Row:
     backend, spec = runtime.backend, COMPONENTS[component]
     on_device = {k: v.to(backend.device) for k, v in feeds.items()}
-    started = time.perf_counter()
-    backend.infer(spec, on_device)  # first call: ORT creates the component's session here
-    synchronizer(backend.device)()
-    first_call = time.perf_counter() - started
+    _, first_call = clocked(lambda: backend.infer(spec, on_device), backend.device)  # ORT opens its session here
     stats, output = timed(lambda: backend.infer(spec, on_device)[spec.output_names[0]], config.repeat,
                           backend.device, max(config.warmup - 1, 0), config.row_budget_s)
     metrics = {"shapes": {k: list(v.shape) for k, v in feeds.items()}, **stats, "warmup": config.warmup,
@@ -111,12 +102,10 @@ def round_row(runtime: Runtime, settings: E2ESettings, original: np.ndarray, ste
     from mvg_rt.runtime.pipelines.sessions import pie_session
 
     device = runtime.backend.device
-    started = time.perf_counter()
-    session = pie_session(runtime.backend, runtime.model, settings.pie(rounds=1, beta2=1.0), original,
-                          np.full_like(original, 255), settings.prompt, settings.negative_prompt,
-                          runtime.graphed_loops, stepper)
-    synchronizer(device)()
-    setup, previous = time.perf_counter() - started, torch.from_numpy(original).to(device)
+    session, setup = clocked(lambda: pie_session(
+        runtime.backend, runtime.model, settings.pie(rounds=1, beta2=1.0), original, np.full_like(original, 255),
+        settings.prompt, settings.negative_prompt, runtime.graphed_loops, stepper), device)
+    previous = torch.from_numpy(original).to(device)
     stats, output = timed(lambda: session.run_round(previous, torch.Generator().manual_seed(settings.seed)),
                           settings.repeat, device)
     metrics = {"stepper": stepper, "graphed_loops": runtime.graphed_loops, "setup_s": setup, **stats,
@@ -138,6 +127,7 @@ def simulation_row(runtime: Runtime, config: BenchConfig, out: Path) -> Row:
                "simulation_s": timings["pie_seconds"] + timings.get("transition_seconds", 0.0),
                "simulate_call_s": stats["median_s"], "graphed_loops": record["graphed_loops"],
                "memory": stats["memory"]}
+
     def png(paths: list[Path]) -> np.ndarray:
         return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
@@ -146,3 +136,39 @@ def simulation_row(runtime: Runtime, config: BenchConfig, out: Path) -> Row:
         outputs["first_clip"] = png(sorted((out / "frames").glob("*.png"))[: config.e2e_settings.frames])
     return Row("simulation", f"mvg-rt {runtime.spec.label}", runtime.spec.to_dict(), metrics=metrics,
                outputs=outputs)
+
+
+def load_diffusers_img2img(model_dir: Path, device: str, dtype: torch.dtype) -> Any:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(model_dir), safety_checker=None, torch_dtype=dtype,
+                                                          requires_safety_checker=False, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def img2img_call(pipe: Any, image: np.ndarray, settings: E2ESettings, steps: int | None = None,
+                 strength: float | None = None, callback: Any = None) -> np.ndarray:
+    """One diffusers img2img call with the bench's settings; (H, W, 3) uint8 as numpy_to_pil rounds."""
+    from PIL import Image
+
+    out = pipe(settings.prompt, image=Image.fromarray(image), strength=strength or settings.strength,
+               num_inference_steps=steps or settings.steps, guidance_scale=settings.guidance,
+               negative_prompt=settings.negative_prompt or None, output_type="np", callback_on_step_end=callback,
+               generator=torch.Generator().manual_seed(settings.seed)).images[0]
+    return (out * 255).round().astype(np.uint8)
+
+
+def diffusers_row(model_dir: Path, settings: E2ESettings, device: str, precision: str) -> Row:
+    import diffusers
+
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    pipe, load = clocked(lambda: load_diffusers_img2img(model_dir, device, dtype), device)
+    original = demo_original(settings.resolution)
+    _, warm = clocked(lambda: img2img_call(pipe, original, settings, steps=1, strength=1.0), device)  # every network
+    stats, output = timed(lambda: img2img_call(pipe, original, settings), settings.repeat, device)
+    metrics = {"peer": "diffusers", "load_s": load, "warmup_s": warm, **stats, "steps": settings.denoising_steps,
+               "per_step_s": stats["median_s"] / settings.denoising_steps, "scheduler": type(pipe.scheduler).__name__,
+               "versions": {"diffusers": diffusers.__version__}}
+    return Row("pie_round", f"diffusers img2img (PyTorch eager {precision})", metrics=metrics,
+               outputs={"output": output})

@@ -1,11 +1,6 @@
-"""The models the bench runs, their exported engines, inputs at the pipelines' shapes, and FLOPs per call.
-
-Without ``--model-dir`` the bench writes the real architectures with random weights
-(latency does not depend on weight values) once into a cache folder, and exports ONNX
-into ``<cache>/engines/`` keyed by the folder's fingerprint; later runs reuse both.
-FLOPs come from ``FlopCounterMode`` over the component's module built on the ``meta``
-device: real shapes, no weights read, nothing computed.
-"""
+"""The models the bench runs (without ``--model-dir``: the real architectures with random weights, since
+latency does not depend on weight values, cached with their ONNX export), inputs at the pipelines' shapes,
+and FLOPs per call (``FlopCounterMode`` over the module built on the meta device: real shapes, no weights)."""
 
 from __future__ import annotations
 
@@ -40,10 +35,6 @@ class ModelSource:
     model_dir: Path
     seine: Path | None
     origin: str
-
-    def describe(self) -> dict[str, Any]:
-        return {"model_dir": str(self.model_dir), "seine": str(self.seine) if self.seine else None,
-                "origin": self.origin}
 
     def text_config(self) -> dict[str, Any]:
         return json.loads((self.model_dir / "text_encoder" / "config.json").read_text())

@@ -1,11 +1,6 @@
-"""Time outside the networks per denoising step (target 3), mvg-rt vs diffusers, on a tiny model.
-
-Network time is measured inside the UNet (forward hooks on the same
-``UNet2DConditionModel`` class for mvg-rt's torch backend and diffusers; the UNet
-session's ``run`` for ORT); steps are delimited by each side's per-step callback. With
-the UNet stubbed out, everything left is loop overhead, and torch.profiler counts the
-aten ops of a step. The method in full: benchmarks/README.md.
-"""
+"""Time outside the networks per denoising step (target 3), mvg-rt vs diffusers, on a tiny model: network
+time inside the UNet (the same hooks on both sides; the session's ``run`` for ORT), steps between per-step
+callbacks; then with the UNet stubbed out, where all is overhead (method: benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -20,8 +15,7 @@ import numpy as np
 import torch
 
 from mvg_rt.bench.config import E2ESettings
-from mvg_rt.bench.measure import demo_original, round_label
-from mvg_rt.bench.peers import img2img_call
+from mvg_rt.bench.measure import demo_original, img2img_call, round_label
 from mvg_rt.bench.rows import Row
 from mvg_rt.runtime.factory import Runtime
 
@@ -82,10 +76,9 @@ def per_step(run: Round, unet: Any, repeat: int) -> dict[str, Any]:
 
         def timed_run(*args: Any) -> Any:
             clock.enter()
-            try:
-                return plain.run(*args)
-            finally:
-                clock.leave()
+            outputs = plain.run(*args)
+            clock.leave()
+            return outputs
 
         unet.session = SimpleNamespace(run=timed_run)
         undo, how = (lambda: setattr(unet, "session", plain)), "time inside the UNet session's run()"

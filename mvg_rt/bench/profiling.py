@@ -11,8 +11,9 @@ from typing import Any
 
 from torch import Tensor
 
+from mvg_rt.bench.rows import Row
 from mvg_rt.components import UNET
-from mvg_rt.runtime.factory import Runtime
+from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
 
 def _shares(seconds: dict[str, float], counts: dict[str, int], top: int) -> list[dict[str, Any]]:
@@ -21,8 +22,12 @@ def _shares(seconds: dict[str, float], counts: dict[str, int], top: int) -> list
             for op, s in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]]
 
 
-def profile_unet(runtime: Runtime, feeds: dict[str, Tensor], top: int = 12) -> dict[str, Any]:
-    backend = runtime.backend
+def profile_unet(spec: RuntimeSpec, feeds: dict[str, Tensor]) -> Row:
+    with open_runtime(spec) as runtime:
+        return Row("profile", spec.label, spec.to_dict(), "unet", metrics=_profile(runtime.backend, feeds))
+
+
+def _profile(backend: Any, feeds: dict[str, Tensor], top: int = 12) -> dict[str, Any]:
     if backend.name == "torch":
         from torch.profiler import ProfilerActivity, profile
 

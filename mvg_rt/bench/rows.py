@@ -1,11 +1,5 @@
-"""The bench's one list of typed rows, how rows are compared, and the targets as data.
-
-``bench.json`` holds every measurement as one list of :class:`Row`; ``bench.md`` and
-``bench.png`` are rendered from it. Kinds: ``runtime``, ``component``, ``pie_round``,
-``simulation``, ``overhead``, ``overhead_stub``, ``profile`` (benchmarks/README.md).
-mvg-rt rows carry the ``spec`` (``RuntimeSpec.to_dict()``) they were opened from;
-peer rows carry none.
-"""
+"""The bench's one list of typed rows (kinds: benchmarks/README.md), how rows are compared, and the targets
+as data. mvg-rt rows carry the ``spec`` (``RuntimeSpec.to_dict()``) they were opened from; peer rows none."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""``mvg-rt bench``: every measurement of one run, in order, into one report of typed rows.
-
-Order: machine and matmul peak; models (+ ONNX export into the cache); each variant's
-rows (a fresh process per variant unless ``in_process``: a clean peak-memory reading,
-and one backend's allocator state cannot slow the next); FLOPs; peers; per-step
-overhead; comparisons with the torch reference and diffusers; targets; a profile of a
-missed target. Nothing here asserts a timing.
-"""
+"""``mvg-rt bench``: every measurement of one run, in order, into one report of typed rows. Each variant's
+rows run in a fresh process unless ``in_process`` (a clean peak-memory reading; one backend's allocator state
+cannot slow the next). Nothing here asserts a timing."""
 
 from __future__ import annotations
 
@@ -14,7 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +20,7 @@ from mvg_rt.bench import models
 from mvg_rt.bench.config import BenchConfig
 from mvg_rt.bench.machine import load_average, machine_info, matmul_peak
 from mvg_rt.bench.measure import measure_variant
+from mvg_rt.bench.profiling import profile_unet
 from mvg_rt.bench.rows import TARGETS, Row, attempt, compare_with, evaluate
 from mvg_rt.components import PIE_COMPONENTS
 from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
@@ -42,9 +38,11 @@ def call(config: BenchConfig, function: Callable[..., Any], *args: Any) -> Any:
         return pool.submit(function, *args).result()
 
 
-def summary(row: Row) -> str:
-    times = ", ".join(f"{k} {v:.4g}" for k, v in row.metrics.items() if k.endswith("_s") and isinstance(v, float))
-    return f"  {row.kind} {row.component or ''} {row.label}: " + (f"failed: {row.error[:300]}" if row.error else times)
+def report_rows(rows: list[Row], say: Progress) -> list[Row]:
+    for row in rows:
+        times = ", ".join(f"{k} {v:.4g}" for k, v in row.metrics.items() if k.endswith("_s") and isinstance(v, float))
+        say(f"  {row.kind} {row.component or ''} {row.label}: " + (f"failed: {row.error}" if row.error else times))
+    return rows
 
 
 def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[str, Any]:
@@ -61,7 +59,7 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
     with_seine = "seine" in c.components or (c.e2e and c.transitions)
     source = models.model_source(c.model_dir, c.size, c.seed, cache, say)
     engines = prepare_engines(c, source, with_seine, cache, say)
-    report |= {"models": source.describe(), "engines": str(engines) if engines else None}
+    report |= {"models": asdict(source), "engines": str(engines) if engines else None}
     specs = [replace(v, model_dir=source.model_dir, seine=source.seine, with_seine=with_seine) if v.backend == "torch"
              else replace(v, engines_dir=engines) for v in c.variants()]
 
@@ -70,12 +68,9 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
     for spec in specs:
         say(f"{spec.label}: {', '.join(c.components) or 'no'} components, {'' if c.e2e else 'no '}end to end")
         try:
-            new = call(c, measure_variant, spec, c, inputs)
+            rows += report_rows(call(c, measure_variant, spec, c, inputs), say)
         except Exception as err:  # noqa: BLE001 - a crashed worker (memory) loses its variant's rows only
-            new = [Row("runtime", spec.label, spec.to_dict(), error=f"{type(err).__name__}: {err}")]
-        rows += new
-        for row in new:
-            say(summary(row))
+            rows.append(Row("runtime", spec.label, spec.to_dict(), error=f"{type(err).__name__}: {err}"))
     for name in c.components:
         flops = models.count_flops(source, name, inputs[name])
         for row in (r for r in rows if r.kind == "component" and r.component == name and r.error is None):
@@ -90,8 +85,13 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
     for t in report["targets"]:
         say(f"target {t['id']}: {t['name']}: {t['value_text']} (threshold {t['threshold_text']}) {t['status']}")
     missed = {t["id"] for t in report["targets"] if t["status"] == "MISS"}
-    if c.profile_misses and missed & {1, 2} and not c.cuda:
-        rows += profile_fastest_unet(rows, source, c, say)
+    unet = [r for r in rows if r.kind == "component" and r.component == "unet" and r.error is None]
+    if c.profile_misses and missed & {1, 2} and unet and not c.cuda:  # where the fastest UNet call spends its time
+        fastest = min(unet, key=lambda r: r.metrics["median_s"])
+        say(f"profiling the UNet on {fastest.label} (a target was missed)")
+        inputs = models.component_inputs(source, "unet", c.resolution, c.frames)
+        rows += report_rows([attempt(Row("profile", fastest.label, fastest.spec, "unet"),
+                                     partial(profile_unet, RuntimeSpec(**fastest.spec), inputs))], say)
     report["rows"] = [r.to_dict() for r in rows]
     report["errors"] = [{"kind": r.kind, "label": r.label, "component": r.component, "error": r.error}
                         for r in rows if r.error]
@@ -114,8 +114,8 @@ def prepare_engines(c: BenchConfig, source: models.ModelSource, with_seine: bool
 def peer_rows(c: BenchConfig, source: models.ModelSource, cache: Path, engines: Path | None, say: Progress,
               notes: list[str]) -> list[Row]:
     """diffusers img2img rows (fp32, + fp16 on CUDA), then the tiny model's overhead rows."""
+    from mvg_rt.bench.measure import diffusers_row, load_diffusers_img2img
     from mvg_rt.bench.overhead import overhead_rows, stub_rows
-    from mvg_rt.bench.peers import diffusers_row, load_diffusers_img2img
 
     rows = []
     for precision in ("fp32", "fp16") if c.cuda else ("fp32",):
@@ -137,26 +137,4 @@ def peer_rows(c: BenchConfig, source: models.ModelSource, cache: Path, engines: 
     with ExitStack() as stack:
         runtimes = [stack.enter_context(open_runtime(spec)) for spec in specs]
         rows += overhead_rows(runtimes, pipe, settings, c.overhead_repeat)
-        rows += stub_rows(runtimes[0], pipe, settings, c.overhead_repeat)
-    for row in rows:
-        say(summary(row))
-    return rows
-
-
-def profile_fastest_unet(rows: list[Row], source: models.ModelSource, c: BenchConfig, say: Progress) -> list[Row]:
-    """For a missed target 1 or 2: where the fastest variant's UNet call spends its time."""
-    from mvg_rt.bench.profiling import profile_unet
-
-    unet = [r for r in rows if r.kind == "component" and r.component == "unet" and r.error is None]
-    if not unet:
-        return []
-    fastest = min(unet, key=lambda r: r.metrics["median_s"])
-    say(f"profiling the UNet on {fastest.label} (a target was missed)")
-    row = Row("profile", fastest.label, fastest.spec, "unet")
-
-    def run() -> Row:
-        with open_runtime(RuntimeSpec(**fastest.spec)) as runtime:
-            row.metrics = profile_unet(runtime, models.component_inputs(source, "unet", c.resolution, c.frames))
-        return row
-
-    return [attempt(row, run)]
+        return report_rows(rows + stub_rows(runtimes[0], pipe, settings, c.overhead_repeat), say)

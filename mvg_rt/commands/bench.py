@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-
 # End-to-end defaults per device: the paper's settings on a GPU, a run that fits a 2-core CPU otherwise.
 E2E_DEFAULTS = {
     "cpu": {"rounds": 2, "steps": 20, "transition_frames": 4, "transition_steps": 3, "e2e_repeat": 1},
