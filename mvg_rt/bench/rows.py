@@ -12,6 +12,8 @@ import numpy as np
 
 from mvg_rt.eval.metrics import psnr
 
+KINDS = ("runtime", "component", "pie_round", "simulation", "overhead", "overhead_stub", "profile")  # report order
+
 
 @dataclass
 class Row:

@@ -21,7 +21,7 @@ from mvg_rt.bench.config import BenchConfig
 from mvg_rt.bench.machine import load_average, machine_info, matmul_peak
 from mvg_rt.bench.measure import measure_variant
 from mvg_rt.bench.profiling import profile_unet
-from mvg_rt.bench.rows import TARGETS, Row, attempt, compare_with, evaluate
+from mvg_rt.bench.rows import KINDS, TARGETS, Row, attempt, compare_with, evaluate
 from mvg_rt.components import PIE_COMPONENTS
 from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
@@ -92,6 +92,7 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
         inputs = models.component_inputs(source, "unet", c.resolution, c.frames)
         rows += report_rows([attempt(Row("profile", fastest.label, fastest.spec, "unet"),
                                      partial(profile_unet, RuntimeSpec(**fastest.spec), inputs))], say)
+    rows.sort(key=lambda r: (KINDS.index(r.kind), c.components.index(r.component) if r.kind == "component" else 0))
     report["rows"] = [r.to_dict() for r in rows]
     report["errors"] = [{"kind": r.kind, "label": r.label, "component": r.component, "error": r.error}
                         for r in rows if r.error]
