@@ -80,6 +80,25 @@ def test_bench_tiny_writes_json_markdown_and_chart(tmp_path: Path, tiny_model_di
     assert all(r["backend"]["spec"] == r["spec"] for r in of("runtime"))
 
 
+def test_bench_opens_every_variant_with_open_runtime(tmp_path: Path, tiny_model_dir: Path, tiny_engines: Path,
+                                                     monkeypatch):
+    from mvg_rt.bench import measure
+    from mvg_rt.bench.config import BenchConfig
+    from mvg_rt.bench.runner import run_bench
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
+
+    opened: list[RuntimeSpec] = []
+    monkeypatch.setattr(measure, "open_runtime", lambda spec: opened.append(spec) or open_runtime(spec))
+    config = BenchConfig(components=("unet",), resolution=64, repeat=2, model_dir=tiny_model_dir, size="tiny",
+                         engines=tiny_engines, cache=tmp_path / "cache", in_process=True)
+    report = run_bench(config)
+    assert not report["errors"]
+    assert [(s.backend, s.precision, s.cuda_graphs) for s in opened] == [("torch", "fp32", False),
+                                                                          ("ort", "fp32", False)]
+    assert opened[0].model_dir == tiny_model_dir and opened[1].engines_dir == tiny_engines
+    assert [RuntimeSpec(**r["spec"]) for r in report["rows"] if r["kind"] == "component"] == opened
+
+
 def test_bench_options_are_checked(tmp_path: Path, run_cli):
     code, _, err = run_cli(["bench", "--size", "tiny", "--components", "unet,nope", "--out", str(tmp_path / "b")])
     assert code == 2 and "unknown --components nope" in err
