@@ -48,10 +48,12 @@ class EndToEndTolerance:
 COMPONENT = {
     "fp32": ComponentTolerance(max_abs=1e-4, cosine=0.99999),
     "fp16": ComponentTolerance(max_abs=3e-2, cosine=0.999),
+    "int8": ComponentTolerance(max_abs=0.15, cosine=0.99),
 }
 END_TO_END = {
     "fp32": EndToEndTolerance(psnr_db=45.0, ssim=0.99),
     "fp16": EndToEndTolerance(psnr_db=30.0, ssim=0.95),
+    "int8": EndToEndTolerance(psnr_db=25.0, ssim=0.85),
 }
 
 

@@ -72,9 +72,13 @@ def run(**opts: Any) -> None:
     backend_name = opts.get("backend") or "ort"
     kind = "trt" if backend_name == "trt" else "onnx"
     manifest = Manifest.read(opts["engines_dir"])
-    components = [c for c in COMPONENTS if manifest.find(c, kind, precision)]
+    # int8: the quantized components only (the others run their fp32/fp16 artifacts: check those at that precision)
+    exact = precision == "int8"
+    components = [c for c in COMPONENTS if manifest.find(c, kind, precision, exact=exact)]
     if not components:
-        manifest.require("unet", kind, precision)  # raises with what the folder has
+        raise MvgError(f"engines folder {opts['engines_dir']} has no {precision} {kind} artifacts: "
+                       + ("re-export it with --int8" if kind == "onnx" and exact else
+                          "export/build them first (mvg-rt export --help, mvg-rt build --help)"))
     model_dir, unet_dir, seine_path = reference_sources(manifest, opts, precision)
     candidate = engines_runtime(backend_name, opts["engines_dir"], precision, opts["device"]).backend
 
@@ -94,7 +98,7 @@ def run(**opts: Any) -> None:
         component_results += results
         skipped += outside
     frame_results = []
-    pie_ready = all(c in components for c in PIE_COMPONENTS)
+    pie_ready = all(manifest.find(c, kind, precision) for c in PIE_COMPONENTS)
     if not opts["skip_end_to_end"] and pie_ready:
         candidate_runtime = Runtime(candidate, engines_model_info(manifest), {})
         frame_results = check_end_to_end(reference, candidate_runtime, manifest.model.resolution, settings,

@@ -53,6 +53,9 @@ def _torch_dtype(opts: dict[str, Any]) -> torch.dtype:
     """--precision for the PyTorch backend: fp16 is the GPU baseline, so it needs a CUDA device."""
     if (opts.get("precision") or "fp32") == "fp32":
         return torch.float32
+    if opts.get("precision") == "int8":
+        raise MvgError("--precision int8 runs the Q/DQ UNet of mvg-rt export --int8: add --backend ort --engines DIR "
+                       "(or --backend trt)")
     if not str(opts["device"]).startswith("cuda"):
         raise MvgError(f"--precision fp16 with --backend torch runs on a GPU: pass --device cuda (got --device "
                        f"{opts['device']}) or use --precision fp32")
