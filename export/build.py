@@ -75,11 +75,15 @@ class ExportRequest:
             raise MvgError("--seine-config describes the SEINE checkpoint to export: drop it or drop --no-seine")
         if self.seine is not None and not self.with_seine:
             raise MvgError("--seine and --no-seine contradict each other: pass one")
-        from mvg_rt.export.fp16 import FP16_CONVERTERS
+        from mvg_rt.export.fp16 import FP16_CONVERTERS, require_modelopt
 
         if self.fp16_converter not in FP16_CONVERTERS:
             raise MvgError(f"--fp16-converter must be one of {', '.join(FP16_CONVERTERS)} "
                            f"(got {self.fp16_converter!r})")
+        if self.fp16_converter != "ort" and not self.fp16:
+            raise MvgError(f"--fp16-converter {self.fp16_converter} converts the --fp16 graphs: add --fp16")
+        if self.fp16_converter == "modelopt":
+            require_modelopt()  # before any export work
         if self.int8 and not self.calibration_feeds:
             raise MvgError("--int8 needs calibration inputs: pass --calibration DIR (images), or leave it out to "
                            "calibrate on the demo phantoms")
@@ -163,6 +167,35 @@ def _artifact(root: Path, component: str, precision: str, file: Path, axes: dict
                               if external_path else None),
         axes=axes, details=details,
     )
+
+
+def int8_artifact(root: Path, manifest: Manifest, feeds: list[dict[str, Any]], keep: tuple[str, ...] | None,
+                  calibration_source: dict[str, Any], hashes: HashCache) -> Artifact:
+    """Quantize the folder's FP32 UNet graph (export/int8.py) and add the INT8 artifact to ``manifest``."""
+    from mvg_rt.export.int8 import DEFAULT_KEEP, quantize_int8
+
+    fp32 = manifest.require("unet", "onnx", "fp32")
+    path = root / fp32.file
+    int8_path = path.with_name("model_int8.onnx")
+    details = quantize_int8(path, int8_path, feeds, DEFAULT_KEEP if keep is None else keep)
+    artifact = _artifact(root, "unet", "int8", int8_path, dict(fp32.axes), details | {
+        "calibration": calibration_source, "from_sha256": fp32.sha256}, hashes)
+    manifest.add(artifact)
+    return artifact
+
+
+def add_int8(engines_dir: Path, feeds: list[dict[str, Any]], keep: tuple[str, ...] | None = None,
+             calibration_source: dict[str, Any] | None = None) -> Artifact:
+    """Add the INT8 UNet to an existing engines folder (its FP32 graph is verified first)."""
+    root = Path(engines_dir)
+    manifest = Manifest.read(root)
+    manifest.verify(manifest.require("unet", "onnx", "fp32"))
+    hashes = HashCache(root)
+    artifact = int8_artifact(root, manifest, feeds, keep, calibration_source or {}, hashes)
+    manifest.validate()
+    manifest.write(root)
+    hashes.save()
+    return artifact
 
 
 def versions() -> dict[str, str]:
@@ -252,15 +285,10 @@ def export_engines(request: ExportRequest, progress: Progress = lambda _: None) 
                 progress(f"{name}: fp16 {fp16_path.relative_to(staging)} ({fp16_details['fp16_converter']}, "
                          f"{fp16_details['fp32_nodes']} nodes kept in FP32)")
             if request.int8 and name == "unet":
-                from mvg_rt.export.int8 import DEFAULT_KEEP, quantize_int8
-
-                int8_path = path.with_name("model_int8.onnx")
-                keep = DEFAULT_KEEP if request.int8_keep is None else request.int8_keep
-                int8_details = quantize_int8(path, int8_path, request.calibration_feeds or [], keep)
-                manifest.add(_artifact(staging, name, "int8", int8_path, axes, int8_details | {
-                    "calibration": request.calibration_source, "from_sha256": fp32_sha}, hashes))
-                progress(f"{name}: int8 {int8_path.relative_to(staging)} (Q/DQ, calibrated on "
-                         f"{int8_details['calibration_feeds']} UNet inputs)")
+                artifact = int8_artifact(staging, manifest, request.calibration_feeds or [], request.int8_keep,
+                                         request.calibration_source, hashes)
+                progress(f"{name}: int8 {artifact.file} (Q/DQ, calibrated on "
+                         f"{artifact.details['calibration_feeds']} UNet inputs)")
         manifest.root = staging
         manifest.validate()
         manifest.write(staging)

@@ -175,6 +175,16 @@ def remove_identity_casts(model: onnx.ModelProto) -> int:
     return len(rename)
 
 
+def require_modelopt() -> Any:
+    """ModelOpt AutoCast's ``convert_to_mixed_precision``, or a one-line error that says how to install it."""
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError as err:
+        raise MvgError(f"--fp16-converter modelopt needs NVIDIA ModelOpt, which is not installed: "
+                       f"{INSTALL_MODELOPT}") from err
+    return convert_to_mixed_precision
+
+
 def convert_with_modelopt(src: Path, dst: Path, reference_feeds: Mapping[str, np.ndarray] | None = None) -> Path:
     """Write ModelOpt AutoCast's FP16 copy of ``src`` to ``dst`` (float32 inputs/outputs).
 
@@ -183,11 +193,7 @@ def convert_with_modelopt(src: Path, dst: Path, reference_feeds: Mapping[str, np
     leave FP16's comfortable range (its ``data_max`` rule, 512) or whose initializers
     would overflow.
     """
-    try:
-        from modelopt.onnx.autocast import convert_to_mixed_precision
-    except ImportError as err:
-        raise MvgError(f"--fp16-converter modelopt needs NVIDIA ModelOpt, which is not installed: "
-                       f"{INSTALL_MODELOPT}") from err
+    convert_to_mixed_precision = require_modelopt()
     from mvg_rt.export.onnx_export import infer_shapes, save_onnx
 
     with tempfile.TemporaryDirectory() as scratch:

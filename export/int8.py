@@ -8,7 +8,9 @@ backend runs: the ONNX Runtime CPU EP fuses the pairs into integer kernels, and 
 path: its calibrator API and ``BuilderFlag.INT8`` are gone).
 
 Choices, as TensorRT wants them: QDQ format, INT8 weights and activations, symmetric
-(zero point 0: TensorRT only supports symmetric INT8), weights per output channel.
+(zero point 0: TensorRT only supports symmetric INT8), weights per output channel,
+biases left in float (``QuantizeBias`` off: TensorRT's Q/DQ layers take INT8/FP8/INT4, not
+the INT32 bias ONNX Runtime would write; TensorRT and the CPU EP fold the bias in anyway).
 Only Conv/MatMul/Gemm are quantized: they carry the FLOPs; elementwise ops, Softmax and
 the normalisations stay in the graph's precision.
 
@@ -25,6 +27,7 @@ re-measures every group and writes the table to ``benchmarks/results/``.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -99,12 +102,15 @@ def quantize_int8(src: Path, dst: Path, feeds: Iterable[Mapping[str, np.ndarray]
     large = external_data_of(src) is not None
     del graph
     reader = FeedsReader(feeds, inputs)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice (pre-processing) through the root logger
     try:
         quantize_static(
             str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded, use_external_data_format=large, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                            "CalibMaxIntermediateOutputs": MERGE_EVERY},
         )
     except ValueError as err:
@@ -112,6 +118,8 @@ def quantize_int8(src: Path, dst: Path, feeds: Iterable[Mapping[str, np.ndarray]
             raise MvgError("INT8 calibration got no inputs: pass --calibration DIR with images, or leave it out "
                            "to calibrate on the demo phantoms") from err
         raise
+    finally:
+        root.setLevel(level)
     if reader.count == 0:
         raise MvgError("INT8 calibration got no inputs: pass --calibration DIR with images, or leave it out to "
                        "calibrate on the demo phantoms")
