@@ -51,7 +51,8 @@ from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
 from mvg_rt.runtime.pipelines.roi import latent_mask
 
 DEMO_RESOLUTION = 128
-KEEP_SETS = ((), ("time_embedding",), ("conv_in_out",), ("attention_scores",), DEFAULT_KEEP, tuple(SENSITIVE))
+KEEP_SETS = ((), ("time_embedding",), ("conv_in_out",), ("attention_scores",), ("up_block_convs",),
+             ("time_embedding", "conv_in_out"), DEFAULT_KEEP, tuple(SENSITIVE))
 
 
 def demo_case(resolution: int) -> tuple[np.ndarray, np.ndarray]:
