@@ -14,10 +14,13 @@ conversion there. AutoCast runs the FP32 graph once to find values beyond FP16's
 its reference inputs are the same kind as the evaluation's, at ``--autocast-resolution``
 (smaller: that run keeps every intermediate tensor in memory).
 
-Usage::
+Usage (the committed tables; the second is the trained demo model, whose UNet ModelOpt could convert here)::
 
     python benchmarks/fp16_converters.py --engines /tmp/sd14_engines --resolution 512 \\
         --modelopt-python /tmp/modelopt-venv/bin/python --out benchmarks/results/cpu-2core/fp16_converters
+    python benchmarks/fp16_converters.py --engines /tmp/demo_engines --resolution 128 \\
+        --model-label "demo model (trained, mvg_rt/demo/weights)" \\
+        --modelopt-python /tmp/modelopt-venv/bin/python --out benchmarks/results/cpu-2core/fp16_converters_demo
 """
 
 from __future__ import annotations
@@ -90,9 +93,12 @@ def convert_modelopt(python: str, src: Path, dst: Path, feeds: dict[str, np.ndar
     code = ("import sys, numpy as np; from pathlib import Path; from mvg_rt.export.fp16 import convert_with_modelopt; "
             "f = dict(np.load(sys.argv[3])); convert_with_modelopt(Path(sys.argv[1]), Path(sys.argv[2]), f)")
     env = dict(os.environ, PYTHONPATH=str(HERE))
-    done = subprocess.run([python, "-c", code, str(src), str(dst), str(npz)], env=env, capture_output=True, text=True)
+    done = subprocess.run([python, "-c", code, str(src), str(dst), str(npz)], env=env, capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"ModelOpt conversion of {src} failed:\n{done.stderr[-3000:]}")
+        why = "killed (SIGKILL: out of memory on this shared 24 GB machine?)" if done.returncode == -9 else (
+            (done.stderr.strip().splitlines() or ["no message"])[-1][:300])
+        raise RuntimeError(f"ModelOpt conversion failed: {why}")
 
 
 def _remove(path: Path) -> None:
@@ -101,18 +107,22 @@ def _remove(path: Path) -> None:
 
 
 def main() -> None:
-    import onnxruntime
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engines", type=Path, required=True, help="FP32 engines folder (PIE components)")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--autocast-resolution", type=int, default=128)
     parser.add_argument("--modelopt-python", default=None, help="Python with nvidia-modelopt[onnx]; none: skip it")
     parser.add_argument("--components", nargs="*", default=list(ORDER))
+    parser.add_argument("--model-label", default="SD 1.4 architecture, random weights (seed 0)",
+                        help="what --engines holds, for the report")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core/fp16_converters"))
     args = parser.parse_args()
 
     manifest = Manifest.read(args.engines)
+    json_path = args.out.with_suffix(".json")
+    done = {}  # rows of an earlier run (same script) are kept; delete the JSON to measure everything again
+    if json_path.is_file():
+        done = {(r["component"], r["converter"]): r for r in json.loads(json_path.read_text())["rows"]}
     modelopt_version = None
     if args.modelopt_python:
         modelopt_version = subprocess.run([args.modelopt_python, "-c", "import modelopt; print(modelopt.__version__)"],
@@ -132,43 +142,60 @@ def main() -> None:
                          "reference_max": float(np.abs(reference).max()), "cosine": 1.0, **census})
             converters = ["ort"] + (["modelopt"] if args.modelopt_python else [])
             for converter in converters:
+                name = {"ort": "ort-transformers", "modelopt": "modelopt-autocast"}[converter]
+                if (component, name) in done and "error" not in done[(component, name)]:
+                    rows.append(done[(component, name)])
+                    continue
                 dst = scratch / f"{component}_{converter}.onnx"
                 started = time.perf_counter()
-                if converter == "ort":
-                    write_fp16("ort", fp32, dst)
-                else:
-                    small = feeds_for(component, args.autocast_resolution, manifest, text_states)
-                    if component == "unet":
-                        small = {k: v[:1] for k, v in small.items()}
-                    convert_modelopt(args.modelopt_python, fp32, dst, small, scratch)
+                try:
+                    if converter == "ort":
+                        write_fp16("ort", fp32, dst)
+                    else:
+                        small = feeds_for(component, args.autocast_resolution, manifest, text_states)
+                        if component == "unet":
+                            small = {k: v[:1] for k, v in small.items()}
+                        convert_modelopt(args.modelopt_python, fp32, dst, small, scratch)
+                except RuntimeError as err:
+                    rows.append({"component": component, "converter": name, "error": str(err)})
+                    continue
                 seconds = time.perf_counter() - started
                 output = session(dst).run(None, feeds)[0]
-                rows.append({"component": component, "converter": {"ort": "ort-transformers",
-                                                                   "modelopt": "modelopt-autocast"}[converter],
-                             **compare(reference, output), **precision_census(dst),
-                             "convert_seconds": round(seconds, 1)})
+                rows.append({"component": component, "converter": name, **compare(reference, output),
+                             **precision_census(dst), "convert_seconds": round(seconds, 1)})
                 print(rows[-1], flush=True)
                 _remove(dst)
                 gc.collect()
+                write(args, rows, modelopt_version)
+    print(markdown(write(args, rows, modelopt_version)))
+
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], modelopt_version: str | None) -> dict[str, Any]:
+    """Write the JSON and Markdown (after every row: a killed run keeps what it measured)."""
+    import onnxruntime
+
     report = {"resolution": args.resolution, "autocast_resolution": args.autocast_resolution,
-              "model": "SD 1.4 architecture, random weights (seed 0)", "onnxruntime": onnxruntime.__version__,
+              "model": args.model_label, "onnxruntime": onnxruntime.__version__,
               "modelopt": modelopt_version or "not run", "python": sys.version.split()[0],
               "machine": f"{platform.machine()}, 2 shared cores", "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    return report
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# FP16 converters at {report['resolution']}x{report['resolution']}: error vs FP32 on the ONNX Runtime "
-             f"{report['onnxruntime']} CPU EP", "",
-             f"{report['model']}; ModelOpt {report['modelopt']} (AutoCast reference run at "
+    lines = [(f"# FP16 converters at {report['resolution']}x{report['resolution']}: error vs FP32 on the ONNX Runtime "
+             f"{report['onnxruntime']} CPU EP"), "",
+             (f"{report['model']}; ModelOpt {report['modelopt']} (AutoCast reference run at "
              f"{report['autocast_resolution']} px); {report['machine']}. FP32/FP16 nodes: nodes whose float output "
-             "is FP32 / FP16 (Casts and Constants not counted).", "",
-             "| component | converter | max abs | max abs / max(1, max\\|FP32\\|) | cosine | FP32 nodes | FP16 nodes | "
-             "Casts |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "is FP32 / FP16 (Casts and Constants not counted)."), "",
+             ("| component | converter | max abs | max abs / max(1, max\\|FP32\\|) | cosine | FP32 nodes | FP16 nodes | "
+             "Casts |"), "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['component']} | {r['converter']} | {r['error']} | | | | | |")
+            continue
         rel = r["max_abs"] / max(1.0, r["reference_max"])
         lines.append(f"| {r['component']} | {r['converter']} | {r['max_abs']:.3e} | {rel:.3e} | {r['cosine']:.7f} | "
                      f"{r['fp32_nodes']} | {r['fp16_nodes']} | {r['casts']} |")

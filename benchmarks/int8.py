@@ -196,8 +196,8 @@ def markdown(report: dict[str, Any]) -> str:
     if "sensitivity" in report:
         s = report["sensitivity"]
         lines += [f"## Which layers stay FP32 ({s['model']})", "",
-                  f"Calibrated on {s['calibration_feeds']} UNet inputs (4 demo phantoms, one PIE round each); errors "
-                  f"on {s['held_out']} ({s['rows'][0]['feeds']} calls), relative to max(1, max|FP32|).", "",
+                  (f"Calibrated on {s['calibration_feeds']} UNet inputs (4 demo phantoms, one PIE round each); errors "
+                  f"on {s['held_out']} ({s['rows'][0]['feeds']} calls), relative to max(1, max|FP32|)."), "",
                   "| kept FP32 | FP32 nodes | max abs (worst) | max abs (mean) | cosine (worst) | default |",
                   "|---|---:|---:|---:|---:|:---:|"]
         for r in s["rows"]:
@@ -209,26 +209,26 @@ def markdown(report: dict[str, Any]) -> str:
                   "|---|" + "---:|" * len(c["ctr"]["fp32"])]
         for p in ("fp32", "int8"):
             lines.append(f"| {p} | " + " | ".join(f"{v:.3f}" for v in c["ctr"][p]) + " |")
-        lines += ["", f"Largest gap: **{c['max_abs_gap']:.4f}** (target <= 0.02). Run time (ORT CPU, whole PIE run): "
-                      f"FP32 {c['seconds']['fp32']} s, INT8 {c['seconds']['int8']} s.", ""]
+        lines += ["", (f"Largest gap: **{c['max_abs_gap']:.4f}** (target <= 0.02). Run time (ORT CPU, whole PIE run): "
+                      f"FP32 {c['seconds']['fp32']} s, INT8 {c['seconds']['int8']} s."), ""]
     if "full" in report:
         f = report["full"]
         t = f["latency"]
         lines += [f"## Full SD 1.4 UNet at {f['resolution']}x{f['resolution']} ({f['model']})", "",
-                  f"Calibrated on {f['calibration_feeds']} UNet inputs (2 phantoms, one PIE round of 10 steps at "
+                  (f"Calibrated on {f['calibration_feeds']} UNet inputs (2 phantoms, one PIE round of 10 steps at "
                   f"strength 0.3 each) in {f['record_seconds']} s; quantized in {f['quantize_seconds']} s. "
-                  f"UNet file: FP32 {f['unet_mib']['fp32']} MiB, INT8 {f['unet_mib']['int8']} MiB.", "",
+                  f"UNet file: FP32 {f['unet_mib']['fp32']} MiB, INT8 {f['unet_mib']['int8']} MiB."), "",
                   "| UNet call (batch 2) | min s | median s |", "|---|---:|---:|",
                   f"| FP32 | {t['fp32']['min_s']:.2f} | {t['fp32']['median_s']:.2f} |",
                   f"| INT8 | {t['int8']['min_s']:.2f} | {t['int8']['median_s']:.2f} |", "",
-                  f"Speed-up (median): **{f['speedup_median']:.2f}x** (min: {f['speedup_min']:.2f}x), "
-                  f"{t['fp32']['calls']} interleaved calls each.", "",
-                  f"Error on {f['error']['feeds']} held-out UNet inputs (one PIE round on the demo case): max abs "
+                  (f"Speed-up (median): **{f['speedup_median']:.2f}x** (min: {f['speedup_min']:.2f}x), "
+                  f"{t['fp32']['calls']} interleaved calls each."), "",
+                  (f"Error on {f['error']['feeds']} held-out UNet inputs (one PIE round on the demo case): max abs "
                   f"{f['error']['max_abs_rel']:.4f} of max(1, max|FP32|) (mean {f['error']['mean_max_abs_rel']:.4f}), "
-                  f"cosine >= {f['error']['min_cosine']:.5f}.", "",
-                  f"One PIE round (10 steps, strength 0.6, same seed), INT8 vs FP32 UNet: "
+                  f"cosine >= {f['error']['min_cosine']:.5f}."), "",
+                  (f"One PIE round (10 steps, strength 0.6, same seed), INT8 vs FP32 UNet: "
                   f"**{f['pie_round']['psnr_db']:.2f} dB** PSNR. Random weights: the images are not meaningful, the "
-                  "agreement is.", ""]
+                  "agreement is."), ""]
     return "\n".join(lines)
 
 

@@ -129,8 +129,8 @@ def test_network_typing_per_tensorrt_major(major, onnx_precision, precision, typ
 
 
 @pytest.mark.parametrize("major, onnx_precision, precision, message", [
-    (11, "fp32", "fp16", "TensorRT 11 builds only strongly typed networks, so an FP16 engine needs the FP16 ONNX "
-                         "graph: re-export with mvg-rt export --fp16, then rebuild"),
+    (11, "fp32", "fp16", ("TensorRT 11 builds only strongly typed networks, so an FP16 engine needs the FP16 ONNX "
+                         "graph: re-export with mvg-rt export --fp16, then rebuild")),
     (10, "fp16", "int8", "INT8 engines are built from the Q/DQ graph of mvg-rt export --int8"),
     (11, "fp32", "int8", "INT8 engines are built from the Q/DQ graph of mvg-rt export --int8"),
     (11, "int8", "fp16", "a fp16 engine cannot be built from an INT8 (Q/DQ) graph: use --precision int8"),

@@ -65,8 +65,8 @@ def test_trt_entries_round_trip_with_what_an_engine_needs(tiny_engines: Path, tm
     (TrtEnvironment("10.5.0", "NVIDIA RTX 4090", "8.9"),
      "was built with TensorRT 10.3.0, this is TensorRT 10.5.0"),
     (TrtEnvironment("11.4.0.106", "NVIDIA RTX 4090", "8.9"),
-     "was built with TensorRT 10.3.0 (major 10), this is TensorRT 11.4.0.106 (major 11); engines never load across "
-     "TensorRT majors: rebuild it"),
+     ("was built with TensorRT 10.3.0 (major 10), this is TensorRT 11.4.0.106 (major 11); engines never load across "
+     "TensorRT majors: rebuild it")),
     (TrtEnvironment("10.3.0", "NVIDIA A100-SXM4-80GB", "8.0"),
      "was built for NVIDIA RTX 4090 (compute capability 8.9), this GPU is NVIDIA A100-SXM4-80GB (8.0)"),
     (TrtEnvironment("10.3.0", "NVIDIA RTX 4080", "8.9"),  # same architecture, other GPU: still refused
