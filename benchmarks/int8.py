@@ -46,7 +46,7 @@ from mvg_rt.export.build import ExportRequest, add_int8, export_engines
 from mvg_rt.export.int8 import DEFAULT_KEEP, SENSITIVE, quantize_int8
 from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import choose_mask
-from mvg_rt.runtime.factory import Runtime, ort_runtime, torch_runtime
+from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
 from mvg_rt.runtime.pipelines.roi import latent_mask
 
@@ -119,9 +119,13 @@ def latency(paths: dict[str, Path], feed: dict[str, np.ndarray], repeat: int) ->
     return {k: {"min_s": min(v), "median_s": float(np.median(v)), "calls": len(v)} for k, v in times.items()}
 
 
+def ort_runtime(engines: Path, precision: str) -> Runtime:
+    return open_runtime(RuntimeSpec(backend="ort", engines_dir=engines, precision=precision))
+
+
 def part_sensitivity_and_ctr(work: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
-    reference = torch_runtime(DEMO_WEIGHTS, with_seine=False)
+    reference = open_runtime(RuntimeSpec(model_dir=DEMO_WEIGHTS, with_seine=False))
     calibration = CalibrationSettings(count=4)
     started = time.perf_counter()
     feeds = record_unet_feeds(reference, calibration)
