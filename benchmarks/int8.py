@@ -134,7 +134,8 @@ def part_sensitivity_and_ctr(work: Path) -> dict[str, Any]:
     held_out = held_out_feeds(reference, case, demo_settings(rounds=2))
     engines = work / "demo"
     export_engines(ExportRequest(model_dir=DEMO_WEIGHTS, out=engines, with_seine=False, components=PIE_COMPONENTS,
-                                 int8=True, calibration_feeds=feeds, calibration_source=calibration.describe()))
+                                 fp16=True, int8=True, calibration_feeds=feeds,
+                                 calibration_source=calibration.describe()))
     fp32 = engines / "unet" / "model.onnx"
     rows = []
     for keep in KEEP_SETS:
@@ -145,16 +146,17 @@ def part_sensitivity_and_ctr(work: Path) -> dict[str, Any]:
         print(rows[-1], flush=True)
     sessions = {}
     ctr = {}
-    for precision in ("fp32", "int8"):
+    for precision in ("fp32", "fp16", "int8"):
         started = time.perf_counter()
         states = pie_states(ort_runtime(engines, precision), case, demo_settings())
         sessions[precision] = round(time.perf_counter() - started, 1)
         ctr[precision] = evaluate_states(states, case[1][..., 0] / 255.0)["ctr"]
     gap = float(np.abs(np.array(ctr["int8"]) - np.array(ctr["fp32"])).max())
+    fp16_gap = float(np.abs(np.array(ctr["fp16"]) - np.array(ctr["fp32"])).max())
     return {"sensitivity": {"model": "demo UNet (trained, 128 px)", "calibration": calibration.describe(),
                             "calibration_feeds": len(feeds), "record_seconds": round(record_s, 1),
                             "held_out": "UNet inputs of 2 PIE rounds on the demo case", "rows": rows},
-            "demo_ctr": {"settings": demo_settings().to_dict(), "seed": 0, "ctr": ctr, "max_abs_gap": gap,
+            "demo_ctr": {"settings": demo_settings().to_dict(), "seed": 0, "ctr": ctr, "max_abs_gap": gap, "fp16_max_abs_gap": fp16_gap,
                          "seconds": sessions}}
 
 
@@ -211,10 +213,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Demo CTR trajectory (10 rounds, strength 0.3, seed 0)", "",
                   "| round | " + " | ".join(str(i) for i in range(len(c["ctr"]["fp32"]))) + " |",
                   "|---|" + "---:|" * len(c["ctr"]["fp32"])]
-        for p in ("fp32", "int8"):
+        for p in ("fp32", "fp16", "int8"):
             lines.append(f"| {p} | " + " | ".join(f"{v:.3f}" for v in c["ctr"][p]) + " |")
-        lines += ["", (f"Largest gap: **{c['max_abs_gap']:.4f}** (target <= 0.02). Run time (ORT CPU, whole PIE run): "
-                      f"FP32 {c['seconds']['fp32']} s, INT8 {c['seconds']['int8']} s."), ""]
+        lines += ["", (f"Largest gap to FP32: INT8 **{c['max_abs_gap']:.4f}** (target <= 0.02), FP16 "
+                       f"{c['fp16_max_abs_gap']:.4f}. Run time (ORT CPU, whole PIE run): FP32 {c['seconds']['fp32']} "
+                       f"s, FP16 {c['seconds']['fp16']} s, INT8 {c['seconds']['int8']} s."), ""]
     if "full" in report:
         f = report["full"]
         t = f["latency"]
