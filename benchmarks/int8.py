@@ -236,6 +236,7 @@ def markdown(report: dict[str, Any]) -> str:
                   (f"One PIE round (10 steps, strength 0.6, same seed), INT8 vs FP32 UNet: "
                   f"**{f['pie_round']['psnr_db']:.2f} dB** PSNR. Random weights: the images are not meaningful, the "
                   "agreement is."), ""]
+    lines += [f"Note: {n}\n" for n in report.get("notes", [])]
     return "\n".join(lines)
 
 
