@@ -56,8 +56,9 @@ def _default_out() -> Path:
 @click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="torch", show_default=True,
               help="torch: PyTorch over --model-dir; ort: ONNX Runtime / trt: TensorRT over --engines.")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False), help="Engines folder from mvg-rt export.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Which artifacts of --engines to run (torch on CUDA: the compute dtype).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Which artifacts of --engines to run (torch on CUDA: the compute dtype; int8: the Q/DQ UNet of "
+                   "export --int8, the other networks at fp32 (ort) / fp16 (trt)).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--rounds", type=int, default=10, show_default=True, help="PIE rounds N.")
 @click.option("--strength", type=float, default=0.6, show_default=True, help="Roll-back strength gamma.")
@@ -105,6 +106,17 @@ def simulate(**opts: object) -> None:
 @click.option("--seine-config", help="SEINE architecture: full, tiny or a JSON file. Default: from the checkpoint, else full.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Engines folder to write, e.g. engines/sd14.")
 @click.option("--fp16", is_flag=True, help="Also write FP16 graphs (float32 inputs/outputs).")
+@click.option("--fp16-converter", type=click.Choice(["ort", "modelopt"]), default="ort", show_default=True,
+              help="FP16 conversion: onnxruntime.transformers with a measured FP32 block list, or NVIDIA ModelOpt "
+                   "AutoCast (needs nvidia-modelopt[onnx]).")
+@click.option("--int8", is_flag=True,
+              help="Also write the UNet's INT8 Q/DQ graph (static quantization calibrated on --calibration).")
+@click.option("--calibration", "calibration_dir", type=click.Path(file_okay=False),
+              help="INT8: folder of calibration images. Default: demo phantoms.")
+@click.option("--calibration-prompt", "calibration_prompts", multiple=True,
+              help="INT8: prompt(s) for the calibration runs (repeatable). Default: the phantoms' findings.")
+@click.option("--calibration-count", type=int, default=4, show_default=True,
+              help="INT8: calibration images (one PIE round each, its UNet inputs recorded).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
 @click.option("--slim/--no-slim", default=False, show_default=True,
               help="Clean the FP32 graphs up with onnxslim (fewer nodes; same outputs and ORT speed).")
@@ -125,7 +137,7 @@ def export(**opts: object) -> None:
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint the engines came from.")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
               help="Check the ONNX graphs (ONNX Runtime) or the TensorRT engines.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device of the checked backend: cpu or cuda[:N].")
 @click.option("--rounds", type=int, default=2, show_default=True, help="PIE rounds of the end-to-end check.")
 @click.option("--steps", type=int, default=6, show_default=True, help="Scheduler steps of the end-to-end check.")
@@ -142,8 +154,9 @@ def check(**opts: object) -> None:
 @cli.command("build")
 @click.option("--engines", "engines_dir", required=True, type=click.Path(file_okay=False),
               help="Engines folder from mvg-rt export (engines/NAME); the .plan files are written into it.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-              help="fp16: from the FP16 ONNX, strongly typed; fp32: from the FP32 ONNX, TF32 off.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+              help="fp16: from the FP16 ONNX, strongly typed (TensorRT 10 falls back to FP32 ONNX + FP16 flag); "
+                   "fp32: from the FP32 ONNX, TF32 off; int8: the UNet's Q/DQ graph (export --int8).")
 @click.option("--resolution", "resolutions", multiple=True,
               help="Image size N or HEIGHTxWIDTH the engines must take (repeatable). Default: the model's.")
 @click.option("--frames", "frames", type=int, multiple=True, help="SEINE frames K (repeatable). Default: 16.")
