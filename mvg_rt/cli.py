@@ -59,8 +59,9 @@ def _default_out() -> Path:
 @click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="torch", show_default=True,
               help="torch: PyTorch over --model-dir; ort: ONNX Runtime / trt: TensorRT over --engines.")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False), help="Engines folder from mvg-rt export.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Which artifacts of --engines to run (torch on CUDA: the compute dtype).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Which artifacts of --engines to run (torch on CUDA: the compute dtype; int8: the Q/DQ UNet of "
+                   "export --int8, the other networks at fp32 (ort) / fp16 (trt)).")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--rounds", type=INT, default=10, show_default=True, help="PIE rounds N.")
 @click.option("--strength", type=FLOAT, default=0.6, show_default=True, help="Roll-back strength gamma.")
@@ -108,6 +109,17 @@ def simulate(**opts: object) -> None:
 @click.option("--seine-config", help="SEINE architecture: full, tiny or a JSON file. Default: from the checkpoint, else full.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Engines folder to write, e.g. engines/sd14.")
 @click.option("--fp16", is_flag=True, help="Also write FP16 graphs (float32 inputs/outputs).")
+@click.option("--fp16-converter", type=click.Choice(["ort", "modelopt"]), default="ort", show_default=True,
+              help="FP16 conversion: onnxruntime.transformers with a measured FP32 block list, or NVIDIA ModelOpt "
+                   "AutoCast (needs nvidia-modelopt[onnx]).")
+@click.option("--int8", is_flag=True,
+              help="Also write the UNet's INT8 Q/DQ graph (static quantization calibrated on --calibration).")
+@click.option("--calibration", "calibration_dir", type=click.Path(file_okay=False),
+              help="INT8: folder of calibration images. Default: demo phantoms.")
+@click.option("--calibration-prompt", "calibration_prompts", multiple=True,
+              help="INT8: prompt(s) for the calibration runs (repeatable). Default: the phantoms' findings.")
+@click.option("--calibration-count", type=INT, default=4, show_default=True,
+              help="INT8: calibration images (one PIE round each, its UNet inputs recorded).")
 @click.option("--opset", type=INT, default=18, show_default=True, help="ONNX opset.")
 @click.option("--slim/--no-slim", default=False, show_default=True,
               help="Clean the FP32 graphs up with onnxslim (fewer nodes; same outputs and ORT speed).")
@@ -128,7 +140,7 @@ def export(**opts: object) -> None:
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint the engines came from.")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
               help="Check the ONNX graphs (ONNX Runtime) or the TensorRT engines.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Device of the checked backend: cpu or cuda[:N].")
 @click.option("--rounds", type=INT, default=2, show_default=True, help="PIE rounds of the end-to-end check.")
 @click.option("--steps", type=INT, default=6, show_default=True, help="Scheduler steps of the end-to-end check.")
@@ -145,8 +157,9 @@ def check(**opts: object) -> None:
 @cli.command("build")
 @click.option("--engines", "engines_dir", required=True, type=click.Path(file_okay=False),
               help="Engines folder from mvg-rt export (engines/NAME); the .plan files are written into it.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-              help="fp16: from the FP16 ONNX, strongly typed; fp32: from the FP32 ONNX, TF32 off.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+              help="fp16: from the FP16 ONNX, strongly typed (TensorRT 10 falls back to FP32 ONNX + FP16 flag); "
+                   "fp32: from the FP32 ONNX, TF32 off; int8: the UNet's Q/DQ graph (export --int8).")
 @click.option("--resolution", "resolutions", multiple=True,
               help="Image size N or HEIGHTxWIDTH the engines must take (repeatable). Default: the model's.")
 @click.option("--frames", "frames", type=INT, multiple=True, help="SEINE frames K (repeatable). Default: 16.")
@@ -212,8 +225,8 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
 @click.option("--frames", type=INT, default=16, show_default=True, help="SEINE frames of the seine component.")
 @click.option("--components", help="Comma list of components to time (empty: none). Default: all five.")
 @click.option("--e2e", is_flag=True, help="Also time PIE round, PIE run, transition clip, full simulation.")
-@click.option("--peers", is_flag=True, help="Also run diffusers img2img eager and Optimum ORT, and the per-step "
-              "overhead comparison on the tiny model.")
+@click.option("--peers", is_flag=True, help="Also run diffusers img2img eager, and the per-step overhead "
+              "comparison on the tiny model.")
 @click.option("--repeat", type=INT, default=5, show_default=True, help="Timed calls per component.")
 @click.option("--warmup", type=INT, default=1, show_default=True, help="Untimed calls first.")
 @click.option("--row-budget", type=FLOAT, default=60.0, show_default=True,
@@ -235,14 +248,11 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
 @click.option("--transition-steps", type=INT, help="SEINE steps end to end. Default: 3 on CPU, 250 on CUDA.")
 @click.option("--no-transitions", is_flag=True, help="End to end: PIE only.")
 @click.option("--e2e-repeat", type=INT, help="Timed PIE rounds per pipeline. Default: 1 on CPU (3 tiny), 3 on CUDA.")
-@click.option("--loops", default="eager,lean", show_default=True, help="PIE round loops: eager (diffusers "
-              "scheduler) and/or lean (static buffers, scheduler tables).")
+@click.option("--steppers", default="auto", show_default=True, help="PIE round rows: auto (the table step where "
+              "the scheduler allows it, as simulate runs) and/or scheduler (diffusers' step).")
 @click.option("--in-process/--isolate", "in_process", default=None,
-              help="Measure in this process, or each job in a fresh one. Default: isolate unless --size tiny.")
-@click.option("--optimum-python", help="Python with optimum[onnxruntime] for the Optimum peer.")
-@click.option("--no-optimum", is_flag=True, help="Skip the Optimum peer.")
+              help="Measure in this process, or each variant in a fresh one. Default: isolate unless --size tiny.")
 @click.option("--overhead-repeat", type=INT, default=5, show_default=True, help="Rounds per overhead measurement.")
-@click.option("--keep-work", is_flag=True, help="Keep the outputs (.npy) the differences were computed from.")
 def bench(**opts: object) -> None:
     """Benchmark components and pipelines per backend against the PyTorch reference and peers."""
     from mvg_rt.commands.bench import run

@@ -72,6 +72,7 @@ LIMITS: dict[str, Limit] = {
     "--decode-batch": Limit(1, 256, integer=True),
     "--workspace": Limit(1, 1 << 24, integer=True),
     "--builder-level": Limit(0, 5, integer=True),
+    "--calibration-count": Limit(1, 10_000, integer=True),
     "--scale": Limit(0, 100, low_open=True),
     "--repeat": _REPEAT,
     "--warmup": Limit(0, 10_000, integer=True),

@@ -28,7 +28,7 @@ from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
 
 BACKENDS = ("torch", "ort", "trt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: the Q/DQ UNet (ort, trt); see INT8_FALLBACK
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,9 @@ class RuntimeSpec:
                 raise MvgError("--engines is read by --backend ort/trt; add --backend ort, or drop --engines")
             if self.model_dir is None:
                 raise MvgError("--backend torch needs --model-dir (a diffusers-format SD 1.x folder)")
+            if self.precision == "int8":
+                raise MvgError("--precision int8 runs the Q/DQ UNet of mvg-rt export --int8: add --backend ort "
+                               "--engines DIR (or --backend trt)")
             if self.precision == "fp16" and not self.cuda:
                 raise MvgError(f"--precision fp16 with --backend torch runs on a GPU: pass --device cuda (got "
                                f"--device {self.device}) or use --precision fp32")

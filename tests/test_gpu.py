@@ -33,7 +33,7 @@ HAS_CUDA = torch.cuda.is_available()
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU (CUDA): none on this machine")
 needs_trt = pytest.mark.skipif(not (HAS_CUDA and HAS_TRT),
-                               reason="needs an NVIDIA GPU and TensorRT 10: none on this machine")
+                               reason="needs an NVIDIA GPU and TensorRT 10 or 11: none on this machine")
 pytestmark = pytest.mark.gpu
 
 RESOLUTIONS = ("64", "32x96")  # the tiny model's size and mvg-rt check's second, non-square size

@@ -269,3 +269,27 @@ def test_ctr_course_reads_as_the_demo_promises():
     assert "then holds at 0.62-0.66" in course["summary"] and "monoton" not in course["summary"]
     flat = ctr_course([0.42, 0.43, 0.41, 0.42])
     assert not flat["rise_then_plateau"] and "never reaches 0.5" in flat["summary"]
+
+
+def test_every_numeric_option_has_one_range_and_its_default_is_inside():
+    """The one validation layer covers every numeric option of every verb (a new option without a range fails)."""
+    import click
+
+    from mvg_rt.cli import cli
+    from mvg_rt.cli_types import Number
+    from mvg_rt.limits import LIMITS
+
+    checked = 0
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
+                raise AssertionError(f"{name} {param.opts}: plain click int/float, not mvg_rt.cli_types")
+            if isinstance(param.type, Number):
+                key = param.type.key or max(param.opts, key=len)
+                assert key in LIMITS, (name, key)
+                defaults = param.default if isinstance(param.default, (list, tuple)) else [param.default]
+                for default in defaults:
+                    if isinstance(default, (int, float)):  # click's UNSET / None: no default
+                        param.type.convert(default, param, None)
+                checked += 1
+    assert checked >= 35
