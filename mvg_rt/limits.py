@@ -68,7 +68,7 @@ LIMITS: dict[str, Limit] = {
     "--roi": Limit(-1e6, 1e6),  # box / ellipse coordinates, in input-image pixels
     "bench --resolution": Limit(64, 4096, integer=True, multiple_of=64),  # the real UNet's 3 downsamplings
     # export, build, train-demo, bench, check
-    "--opset": Limit(14, 23, integer=True),
+    "--opset": Limit(17, 23, integer=True, hint="older opsets are too old: LayerNormalization is one op from 17"),
     "--decode-batch": Limit(1, 256, integer=True),
     "--workspace": Limit(1, 1 << 24, integer=True),
     "--builder-level": Limit(0, 5, integer=True),
