@@ -178,6 +178,50 @@ def test_batch_items_are_independent(tiny_config: SeineConfig) -> None:
     assert (moved[0] - base[0]).abs().amax() > 1e-3
 
 
+# --------------------------------------------------------------------------- fused attention
+
+
+def explicit_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention SEINE's module computed before SDPA: scaled scores, additive bias, softmax, values."""
+    scores = (q * scale) @ k.transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1) @ v
+
+
+def test_sdpa_attention_equals_the_explicit_math(tiny_config: SeineConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spatial, cross and temporal (rotary + relative bias) attention through SDPA == the explicit
+    matmul/softmax, over the whole model in FP32 (the issue's bar: <= 1e-5 relative)."""
+    from mvg_rt.models import seine_unet
+
+    model = tiny_model(tiny_config)
+    feeds = inputs(tiny_config, batch=2, frames=6, size=(16, 12))
+    calls = []
+
+    def counted(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(len(args))
+        return explicit_attend(*args)
+
+    with torch.no_grad():
+        fused = model(*feeds)
+        monkeypatch.setattr(seine_unet, "attend", counted)
+        reference = model(*feeds)
+    assert sorted(set(calls)) == [4, 5]  # spatial/cross (no bias) and temporal (bias) both went through it
+    assert float((fused - reference).abs().max()) <= 1e-5 * float(reference.abs().max())
+
+
+def test_sdpa_temporal_attention_uses_the_bias_per_head() -> None:
+    """The (heads, F, F) bias broadcasts over the batch exactly as the explicit ``scores + bias`` did."""
+    from mvg_rt.models.seine_unet import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 4, 7, 8, generator=g) for _ in range(3))
+    bias = torch.randn(4, 7, 7, generator=g) * 3
+    torch.testing.assert_close(attend(q, k, v, 8 ** -0.5, bias), explicit_attend(q, k, v, 8 ** -0.5, bias),
+                               rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- rotary embedding, position bias
 
 
