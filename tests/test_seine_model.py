@@ -462,3 +462,56 @@ def test_onnx_export_dynamo_dynamic_shapes(tiny_config: SeineConfig, tmp_path: P
     torch.onnx.export(model, inputs(tiny_config), str(path), dynamo=True, dynamic_shapes=dynamic_shapes,
                       input_names=list(ONNX_INPUTS), output_names=["noise_pred"])
     assert_onnx_matches(path, model, tiny_config)
+
+
+# --------------------------------------------------------------------------- FP16
+
+
+def _within_fp16_check(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[bool, str]:
+    """``mvg-rt check``'s FP16 component tolerance, measured with its own comparator."""
+    from mvg_rt.check.components import compare_outputs
+    from mvg_rt.check.tolerances import COMPONENT
+
+    tolerance = COMPONENT["fp16"]
+    max_abs, _, cosine = compare_outputs(reference, candidate)
+    limit = tolerance.max_abs * max(1.0, float(reference.abs().max()))
+    return max_abs <= limit and cosine >= tolerance.cosine, f"max abs {max_abs:.3g} (limit {limit:.3g}), cos {cosine:.7f}"
+
+
+def fp16_case(config: SeineConfig) -> tuple[torch.Tensor, ...]:
+    """16x16 latents, 8 frames, the two ends of the schedule (t=999 is where FP16 timestep math breaks)."""
+    sample, _, context = inputs(config, batch=2, frames=8, size=(16, 16), seed=5)
+    return sample, torch.tensor([999.0, 20.0]), context
+
+
+def test_fp16_onnx_graph_on_onnxruntime_cpu_is_within_the_fp16_check(tiny_config: SeineConfig,
+                                                                       tmp_path: Path) -> None:
+    """The FP16 graph ``mvg-rt export`` writes (FP32 islands of export/fp16.py) passes ``mvg-rt check``'s
+    FP16 tolerance on ONNX Runtime's CPU EP, at 8 frames and 16x16 latents."""
+    ort = pytest.importorskip("onnxruntime")
+    from mvg_rt.components import SEINE
+    from mvg_rt.export.fp16 import convert_to_fp16
+    from mvg_rt.export.onnx_export import export_component
+
+    model = tiny_model(tiny_config)
+    feeds = fp16_case(tiny_config)
+    fp32 = export_component(model, SEINE, inputs(tiny_config), tmp_path / "seine.onnx")
+    fp16 = convert_to_fp16(fp32, tmp_path / "seine_fp16.onnx")
+    session = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {n: t.numpy() for n, t in zip(SEINE.input_names, feeds, strict=True)})
+    with torch.no_grad():
+        reference = model(*feeds)
+    ok, detail = _within_fp16_check(reference, torch.from_numpy(out))
+    assert ok, detail
+
+
+def test_fp16_module_is_within_the_fp16_check(tiny_config: SeineConfig) -> None:
+    """The PyTorch FP16 path (what the CUDA backend runs): SDPA and the norms accumulate in FP32 inside
+    their kernels, the timestep sinusoid is computed in FP32 before the cast."""
+    model = tiny_model(tiny_config)
+    sample, timestep, context = fp16_case(tiny_config)
+    with torch.no_grad():
+        reference = model(sample, timestep, context)
+        out = model.half()(sample.half(), timestep, context.half()).float()
+    ok, detail = _within_fp16_check(reference, out)
+    assert ok, detail
