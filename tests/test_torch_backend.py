@@ -52,3 +52,25 @@ def test_channels_last_gives_the_same_outputs(tiny_models):
         got = nhwc.infer(spec, feeds)[spec.output_names[0]]
         assert got.is_contiguous()  # the contract's layout back
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_freed_cpu_memory_is_reused_without_page_faults():
+    """After ``retain_freed_memory`` (what TorchBackend does on a CPU), a large block freed and allocated
+    again comes back from the heap: no page is faulted in again (glibc would have unmapped it)."""
+    import resource
+
+    from mvg_rt.runtime.backends.cpu_memory import retain_freed_memory
+
+    state = retain_freed_memory()
+    if not state["retained"]:
+        pytest.skip(f"not glibc: {state['reason']}")
+    assert TorchBackend({}).describe()["cpu_memory"] == state
+    size = 64 * 2**20 // 4  # 64 MiB of float32: above glibc's largest mmap threshold
+
+    def faults_of_one_block() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(size)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_one_block()
+    assert faults_of_one_block() < 64  # 16384 pages if the block were mapped afresh
