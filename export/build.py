@@ -26,6 +26,7 @@ from torch import nn
 
 from mvg_rt.components import COMPONENTS
 from mvg_rt.errors import MvgError
+from mvg_rt.versions import package_versions
 from mvg_rt.artifacts.hashing import HashCache
 from mvg_rt.artifacts.manifest import Artifact, AxisRange, Manifest, ModelDecl, SourceDecl, TensorDecl
 from mvg_rt.models.provenance import file_fingerprint, model_dir_fingerprint, unet_fingerprint
@@ -148,18 +149,6 @@ def _artifact(root: Path, component: str, precision: str, file: Path, axes: dict
     )
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for package in ("mvg-rt", "torch", "onnx", "onnxruntime", "onnxslim", "diffusers", "transformers"):
-        try:
-            out[package] = md.version(package)
-        except md.PackageNotFoundError:
-            continue
-    return out
-
-
 def export_engines(request: ExportRequest, progress: Progress = lambda _: None) -> Manifest:
     """Export every component; returns the manifest of the (complete) engines folder."""
     from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
@@ -193,7 +182,7 @@ def export_engines(request: ExportRequest, progress: Progress = lambda _: None) 
         seine=str(seine_path.resolve()) if seine_path else None,
         seine_sha256=file_fingerprint(seine_path) if seine_path else None,
     )
-    manifest = Manifest(model=model, source=source, versions=versions(),
+    manifest = Manifest(model=model, source=source, versions=package_versions(),
                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     unet_multiple = _levels_multiple(models.unet.config.block_out_channels)
     seine_multiple = _levels_multiple(seine_config.block_out_channels) if seine_config is not None else 1

@@ -14,27 +14,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mvg_rt.io.images import LoadedImage, check_resolution, read_image, resize_and_crop, save_png
-from mvg_rt.io.masks import RoiMask, choose_mask
-from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
 from mvg_rt.components import SEINE
+from mvg_rt.errors import MvgError
 from mvg_rt.eval.progression import evaluate_states, round_changes
+from mvg_rt.io.images import LoadedImage, check_resolution, read_image, resize_and_crop, save_png
+from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
+from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
 from mvg_rt.io.video import write_gif, write_mp4
-from mvg_rt.runtime.factory import Runtime
-from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession, GraphedTransitionSampler
-from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, StepCallback
-from mvg_rt.runtime.pipelines.roi import latent_mask
-from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSampler, TransitionSettings, join_clips
+from mvg_rt.versions import package_versions
+from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
+from mvg_rt.runtime.pipelines.latents import images_to_model_range
+from mvg_rt.runtime.pipelines.pie import PieSettings, StepCallback, run_pie
+from mvg_rt.runtime.pipelines.sessions import pie_session, run_transitions, transition_sampler
+from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSettings
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SimulationInputs:
     image_sha256: str
     prompt: str
     negative_prompt: str = ""
-    roi: RoiMask | None = None
+    roi: RoiMask | RoiRequest | None = None  # a request is resolved at the run's resolution; None: whole image
     image_path: str | None = None  # recorded only with record_paths
 
 
@@ -53,8 +54,8 @@ class SimulationInputs:
 class SimulationOptions:
     pie: PieSettings = field(default_factory=PieSettings)
     transition: TransitionSettings | None = field(default_factory=TransitionSettings)  # None: PIE only
-    graphed_loops: bool = False  # whole denoising steps as static-buffer loops (CUDA-graph replays on GPU)
-    resolution: int = 512
+    graphed_loops: bool | None = None  # static-buffer step loops; None: as the runtime's spec (--cuda-graphs)
+    resolution: int | None = None  # None: the model's
     seed: int = 0
     fps: float = 2.0
     out: Path = Path("runs/simulation")
@@ -66,22 +67,60 @@ def load_inputs(image_path: str, prompt: str, negative_prompt: str = "", record_
     image = read_image(image_path)
     digest = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
     if not prompt.strip():
-        from mvg_rt.errors import MvgError
-
         raise MvgError("--prompt is empty: describe the disease state to simulate, e.g. 'severe cardiomegaly'")
     return SimulationInputs(image, digest, prompt, negative_prompt, image_path=image_path if record_path else None)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+@dataclass(frozen=True)
+class SimulationRequest:
+    """Everything one ``mvg-rt simulate`` asked for, parsed once at the CLI edge.
 
-    out = {"python": platform.python_version()}
-    for package in ("mvg-rt", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "tensorrt"):
-        try:
-            out[package] = md.version(package)
-        except md.PackageNotFoundError:
-            continue
-    return out
+    ``image`` None means the embedded demo case (its image, ROI and prompt, and the
+    demo model when the spec names no model); see :mod:`mvg_rt.demo.default`.
+    """
+
+    runtime: RuntimeSpec
+    options: SimulationOptions
+    image: str | None = None
+    prompt: str | None = None
+    negative_prompt: str = ""
+    roi: RoiRequest = RoiRequest()
+    record_paths: bool = False
+
+
+def resolve_demo(request: SimulationRequest) -> tuple[SimulationRequest, str | None]:
+    """The request with the demo case filled in where the user left it out, and the notice to show."""
+    from mvg_rt.demo.default import DEMO_CASE, demo_model_dir
+
+    notice = None
+    spec = request.runtime
+    if spec.backend == "torch" and spec.model_dir is None and spec.unet_dir is None and spec.seine is None:
+        folder, notice = demo_model_dir()
+        spec = replace(spec, model_dir=folder)
+    if request.image is not None:
+        return replace(request, runtime=spec), notice
+    roi = request.roi if request.roi.given else RoiRequest(str(DEMO_CASE.mask), feather=request.roi.feather)
+    return replace(request, runtime=spec, image=str(DEMO_CASE.image), prompt=request.prompt or DEMO_CASE.prompt,
+                   roi=roi), notice
+
+
+def run_simulation(request: SimulationRequest, on_step: StepCallback | None = None,
+                   on_round: Callable[[int], None] | None = None, on_clip_step: ClipStepCallback | None = None,
+                   on_clip: Callable[[int], None] | None = None,
+                   on_notice: Callable[[str], None] | None = None) -> Path:
+    """Open the runtime, read the inputs, simulate, close: the ``mvg-rt simulate`` job."""
+    request, notice = resolve_demo(request)
+    if request.prompt is None:
+        raise MvgError("--prompt is required with --image: describe the disease state, e.g. 'severe cardiomegaly'")
+    assert request.image is not None
+    check_output_dir(request.options.out, request.options.overwrite)  # fail before loading models
+    inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
+    inputs.roi = request.roi
+    with open_runtime(request.runtime) as runtime:
+        runtime.notice = notice
+        if notice and on_notice is not None:
+            on_notice(notice)
+        return simulate(runtime, inputs, request.options, on_step, on_round, on_clip_step, on_clip)
 
 
 @dataclass
@@ -98,25 +137,25 @@ class SimulationResult:
 def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, original: np.ndarray,
              roi: RoiMask, generator: torch.Generator, on_step: StepCallback | None,
              on_round: Callable[[int], None] | None) -> SimulationResult:
-    device = runtime.backend.device
-    mask_latent = latent_mask(torch.from_numpy(roi.pixels), runtime.model.vae_scale_factor,
-                              runtime.model.latent_channels)
     started = time.perf_counter()
-    session_type = GraphedPieSession if options.graphed_loops else PieSession
-    session = session_type(runtime.backend, runtime.model, options.pie, torch.from_numpy(original).to(device),
-                           mask_latent, inputs.prompt, inputs.negative_prompt)
+    session = pie_session(runtime.backend, runtime.model, options.pie, original, roi.pixels, inputs.prompt,
+                          inputs.negative_prompt, _graphed(runtime, options))
     weight = roi.pixels[..., 0].astype(np.float64) / 255.0
     result = SimulationResult(states=[original], rounds=[],
                               timings={"pie_setup_seconds": round(time.perf_counter() - started, 4)})
-    for index in range(1, options.pie.rounds + 1):
-        round_start = time.perf_counter()
-        previous = torch.from_numpy(result.states[-1]).to(device)
-        state = session.run_round(previous, generator, index, on_step).cpu().numpy()
+    round_start = time.perf_counter()
+
+    def finished(index: int, state: torch.Tensor) -> None:
+        nonlocal round_start
+        state_pixels = state.cpu().numpy()
         result.rounds.append({"round": index, "seconds": round(time.perf_counter() - round_start, 4),
-                              "change": round_changes([result.states[-1], state], weight)[0]})
-        result.states.append(state)
+                              "change": round_changes([result.states[-1], state_pixels], weight)[0]})
+        result.states.append(state_pixels)
+        round_start = time.perf_counter()
         if on_round is not None:
             on_round(index)
+
+    run_pie(session, generator, on_step, finished)
     result.timings["pie_seconds"] = round(time.perf_counter() - started, 4)
     return result
 
@@ -124,24 +163,32 @@ def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
 def _run_transitions(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, roi: RoiMask,
                      result: SimulationResult, generator: torch.Generator, on_clip_step: ClipStepCallback | None,
                      on_clip: Callable[[int], None] | None) -> None:
+    assert options.transition is not None
     started = time.perf_counter()
-    sampler_type = GraphedTransitionSampler if options.graphed_loops else TransitionSampler
-    sampler = sampler_type(runtime.backend, runtime.model, options.transition, inputs.prompt)
-    weight = torch.from_numpy(roi.pixels[..., 0].astype(np.float32) / 255.0)
-    clips = []
-    for index, (start, end) in enumerate(zip(result.states[:-1], result.states[1:]), start=1):
-        clip_start = time.perf_counter()
-        clip = sampler.clip(torch.from_numpy(start), torch.from_numpy(end), weight, generator, index, on_clip_step)
-        clips.append(clip.cpu())
+    sampler = transition_sampler(runtime.backend, runtime.model, options.transition, inputs.prompt,
+                                 _graphed(runtime, options))
+    clip_start = time.perf_counter()
+
+    def finished(index: int) -> None:
+        nonlocal clip_start
         result.clips.append({"clip": index, "seconds": round(time.perf_counter() - clip_start, 4)})
+        clip_start = time.perf_counter()
         if on_clip is not None:
             on_clip(index)
-    result.frames = [frame.numpy() for frame in join_clips(clips)]
+
+    states = [torch.from_numpy(state) for state in result.states]
+    frames = run_transitions(sampler, states, torch.from_numpy(roi.pixels[..., 0].astype(np.float32) / 255.0),
+                             generator, on_clip_step, finished)
+    result.frames = [frame.numpy() for frame in frames]
     result.timings["transition_seconds"] = round(time.perf_counter() - started, 4)
 
 
-def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, roi: RoiMask,
-            result: SimulationResult) -> dict[str, Any]:
+def _graphed(runtime: Runtime, options: SimulationOptions) -> bool:
+    return runtime.graphed_loops if options.graphed_loops is None else options.graphed_loops
+
+
+def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, resolution: int,
+            roi: RoiMask, result: SimulationResult) -> dict[str, Any]:
     return {
         "mvg_rt_run": 1,
         "notice": runtime.notice,
@@ -155,20 +202,31 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "prompt": inputs.prompt,
         "negative_prompt": inputs.negative_prompt,
         "roi": {"source": roi.source, "coverage": round(roi.coverage, 4)},
-        "resolution": options.resolution,
+        "resolution": resolution,
         "seed": options.seed,
         "pie": options.pie.to_dict(),
         "transition": options.transition.to_dict() if options.transition else None,
-        "graphed_loops": options.graphed_loops,
+        "graphed_loops": _graphed(runtime, options),
         "video": {"frames": len(result.frames or result.states), "fps": options.fps},
-        "backend": runtime.backend.describe(),
+        "backend": runtime.describe(),
         "model": runtime.provenance,
-        "versions": _versions(),
+        "versions": package_versions(),
         "timings": result.timings,
         "rounds": result.rounds,
         "clips": result.clips,
-        "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0),
+        "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0,
+                                _vae_embedding(runtime), "posterior mean of the run's own VAE encoder"),
     }
+
+
+def _vae_embedding(runtime: Runtime) -> Callable[[np.ndarray], torch.Tensor]:
+    """The identity embedding (VAE-I) from the model that made the run, not from any other model."""
+
+    def embed(image: np.ndarray) -> torch.Tensor:
+        pixels = images_to_model_range(torch.from_numpy(image)[None]).to(runtime.backend.device)
+        return runtime.backend.encode_images(pixels)[:, : runtime.model.latent_channels].cpu()
+
+    return embed
 
 
 def _write(staging: Path, record: dict[str, Any], roi: RoiMask, result: SimulationResult, fps: float) -> None:
@@ -189,17 +247,21 @@ def _write(staging: Path, record: dict[str, Any], roi: RoiMask, result: Simulati
 def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions,
              on_step: StepCallback | None = None, on_round: Callable[[int], None] | None = None,
              on_clip_step: ClipStepCallback | None = None, on_clip: Callable[[int], None] | None = None) -> Path:
-    """Run the whole job; returns the output folder (complete, or absent on error)."""
-    options.resolution = check_resolution(options.resolution, runtime.model.vae_scale_factor)
-    check_output_dir(options.out, options.overwrite)
+    """Run the whole job on an opened runtime; returns the output folder (complete, or absent on error).
+
+    The runtime is the caller's (opened once, it can serve many cases); the output folder
+    is checked before any computation and written all at once at the end.
+    """
+    resolution = check_resolution(options.resolution or runtime.default_resolution, runtime.model.vae_scale_factor)
     if options.transition is not None:
         runtime.backend.require(SEINE)  # fail before the PIE rounds, not after them
-    original = resize_and_crop(inputs.image.pixels, options.resolution)
-    roi = inputs.roi or choose_mask(inputs.image.pixels.shape, options.resolution)
-    generator = torch.Generator().manual_seed(options.seed)
-    result = _run_pie(runtime, inputs, options, original, roi, generator, on_step, on_round)
-    if options.transition is not None:
-        _run_transitions(runtime, inputs, options, roi, result, generator, on_clip_step, on_clip)
+    original = resize_and_crop(inputs.image.pixels, resolution)
+    roi = inputs.roi.resolve(inputs.image.pixels.shape, resolution) if isinstance(inputs.roi, RoiRequest) \
+        else inputs.roi or full_mask(resolution)
     with staged_output_dir(options.out, options.overwrite) as staging:
-        _write(staging, _record(runtime, inputs, options, roi, result), roi, result, options.fps)
+        generator = torch.Generator().manual_seed(options.seed)
+        result = _run_pie(runtime, inputs, options, original, roi, generator, on_step, on_round)
+        if options.transition is not None:
+            _run_transitions(runtime, inputs, options, roi, result, generator, on_clip_step, on_clip)
+        _write(staging, _record(runtime, inputs, options, resolution, roi, result), roi, result, options.fps)
     return options.out

@@ -31,9 +31,9 @@ def tiny_models(tiny_model_dir: Path):
 
 @pytest.fixture(scope="session")
 def tiny_runtime(tiny_model_dir: Path):
-    from mvg_rt.runtime.factory import torch_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
-    return torch_runtime(tiny_model_dir)
+    return open_runtime(RuntimeSpec(model_dir=tiny_model_dir))
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import torch
 
 from mvg_rt.components import UNET, VAE_ENCODER
 from mvg_rt.errors import MvgError
-from mvg_rt.runtime.backends.cuda_graphs import EagerCapture, GraphCache, GraphedBackend, GraphKey
+from mvg_rt.runtime.backends.cuda_graphs import GraphCache, GraphedBackend, GraphKey
+from mvg_rt.runtime.graph_capture import EagerCapture
 from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession, GraphedTransitionSampler, LoopGraph
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings
 from mvg_rt.runtime.pipelines.roi import latent_mask
@@ -176,11 +177,12 @@ def mask() -> torch.Tensor:
 @pytest.mark.parametrize("scheduler, guidance", [(None, 7.5), ("ddim", 7.5), ("euler", 1.0), ("dpm-multistep", 7.5)])
 @pytest.mark.parametrize("host_indexed", [False, True], ids=["device-indexed", "host-indexed"])
 def test_static_pie_round_equals_the_eager_round(tiny_runtime, image, mask, scheduler, guidance, host_indexed):
-    """Two rounds, same seed: the static-buffer step (the one a GPU captures) and its host-indexed CPU
-    variant give PieSession's latents."""
+    """Two rounds, same seed: the static-buffer step (the one a GPU captures) and the eager loop's
+    host-indexed table step give the latents of PieSession stepping with diffusers' own scheduler."""
     settings = PieSettings(rounds=2, steps=10, strength=0.6, scheduler=scheduler, guidance_scale=guidance)
     args = (tiny_runtime.backend, tiny_runtime.model, settings, image, mask, "severe cardiomegaly")
-    eager, static = PieSession(*args), GraphedPieSession(*args, capture=None, host_indexed=host_indexed)
+    eager = PieSession(*args, stepper="scheduler")
+    static = PieSession(*args, stepper="tables") if host_indexed else GraphedPieSession(*args, capture=None)
     g_eager, g_static = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     previous = image
     steps_seen: list[tuple[int, int, int]] = []
@@ -190,7 +192,7 @@ def test_static_pie_round_equals_the_eager_round(tiny_runtime, image, mask, sche
         assert float((got - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
         previous = eager.run_round(previous, torch.Generator().manual_seed(round_index))
     assert torch.equal(g_eager.get_state(), g_static.get_state())  # the same random numbers were drawn
-    assert steps_seen[-1] == (2, static.loop.steps, static.loop.steps)
+    assert steps_seen[-1] == (2, len(static.step_tables), len(static.step_tables))
 
 
 @torch.no_grad()

@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mvg_rt.demo.default import DEMO_CASE, DEMO_WEIGHTS
 from mvg_rt.eval.metrics import psnr
 from mvg_rt.eval.progression import evaluate_states, is_monotone
 from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import choose_mask
-from mvg_rt.runtime.pipelines.latents import images_to_model_range, model_range_to_images, posterior_sample
+from mvg_rt.runtime.pipelines.latents import images_to_model_range, model_range_to_images
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
 from mvg_rt.runtime.pipelines.roi import latent_mask
 from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
@@ -28,9 +27,9 @@ RESOLUTION = 128
 
 @pytest.fixture(scope="module")
 def demo_runtime():
-    from mvg_rt.runtime.factory import torch_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
-    return torch_runtime(DEMO_WEIGHTS)
+    return open_runtime(RuntimeSpec(model_dir=DEMO_WEIGHTS))
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +98,9 @@ def demo_engines(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_onnx_runtime_gives_the_same_ctr_trajectory(demo_engines, case, progression):
-    from mvg_rt.runtime.factory import ort_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
-    states = _pie(ort_runtime(demo_engines), case, _demo_settings())
+    states = _pie(open_runtime(RuntimeSpec(backend="ort", engines_dir=demo_engines)), case, _demo_settings())
     ort_ctr = evaluate_states(states, case[1][..., 0] / 255.0)["ctr"]
     assert ort_ctr is not None
     assert np.abs(np.array(ort_ctr) - np.array(progression["ctr"])).max() <= 0.01, (ort_ctr, progression["ctr"])

@@ -149,9 +149,9 @@ def test_shape_outside_the_profile_is_one_line_with_the_build_command(trt_engine
 @needs_cuda
 def test_torch_cuda_graph_replay_equals_eager(tiny_model_dir: Path):
     from mvg_rt.runtime.backends.cuda_graphs import GraphedBackend
-    from mvg_rt.runtime.factory import torch_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
-    eager = torch_runtime(tiny_model_dir, device="cuda").backend
+    eager = open_runtime(RuntimeSpec(model_dir=tiny_model_dir, device="cuda")).backend
     graphed = GraphedBackend(eager)
     g = torch.Generator().manual_seed(1)
     for _ in range(4):  # warm-up, capture, replays with new data each time
@@ -192,13 +192,13 @@ def _pie_args(runtime, device: str, scheduler: str | None = None):
 @needs_cuda
 @pytest.mark.parametrize("scheduler", [None, "euler"])
 def test_whole_step_graph_pie_round_equals_eager_torch(tiny_model_dir: Path, scheduler):
-    from mvg_rt.runtime.factory import torch_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
     from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession
     from mvg_rt.runtime.pipelines.pie import PieSession
 
-    runtime = torch_runtime(tiny_model_dir, device="cuda")
+    runtime = open_runtime(RuntimeSpec(model_dir=tiny_model_dir, device="cuda"))
     args, image = _pie_args(runtime, "cuda", scheduler)
-    eager, static, graphed = PieSession(*args), GraphedPieSession(*args, capture=None, host_indexed=False), GraphedPieSession(*args)
+    eager, static, graphed = PieSession(*args), GraphedPieSession(*args, capture=None), GraphedPieSession(*args)
     for seed in (0, 1):  # round 1 captures, round 2 only replays
         a = eager.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
         b = static.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
@@ -210,13 +210,13 @@ def test_whole_step_graph_pie_round_equals_eager_torch(tiny_model_dir: Path, sch
 
 @needs_trt
 def test_whole_step_graphs_with_tensorrt(trt_engines: Path):
-    from mvg_rt.runtime.factory import trt_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
     from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession, GraphedTransitionSampler
     from mvg_rt.runtime.pipelines.transition import TransitionSettings
 
-    runtime = trt_runtime(trt_engines, "fp16", "cuda")
+    runtime = open_runtime(RuntimeSpec(backend="trt", engines_dir=trt_engines, precision="fp16", device="cuda"))
     args, image = _pie_args(runtime, "cuda")
-    static, graphed = GraphedPieSession(*args, capture=None, host_indexed=False), GraphedPieSession(*args)
+    static, graphed = GraphedPieSession(*args, capture=None), GraphedPieSession(*args)
     for seed in (0, 1):
         b = static.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
         c = graphed.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
@@ -233,13 +233,14 @@ def test_whole_step_graphs_with_tensorrt(trt_engines: Path):
 
 @needs_trt
 def test_low_memory_holds_one_stage_and_gives_the_same_result(trt_engines: Path):
-    from mvg_rt.runtime.factory import trt_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
     from mvg_rt.runtime.pipelines.pie import PieSession
     from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
 
     results, loaded = [], []
     for low_memory in (False, True):
-        runtime = trt_runtime(trt_engines, "fp16", "cuda", low_memory=low_memory)
+        runtime = open_runtime(RuntimeSpec(backend="trt", engines_dir=trt_engines, precision="fp16", device="cuda",
+                                               low_memory=low_memory))
         args, image = _pie_args(runtime, "cuda")
         state = PieSession(*args).run_round(image.cuda(), torch.Generator().manual_seed(0))
         clip = TransitionSampler(runtime.backend, runtime.model, TransitionSettings(frames=5, steps=3), "p").clip(

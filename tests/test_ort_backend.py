@@ -60,13 +60,13 @@ def test_simulate_ort_reproduces_torch(tmp_path: Path, tiny_model_dir: Path, tin
 
 def test_fp16_artifacts_run_pie_on_cpu(tiny_engines: Path, tiny_runtime):
     from mvg_rt.check.end_to_end import synthetic_case
-    from mvg_rt.runtime.factory import ort_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
     from mvg_rt.runtime.pipelines.pie import PieSettings
     from mvg_rt.check.end_to_end import pie_states
 
     image, roi = synthetic_case(64)
     settings = PieSettings(rounds=1, steps=4, strength=0.5)
-    fp16 = pie_states(ort_runtime(tiny_engines, "fp16"), image, roi, settings, seed=0)
+    fp16 = pie_states(open_runtime(RuntimeSpec(backend="ort", engines_dir=tiny_engines, precision="fp16")), image, roi, settings, seed=0)
     fp32 = pie_states(tiny_runtime, image, roi, settings, seed=0)
     assert psnr(fp32[1], fp16[1]) >= 30.0  # the FP16 end-to-end tolerance
 
@@ -109,7 +109,7 @@ def _copy(tiny_engines: Path, tmp_path: Path) -> Path:
 
 
 def test_integrity_failures_are_one_line_errors(tiny_engines: Path, tmp_path: Path):
-    from mvg_rt.runtime.factory import ort_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
     engines = _copy(tiny_engines, tmp_path)
     manifest_path = engines / "manifest.json"
@@ -117,27 +117,27 @@ def test_integrity_failures_are_one_line_errors(tiny_engines: Path, tmp_path: Pa
 
     (engines / "vae_decoder" / "model.onnx").unlink()
     with pytest.raises(MvgError, match=r"vae_decoder file vae_decoder/model.onnx is missing; re-export"):
-        ort_runtime(engines)
+        open_runtime(RuntimeSpec(backend="ort", engines_dir=engines))
     shutil.copy(tiny_engines / "vae_decoder" / "model.onnx", engines / "vae_decoder" / "model.onnx")
 
     with open(engines / "unet" / "model.onnx", "ab") as handle:  # a stale/edited file
         handle.write(b"\0")
     with pytest.raises(MvgError, match=r"unet file unet/model.onnx changed since export"):
-        ort_runtime(engines)
+        open_runtime(RuntimeSpec(backend="ort", engines_dir=engines))
     shutil.copy(tiny_engines / "unet" / "model.onnx", engines / "unet" / "model.onnx")
 
     data = json.loads(original)
     data["artifacts"] = [a for a in data["artifacts"] if a["component"] != "vae_encoder"]
     manifest_path.write_text(json.dumps(data))
     with pytest.raises(MvgError, match=r"has no fp32 onnx artifact for vae_encoder"):
-        ort_runtime(engines)
+        open_runtime(RuntimeSpec(backend="ort", engines_dir=engines))
 
     manifest_path.write_text(original[:-40])
     with pytest.raises(MvgError, match="does not parse"):
-        ort_runtime(engines)
+        open_runtime(RuntimeSpec(backend="ort", engines_dir=engines))
     manifest_path.write_text(original.replace('"format_version": 1', '"format_version": 99'))
     with pytest.raises(MvgError, match="format version 99"):
-        ort_runtime(engines)
+        open_runtime(RuntimeSpec(backend="ort", engines_dir=engines))
 
 
 def test_verified_hashes_are_cached_until_a_file_changes(tiny_engines: Path, tmp_path: Path, monkeypatch):

@@ -96,10 +96,10 @@ def test_buffers_are_reused_until_a_shape_grows():
 
 @pytest.mark.skipif(not _tensorrt_missing(), reason="tensorrt is installed: its absence cannot be observed")
 def test_trt_without_tensorrt_is_one_line_with_the_install_command(tiny_engines: Path):
-    from mvg_rt.runtime.factory import engines_runtime
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
     with pytest.raises(MvgError) as err:
-        engines_runtime("trt", tiny_engines, "fp16", "cuda")  # the same opener mvg-rt check uses
+        open_runtime(RuntimeSpec(backend="trt", engines_dir=tiny_engines, precision="fp16", device="cuda"))  # the same opener mvg-rt check uses
     text = str(err.value)
     assert "needs TensorRT, which is not installed" in text and "tensorrt-cu12" in text
     assert "python3-libnvinfer" in text and "\n" not in text

@@ -17,8 +17,9 @@ import torch
 from mvg_rt.check.tolerances import END_TO_END
 from mvg_rt.components import SEINE
 from mvg_rt.eval.metrics import psnr, ssim
-from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
-from mvg_rt.runtime.pipelines.roi import latent_mask
+from mvg_rt.runtime.pipelines.pie import PieSettings, run_pie
+from mvg_rt.runtime.pipelines.sessions import pie_session, transition_sampler
+from mvg_rt.runtime.pipelines.transition import TransitionSettings
 
 PROMPT = "severe cardiomegaly"
 
@@ -50,10 +51,7 @@ def synthetic_case(resolution: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pie_states(runtime: Any, image: np.ndarray, roi: np.ndarray, settings: PieSettings, seed: int) -> list[np.ndarray]:
-    model = runtime.model
-    mask = latent_mask(torch.from_numpy(roi), model.vae_scale_factor, model.latent_channels)
-    session = PieSession(runtime.backend, model, settings, torch.from_numpy(image).to(runtime.backend.device),
-                         mask, PROMPT)
+    session = pie_session(runtime.backend, runtime.model, settings, image, roi, PROMPT)
     states = run_pie(session, torch.Generator().manual_seed(seed))
     return [s.cpu().numpy() for s in states]
 
@@ -61,10 +59,8 @@ def pie_states(runtime: Any, image: np.ndarray, roi: np.ndarray, settings: PieSe
 def transition_frames(runtime: Any, start: np.ndarray, end: np.ndarray, roi: np.ndarray, seed: int,
                       frames: int, steps: int) -> list[np.ndarray]:
     """One transition clip between two states (the hook for the SEINE stage)."""
-    from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
-
     settings = TransitionSettings(frames=frames, steps=steps)
-    sampler = TransitionSampler(runtime.backend, runtime.model, settings, PROMPT)
+    sampler = transition_sampler(runtime.backend, runtime.model, settings, PROMPT)
     weight = torch.from_numpy(roi[..., 0].astype(np.float32) / 255.0)
     clip = sampler.clip(torch.from_numpy(start), torch.from_numpy(end), weight, torch.Generator().manual_seed(seed))
     return [f.numpy() for f in clip.cpu()]

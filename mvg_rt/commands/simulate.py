@@ -1,4 +1,4 @@
-"""``mvg-rt simulate``: turn command-line options into a simulation job and show its progress."""
+"""``mvg-rt simulate``: parse the options once into a typed request, run the job, show its progress."""
 
 from __future__ import annotations
 
@@ -7,163 +7,98 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mvg_rt.errors import MvgError
-from mvg_rt.io.images import check_resolution
-from mvg_rt.io.masks import choose_mask
-from mvg_rt.io.output_dir import check_output_dir
+from mvg_rt.io.masks import RoiRequest
+from mvg_rt.runtime.factory import RuntimeSpec
 from mvg_rt.runtime.pipelines.pie import PieSettings
 from mvg_rt.runtime.pipelines.transition import TransitionSettings
-from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
+from mvg_rt.simulation import SimulationOptions, SimulationRequest, run_simulation
 
 
-def _open_runtime(opts: dict[str, Any]):
-    from mvg_rt.demo.default import demo_runtime
-    from mvg_rt.runtime.factory import torch_runtime
-
-    backend = opts.get("backend") or "torch"
-    if backend != "torch":
-        return _open_engines_runtime(backend, opts)
-    if opts.get("engines_dir"):
-        raise MvgError("--engines is read by --backend ort/trt; add --backend ort, or drop --engines")
-    if opts["unet_dir"] and not opts["model_dir"]:
-        raise MvgError("--unet needs --model-dir (the SD folder that provides the text encoder, VAE and scheduler)")
-    if opts["seine"] and not opts["model_dir"]:
-        raise MvgError("--seine needs --model-dir (SEINE uses that folder's text encoder and VAE)")
-    with_seine = not opts["no_transition"]
-    dtype = _torch_dtype(opts)
-    if opts["model_dir"]:
-        runtime = torch_runtime(opts["model_dir"], opts["unet_dir"], opts["device"], seine=opts["seine"],
-                                with_seine=with_seine, dtype=dtype)
-    elif dtype != torch.float32:
-        raise MvgError("--precision fp16 with --backend torch needs --model-dir (the embedded demo model runs fp32)")
-    else:
-        runtime = demo_runtime(opts["device"], with_seine=with_seine)
-    if opts.get("cuda_graphs"):
-        from mvg_rt.runtime.backends.cuda_graphs import GraphedBackend
-
-        runtime.backend = GraphedBackend(runtime.backend)
-    return runtime
+def uses_demo_model(opts: dict[str, Any]) -> bool:
+    return not opts.get("model_dir") and (opts.get("backend") or "torch") == "torch"
 
 
-def _torch_dtype(opts: dict[str, Any]) -> torch.dtype:
-    """--precision for the PyTorch backend: fp16 is the GPU baseline, so it needs a CUDA device."""
-    if (opts.get("precision") or "fp32") == "fp32":
-        return torch.float32
-    if not str(opts["device"]).startswith("cuda"):
-        raise MvgError(f"--precision fp16 with --backend torch runs on a GPU: pass --device cuda (got --device "
-                       f"{opts['device']}) or use --precision fp32")
-    return torch.float16
-
-
-def _check_gpu_options(opts: dict[str, Any]) -> None:
-    """--cuda-graphs / --low-memory are GPU features: refused on a CPU device with one line."""
-    for flag, key in (("--cuda-graphs", "cuda_graphs"), ("--low-memory", "low_memory")):
-        if opts.get(key) and not str(opts["device"]).startswith("cuda"):
-            raise MvgError(f"{flag} needs a CUDA device (got --device {opts['device']}): pass --device cuda or "
-                           f"drop {flag}")
-    if opts.get("cuda_graphs"):
-        from mvg_rt.runtime.backends.cuda_graphs import require_cuda_graphs
-
-        require_cuda_graphs(opts["device"])
-
-
-def _open_engines_runtime(backend: str, opts: dict[str, Any]):
-    """An exported engines folder; a --model-dir/--unet given too must be the one it was exported from."""
-    from mvg_rt.runtime.factory import engines_runtime
-
-    if not opts.get("engines_dir"):
-        raise MvgError(f"--backend {backend} needs --engines DIR (write one with mvg-rt export --model-dir DIR "
-                       "--out engines/NAME)")
-    options: dict[str, Any] = {}
-    if backend == "trt":
-        options = {"cuda_graphs": bool(opts.get("cuda_graphs")), "low_memory": bool(opts.get("low_memory"))}
-    elif backend == "ort" and opts.get("cuda_graphs"):
-        from mvg_rt.runtime.backends.onnxruntime_backend import OrtSettings
-
-        options = {"settings": OrtSettings(cuda_graph=True)}
-    runtime = engines_runtime(backend, opts["engines_dir"], opts.get("precision") or "fp32", opts["device"],
-                              **options)
-    if opts["model_dir"] or opts["unet_dir"]:
-        from mvg_rt.artifacts.manifest import Manifest
-        from mvg_rt.models.provenance import check_source
-
-        check_source(Manifest.read(opts["engines_dir"]), opts["model_dir"], opts["unet_dir"])
-    return runtime
-
-
-def _apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> None:
+def apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """The demo case's recommended settings, for the options the user left at their defaults."""
     from mvg_rt.demo.default import DEMO_CASE
 
-    for name, value in DEMO_CASE.settings.items():
-        if name not in explicit:
-            opts[name] = value
+    return opts | {name: value for name, value in DEMO_CASE.settings.items() if name not in explicit}
 
 
-def run(explicit: set[str] | None = None, **opts: Any) -> None:
-    console = Console(stderr=True)
-    if not opts["model_dir"] and (opts.get("backend") or "torch") == "torch":
-        _apply_demo_settings(opts, explicit or set())
-    settings = PieSettings(rounds=opts["rounds"], strength=opts["strength"], steps=opts["steps"],
-                           guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
-                           scheduler=opts["scheduler"])
-    _check_gpu_options(opts)
+def runtime_spec(opts: dict[str, Any]) -> RuntimeSpec:
+    """The backend options of ``simulate`` (shared by every verb that runs the pipelines)."""
+    return RuntimeSpec(backend=opts.get("backend") or "torch", device=opts.get("device") or "cpu",
+                       precision=opts.get("precision") or "fp32", cuda_graphs=bool(opts.get("cuda_graphs")),
+                       low_memory=bool(opts.get("low_memory")), model_dir=opts.get("model_dir"),
+                       unet_dir=opts.get("unet_dir"), seine=opts.get("seine"), engines_dir=opts.get("engines_dir"),
+                       with_seine=not opts.get("no_transition"))
+
+
+def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -> SimulationRequest:
+    """Every ``simulate`` option, once, as typed settings (the settings validate themselves)."""
+    if uses_demo_model(opts):
+        opts = apply_demo_settings(opts, explicit or set())
+    pie = PieSettings(rounds=opts["rounds"], strength=opts["strength"], steps=opts["steps"],
+                      guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
+                      scheduler=opts["scheduler"])
     transition = None if opts["no_transition"] else TransitionSettings(
         frames=opts["frames"], steps=opts["transition_steps"], sampler=opts["transition_sampler"],
         guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"],
         decode_batch=1 if opts.get("low_memory") else TransitionSettings.decode_batch)
-    out: Path = opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
-    check_output_dir(out, opts["overwrite"])
-    if opts["fps"] <= 0:
-        raise MvgError(f"--fps must be positive (got {opts['fps']})")
+    options = SimulationOptions(pie=pie, transition=transition, resolution=opts["resolution"], seed=opts["seed"],
+                                fps=opts["fps"], out=opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S"),
+                                overwrite=opts["overwrite"])
+    roi = RoiRequest(opts["mask_path"], opts["roi_box"], opts["roi_ellipse"], opts["feather"])
+    return SimulationRequest(runtime=runtime_spec(opts), options=options, image=opts["image"], prompt=opts["prompt"],
+                             negative_prompt=opts["negative_prompt"], roi=roi, record_paths=opts["record_paths"])
 
-    from mvg_rt.demo.default import DEMO_CASE
 
-    uses_demo_image = opts["image"] is None
-    image_path = str(DEMO_CASE.image) if uses_demo_image else opts["image"]
-    prompt = opts["prompt"] or (DEMO_CASE.prompt if uses_demo_image else None)
-    if prompt is None:
-        raise MvgError("--prompt is required with --image: describe the disease state, e.g. 'severe cardiomegaly'")
-    inputs = load_inputs(image_path, prompt, opts["negative_prompt"], opts["record_paths"])
+class _Progress:
+    """Progress bars that appear with the first step, so an early one-line error prints alone."""
 
-    runtime = _open_runtime(opts)
-    resolution = check_resolution(opts["resolution"] or runtime.default_resolution, runtime.model.vae_scale_factor)
-    no_roi_given = not (opts["mask_path"] or opts["roi_box"] or opts["roi_ellipse"])
-    mask_path = str(DEMO_CASE.mask) if uses_demo_image and no_roi_given else opts["mask_path"]
-    inputs.roi = choose_mask(inputs.image.pixels.shape, resolution, mask_path, opts["roi_box"],
-                             opts["roi_ellipse"], opts["feather"])
-    options = SimulationOptions(pie=settings, transition=transition, graphed_loops=bool(opts.get("cuda_graphs")),
-                                resolution=resolution, seed=opts["seed"], fps=opts["fps"],
-                                out=out, overwrite=opts["overwrite"], record_paths=opts["record_paths"])
-    if runtime.notice:
-        console.print(f"[yellow]note:[/yellow] {runtime.notice}")
+    def __init__(self, console: Console, rounds: int, clips: int) -> None:
+        self.console, self.rounds, self.clips = console, rounds, clips
+        self.bars: Progress | None = None
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        rounds_task = progress.add_task("PIE rounds", total=settings.rounds)
-        steps_task = progress.add_task("denoising steps", total=None)
+    def _bars(self) -> Progress:
+        if self.bars is None:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self.bars = Progress(*columns, console=self.console, transient=True)
+            self.bars.start()
+            self.rounds_task = self.bars.add_task("PIE rounds", total=self.rounds)
+            self.steps_task = self.bars.add_task("denoising steps", total=None)
+            self.clips_task = self.bars.add_task("transition clips", total=self.clips)
+        return self.bars
 
-        def on_step(round_index: int, step: int, steps: int) -> None:
-            progress.update(steps_task, completed=step, total=steps,
-                            description=f"round {round_index} steps")
+    def step(self, what: str, index: int, step: int, steps: int) -> None:
+        self._bars().update(self.steps_task, completed=step, total=steps, description=f"{what} {index} steps")
 
-        def on_round(round_index: int) -> None:
-            progress.update(rounds_task, completed=round_index)
+    def round(self, index: int) -> None:
+        self._bars().update(self.rounds_task, completed=index)
 
-        clips_task = progress.add_task("transition clips", total=settings.rounds if transition else 0)
+    def clip(self, index: int) -> None:
+        self._bars().update(self.clips_task, completed=index)
 
-        def on_clip_step(clip_index: int, step: int, steps: int) -> None:
-            progress.update(steps_task, completed=step, total=steps, description=f"clip {clip_index} steps")
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
 
-        def on_clip(clip_index: int) -> None:
-            progress.update(clips_task, completed=clip_index)
 
-        folder = simulate(runtime, inputs, options, on_step=on_step, on_round=on_round, on_clip_step=on_clip_step,
-                          on_clip=on_clip)
-    video = f"{settings.rounds * (transition.frames - 1) + 1} frames" if transition else "the states"
-    click.echo(f"wrote {settings.rounds + 1} states, {video} as progression.mp4/.gif, mask.png and run.json "
+def run(explicit: set[str] | None = None, **opts: Any) -> None:
+    request = simulation_request(opts, explicit)
+    console = Console(stderr=True)
+    pie, transition = request.options.pie, request.options.transition
+    progress = _Progress(console, pie.rounds, pie.rounds if transition else 0)
+    try:
+        folder = run_simulation(
+            request, on_step=lambda *a: progress.step("round", *a), on_round=progress.round,
+            on_clip_step=lambda *a: progress.step("clip", *a), on_clip=progress.clip,
+            on_notice=lambda notice: console.print(f"[yellow]note:[/yellow] {notice}"))
+    finally:
+        progress.close()
+    video = f"{pie.rounds * (transition.frames - 1) + 1} frames" if transition else "the states"
+    click.echo(f"wrote {pie.rounds + 1} states, {video} as progression.mp4/.gif, mask.png and run.json "
                f"to {folder}")

@@ -16,8 +16,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mvg_rt.runtime.factory import Runtime, torch_runtime
-
 ASSETS = Path(str(resources.files("mvg_rt.demo") / "assets"))
 DEMO_WEIGHTS = Path(str(resources.files("mvg_rt.demo") / "weights"))
 
@@ -71,10 +69,3 @@ def demo_model_dir() -> tuple[Path, str]:
     if (DEMO_WEIGHTS / "model_index.json").is_file():
         return DEMO_WEIGHTS, DEMO_NOTICE
     return tiny_model_dir(), TINY_NOTICE
-
-
-def demo_runtime(device: str = "cpu", with_seine: bool = True) -> Runtime:
-    folder, notice = demo_model_dir()
-    runtime = torch_runtime(folder, device=device, with_seine=with_seine)
-    runtime.notice = notice
-    return runtime

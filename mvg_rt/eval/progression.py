@@ -3,10 +3,11 @@
 - CTR of every state (classical measurement, :mod:`mvg_rt.eval.ctr`): on chest
   X-rays, cardiomegaly progression means a rising cardiothoracic ratio.
 - Identity outside the ROI: SSIM of each state against the input, averaged over
-  windows centred outside the ROI, and a CLIP-I-style embedding cosine similarity
-  (the paper's CLIP-I) computed with the demo model's VAE encoder, the small image
-  encoder mvg-rt ships; it is not CLIP, so its values compare runs with each other,
-  not with the paper's numbers.
+  windows centred outside the ROI (model-free), and a CLIP-I-style embedding cosine
+  similarity (the paper's CLIP-I) computed with an image encoder the caller passes:
+  ``mvg-rt simulate`` passes the run's own VAE encoder and records which one in
+  run.json; ``mvg-rt eval`` reports what run.json recorded. It is not CLIP, so its
+  values compare runs of one model with each other, not with the paper's numbers.
 - Per-round change inside/outside the ROI: paper Proposition 2 says PIE converges,
   so the change between consecutive states should shrink.
 - Two runs of the same simulation (e.g. two backends): PSNR and SSIM per state/frame.
@@ -15,7 +16,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,38 +65,22 @@ def shrinks_after(changes: list[float]) -> int | None:
     return None
 
 
-@lru_cache(maxsize=1)
-def _identity_encoder() -> Any:
-    """The demo model's VAE encoder (None when the demo weights are not installed)."""
-    from mvg_rt.demo.default import DEMO_WEIGHTS
-
-    if not (DEMO_WEIGHTS / "vae").is_dir():
-        return None
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(str(DEMO_WEIGHTS / "vae"), local_files_only=True).eval()
+Embedding = Callable[[np.ndarray], torch.Tensor]
 
 
-@torch.no_grad()
-def identity_embedding(image: np.ndarray) -> torch.Tensor | None:
-    encoder = _identity_encoder()
-    if encoder is None:
-        return None
-    size = int(encoder.config.sample_size)
-    resized = np.asarray(Image.fromarray(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-    tensor = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-    return encoder.encode(tensor).latent_dist.mean.flatten()
+def identity_similarity(reference: np.ndarray, states: list[np.ndarray], embed: Embedding) -> list[float]:
+    """Cosine similarity of each state's embedding with the reference's (1.0: unchanged)."""
+    base = embed(reference).flatten().double()
+    return [round(float(torch.cosine_similarity(base, embed(s).flatten().double(), dim=0)), 4) for s in states]
 
 
-def identity_similarity(reference: np.ndarray, states: list[np.ndarray]) -> list[float] | None:
-    base = identity_embedding(reference)
-    if base is None:
-        return None
-    return [round(float(torch.cosine_similarity(base, identity_embedding(s), dim=0)), 4) for s in states]
+def evaluate_states(states: list[np.ndarray], roi: np.ndarray, embed: Embedding | None = None,
+                    embedding: str | None = None) -> dict[str, Any]:
+    """Every measure above on [input, state_1, ..., state_N]; ``roi`` is (H, W) in [0, 1].
 
-
-def evaluate_states(states: list[np.ndarray], roi: np.ndarray) -> dict[str, Any]:
-    """Every measure above on [input, state_1, ..., state_N]; ``roi`` is (H, W) in [0, 1]."""
+    ``embed`` maps an image to its identity embedding and ``embedding`` says what it is
+    (recorded); without one the embedding similarity is not computed.
+    """
     ctr, ctr_problem = ctr_trajectory(states)
     changes = round_changes(states, roi)
     inside = [c["inside_roi"] for c in changes]
@@ -105,7 +90,8 @@ def evaluate_states(states: list[np.ndarray], roi: np.ndarray) -> dict[str, Any]
         "ctr_monotone": is_monotone(ctr) if ctr else None,
         "ssim_outside_roi": [round(ssim(states[0], s, weight=outside_weight), 4) for s in states]
         if outside_weight.sum() > 0 else None,
-        "identity_similarity": identity_similarity(states[0], states),
+        "identity_similarity": identity_similarity(states[0], states, embed) if embed is not None else None,
+        "identity_embedding": embedding if embed is not None else None,
         "round_change": [{k: round(v, 5) for k, v in c.items()} for c in changes],
         "change_shrinks_from_round": shrinks_after(inside),
     }
@@ -147,11 +133,24 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
 
 
 def evaluate_run(run_dir: str | Path, against: str | Path | None = None) -> dict[str, Any]:
+    """The measures of a run folder; the embedding similarity is the one simulate recorded with the run's model."""
     states, roi, _ = read_run(run_dir)
     report = {"run": str(run_dir), **evaluate_states(states, roi)}
+    recorded = _recorded_eval(Path(run_dir))
+    for key in ("identity_similarity", "identity_embedding"):
+        report[key] = recorded.get(key)
     if against is not None:
         report["against"] = {"run": str(against), **compare_runs(run_dir, against)}
     return report
+
+
+def _recorded_eval(run: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((run / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    evaluation = record.get("eval") if isinstance(record, dict) else None
+    return evaluation if isinstance(evaluation, dict) else {}
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:

@@ -111,3 +111,20 @@ def choose_mask(image_shape: tuple[int, ...], resolution: int, mask_path: str | 
     if ellipse:
         return mask_from_ellipse(ellipse, image_shape, resolution, feather)
     return full_mask(resolution)
+
+
+@dataclass(frozen=True)
+class RoiRequest:
+    """The ROI as the user gave it (at most one of file, box, ellipse); resolved once the resolution is known."""
+
+    mask_path: str | None = None
+    box: str | None = None
+    ellipse: str | None = None
+    feather: float = 0.0
+
+    @property
+    def given(self) -> bool:
+        return bool(self.mask_path or self.box or self.ellipse)
+
+    def resolve(self, image_shape: tuple[int, ...], resolution: int) -> RoiMask:
+        return choose_mask(image_shape, resolution, self.mask_path, self.box, self.ellipse, self.feather)

@@ -9,9 +9,7 @@ stack trace from deep inside ``from_pretrained``.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -45,6 +45,12 @@ class Backend(ABC):
     def close(self) -> None:
         """Release device memory held by the backend (engines, sessions, graphs)."""
 
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def require(self, component: ComponentSpec) -> None:
         if component.name not in self.components:
             raise MvgError(

@@ -23,10 +23,8 @@ decoding.
 
 Without a capture function the step runs eagerly, on any device: the CPU tests run
 exactly the step a GPU captures and compare it with :class:`PieSession` and
-:class:`TransitionSampler`. An eager PIE loop without capture defaults to the
-host-indexed variant of the same step (per-step scalars in Python, no index kernels,
-history kept by reference): on a CPU every launched operator costs microseconds, and
-that is most of the time outside the UNet on small models.
+:class:`TransitionSampler`. This is the graph-capturable step; the eager loop is
+:meth:`PieSession._denoise` (which runs the same tables as host scalars).
 """
 
 from __future__ import annotations
@@ -39,11 +37,11 @@ from torch import Tensor
 
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
-from mvg_rt.runtime.backends.cuda_graphs import CaptureFn, Captured
+from mvg_rt.runtime.graph_capture import CaptureFn, Captured
 from mvg_rt.runtime.pipelines.gaussian_schedule import StepTables
+from mvg_rt.runtime.pipelines.guidance import guided
 from mvg_rt.runtime.pipelines.latents import cpu_randn
-from mvg_rt.runtime.pipelines.linear_steps import (DeviceTables, HostSchedule, LinearStepTables, StepRing,
-                                                   host_scheduler_step, pie_step_tables, scheduler_step)
+from mvg_rt.runtime.pipelines.linear_steps import DeviceTables, LinearStepTables, StepRing, pie_step_tables, scheduler_step
 from mvg_rt.runtime.pipelines.pie import PieSession, StepCallback
 from mvg_rt.runtime.pipelines.roi import replace_outside_roi
 from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSampler
@@ -53,7 +51,7 @@ def loop_capture(device: torch.device) -> CaptureFn | None:
     """The capture function for whole-step graphs on ``device`` (None: run the step eagerly)."""
     if torch.device(device).type != "cuda":
         return None
-    from mvg_rt.runtime.backends.cuda_graphs import torch_capture
+    from mvg_rt.runtime.graph_capture import torch_capture
 
     return lambda call, inputs: torch_capture(call, inputs, warm=False)
 
@@ -123,15 +121,11 @@ class StaticPieLoop:
 
     def __init__(self, backend: Backend, tables: LinearStepTables, text_embeddings: Tensor, mask: Tensor,
                  guidance_scale: float, latent_shape: tuple[int, ...], capture: CaptureFn | None = None,
-                 warmup: int = 1, host_indexed: bool | None = None) -> None:
+                 warmup: int = 1) -> None:
         _check_capturable(backend, capture)
         device = backend.device
         self.backend, self.guidance_scale, self.steps = backend, guidance_scale, len(tables)
         self.use_cfg = text_embeddings.shape[0] == 2
-        self.host_indexed = capture is None if host_indexed is None else host_indexed
-        if self.host_indexed and capture is not None:
-            raise ValueError("a captured loop cannot be host-indexed")
-        self.host = HostSchedule.of(tables)
         self.tables = DeviceTables.of(tables, device)
         self.ring = StepRing.allocate(tables.window, latent_shape, device)
         self.latents = torch.zeros(latent_shape, device=device)
@@ -152,31 +146,9 @@ class StaticPieLoop:
         noise = self.backend.predict_noise(batch, timestep, self.text)
         if self.use_cfg:
             uncond, cond = noise.chunk(2)
-            noise = uncond + self.guidance_scale * (cond - uncond)
+            noise = guided(cond, uncond, self.guidance_scale)
         self.latents.copy_(scheduler_step(self.tables, self.ring, index, z, noise))
         self.index.add_(1)
-
-    def _run_host_indexed(self, on_step: Callable[[int], None] | None) -> None:
-        """:meth:`step`'s arithmetic, N times, with the step index on the host (eager, no capture)."""
-        host, samples, outputs = self.host, [], []
-        z = self.latents
-        timesteps = [torch.full((2 if self.use_cfg else 1,), t, device=self.latents.device) for t in host.timesteps]
-        for i in range(self.steps):
-            if i >= 1:  # the reference replaces outside the ROI for every i >= 1
-                z = replace_outside_roi(z, self.inter[i:i + 1], self.mask)
-            batch = torch.cat([z, z]) if self.use_cfg else z
-            if host.model_input_scale[i] != 1.0:
-                batch = batch * host.model_input_scale[i]
-            noise = self.backend.predict_noise(batch, timesteps[i], self.text)
-            if self.use_cfg:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + self.guidance_scale * (cond - uncond)
-            samples.append(z)
-            outputs.append(noise)
-            z = host_scheduler_step(host, i, samples, outputs)
-            if on_step is not None:
-                on_step(i)
-        self.latents.copy_(z)
 
     def run(self, latents: Tensor, inter: Tensor, on_step: Callable[[int], None] | None = None) -> Tensor:
         """Denoise from ``latents`` (1, C, h, w) with references ``inter`` (N, C, h, w); returns new latents."""
@@ -184,12 +156,9 @@ class StaticPieLoop:
             raise ValueError(f"{inter.shape[0]} references for {self.steps} steps")
         self.latents.copy_(latents)
         self.inter.copy_(inter)
-        if self.host_indexed:
-            self._run_host_indexed(on_step)
-        else:
-            self.ring.clear()
-            self.index.zero_()
-            self.graph.run(self.steps, on_step)
+        self.ring.clear()
+        self.index.zero_()
+        self.graph.run(self.steps, on_step)
         return self.latents.clone()
 
 
@@ -201,19 +170,19 @@ class GraphedPieSession(PieSession):
     """
 
     def __init__(self, *args: Any, capture: CaptureFn | None | str = "auto", warmup: int = 1,
-                 host_indexed: bool | None = None, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        s = self.settings
-        self.step_tables = pie_step_tables(self.model.scheduler_config, s.scheduler, s.steps, s.strength, s.eta)
+        if self.step_tables is None:  # a scheduler that draws noise: refused with its name and the fix
+            s = self.settings
+            pie_step_tables(self.model.scheduler_config, s.scheduler, s.steps, s.strength, s.eta)
         self.capture = loop_capture(self.device) if capture == "auto" else capture
-        self.warmup, self.host_indexed = warmup, host_indexed
+        self.warmup = warmup
         self.loop: StaticPieLoop | None = None
 
     def _loop(self, latent_shape: tuple[int, ...]) -> StaticPieLoop:
         if self.loop is None or tuple(self.loop.latents.shape) != latent_shape:
             self.loop = StaticPieLoop(self.backend, self.step_tables, self.text_embeddings, self.mask,
-                                      self.settings.guidance_scale, latent_shape, self.capture, self.warmup,
-                                      self.host_indexed)
+                                      self.settings.guidance_scale, latent_shape, self.capture, self.warmup)
         return self.loop
 
     def _denoise(self, scheduler: Any, timesteps: Tensor, latents: Tensor, references: Tensor,
@@ -257,7 +226,7 @@ class StaticClipLoop:
         model_input = torch.cat([self.x, self.condition], dim=1).expand(2, -1, -1, -1, -1)
         timestep = self.timesteps.index_select(0, index).expand(2)
         cond, uncond = self.backend.predict_video_noise(model_input, timestep, self.text).chunk(2)
-        eps = uncond + self.guidance_scale * (cond - uncond)
+        eps = guided(cond, uncond, self.guidance_scale)
         x = self.a.index_select(0, index) * self.x + self.b.index_select(0, index) * eps
         if self.noise is not None:  # S is 0 on the steps that draw no noise: x + 0 * n == x
             x = x + self.s.index_select(0, index) * self.noise.index_select(0, self.noise_slot.index_select(0, index))

@@ -98,6 +98,15 @@ def refuse_stochastic(scheduler: Any, eta: float = 0.0) -> None:
                        f"{', '.join(GRAPH_SCHEDULERS)} (eta 0) or drop --cuda-graphs")
 
 
+def is_stochastic(scheduler: Any, eta: float = 0.0) -> bool:
+    """Whether ``scheduler``'s ``step`` draws noise (so it has no coefficient tables)."""
+    try:
+        refuse_stochastic(scheduler, eta)
+    except MvgError:
+        return True
+    return False
+
+
 def pie_step_tables(scheduler_config: dict[str, Any], name: str | None, steps: int, strength: float,
                     eta: float = 0.0) -> LinearStepTables:
     """The tables of one PIE round: ``set_timesteps(steps)``, then the img2img tail, as PIE steps it."""
@@ -225,38 +234,6 @@ class DeviceTables:
                    tables.write_slots.to(device), tables.read_slots.to(device))
 
 
-@dataclass(frozen=True)
-class HostSchedule:
-    """:class:`LinearStepTables` as host scalars, for an eager loop on the CPU.
-
-    A captured step must read its coefficients from device tensors; an eager CPU step
-    pays for every operator it launches (a few microseconds each, which is the whole
-    per-step cost on small models), so it reads Python floats instead and skips the
-    terms whose coefficient is zero.
-    """
-
-    timesteps: list[float]
-    model_input_scale: list[float]
-    terms: list[list[tuple[int, float, float]]]  # per step: (lag l, A[i, l], B[i, l]) with a non-zero coefficient
-
-    @classmethod
-    def of(cls, tables: LinearStepTables) -> HostSchedule:
-        a, b = tables.sample_coefs.tolist(), tables.eps_coefs.tolist()
-        terms = [[(lag, a[i][lag], b[i][lag]) for lag in range(tables.window) if a[i][lag] or b[i][lag]]
-                 for i in range(len(tables))]
-        return cls(tables.timesteps.tolist(), tables.model_input_scale.tolist(), terms)
-
-
-def host_scheduler_step(schedule: HostSchedule, i: int, samples: list[Tensor], outputs: list[Tensor]) -> Tensor:
-    """``x_{i+1}`` from the histories (``samples[k]`` / ``outputs[k]`` are s_k / e_k, k <= i)."""
-    x: Tensor | None = None
-    for lag, a, b in schedule.terms[i]:
-        s, e = samples[i - lag], outputs[i - lag]
-        x = torch.mul(s, a) if x is None else x.add_(s, alpha=a)
-        x.add_(e, alpha=b)
-    return x if x is not None else torch.zeros_like(samples[i])
-
-
 def scheduler_step(tables: DeviceTables, ring: StepRing, index: Tensor, sample: Tensor, output: Tensor) -> Tensor:
     """``x_{i+1}`` for ``i = index`` (a (1,) int64 tensor on the tables' device); no host sync.
 
@@ -271,3 +248,53 @@ def scheduler_step(tables: DeviceTables, ring: StepRing, index: Tensor, sample: 
     b = tables.eps_coefs.index_select(0, index).view(broadcast)
     return ((a * ring.samples.index_select(0, read)).sum(0, keepdim=True)
             + (b * ring.outputs.index_select(0, read)).sum(0, keepdim=True))
+
+
+class TableStepper:
+    """A linear scheduler's update from its tables, as host scalars: the lean eager step.
+
+    Same arithmetic as :func:`scheduler_step`, but an eager CPU step pays for every
+    operator it launches (a few microseconds each, which is the whole per-step cost
+    outside the network on small models): it reads Python floats, keeps the history
+    by reference and skips terms whose coefficient is zero (50 aten ops a step against
+    diffusers PNDM's ~90).
+    """
+
+    def __init__(self, tables: LinearStepTables) -> None:
+        a, b = tables.sample_coefs.tolist(), tables.eps_coefs.tolist()
+        self.model_input_scale = tables.model_input_scale.tolist()
+        self.terms = [[(lag, a[i][lag], b[i][lag]) for lag in range(tables.window) if a[i][lag] or b[i][lag]]
+                      for i in range(len(tables))]
+        self.samples: list[Tensor] = []
+        self.outputs: list[Tensor] = []
+
+    def scale_model_input(self, batch: Tensor, i: int, t: Tensor) -> Tensor:
+        scale = self.model_input_scale[i]
+        return batch if scale == 1.0 else batch * scale
+
+    def step(self, i: int, t: Tensor, sample: Tensor, output: Tensor) -> Tensor:
+        """``x_{i+1}`` from the histories (s_k / e_k for k <= i)."""
+        self.samples.append(sample)
+        self.outputs.append(output)
+        x: Tensor | None = None
+        for lag, a, b in self.terms[i]:
+            s, e = self.samples[i - lag], self.outputs[i - lag]
+            x = torch.mul(s, a) if x is None else x.add_(s, alpha=a)
+            x.add_(e, alpha=b)
+        return x if x is not None else torch.zeros_like(sample)
+
+
+class SchedulerStepper:
+    """diffusers' own ``scheduler.step``: the reference, and the only way for schedulers that draw noise."""
+
+    def __init__(self, scheduler: Any, generator: torch.Generator, eta: float) -> None:
+        from mvg_rt.runtime.pipelines.schedulers import step_kwargs
+
+        self.scheduler = scheduler
+        self.extra = step_kwargs(scheduler, generator, eta)
+
+    def scale_model_input(self, batch: Tensor, i: int, t: Tensor) -> Tensor:
+        return self.scheduler.scale_model_input(batch, t)
+
+    def step(self, i: int, t: Tensor, sample: Tensor, output: Tensor) -> Tensor:
+        return self.scheduler.step(output, t, sample, **self.extra).prev_sample

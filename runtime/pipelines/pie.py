@@ -29,9 +29,12 @@ from torch import Tensor
 
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.pipelines.guidance import guided
+from mvg_rt.runtime.pipelines.model_info import ModelInfo
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
 from mvg_rt.runtime.pipelines.roi import blend_with_original, replace_outside_roi
-from mvg_rt.runtime.pipelines.schedulers import img2img_timesteps, make_scheduler, step_kwargs
+from mvg_rt.runtime.pipelines.linear_steps import SchedulerStepper, TableStepper, is_stochastic, pie_step_tables
+from mvg_rt.runtime.pipelines.schedulers import img2img_timesteps, make_scheduler
 from mvg_rt.runtime.pipelines.text import encode_texts
 
 StepCallback = Callable[[int, int, int], None]  # (round index from 1, step index from 1, steps in round)
@@ -69,17 +72,6 @@ class PieSettings:
         return asdict(self)
 
 
-@dataclass
-class ModelInfo:
-    """What the pipeline needs to know about the model besides its networks."""
-
-    tokenizer: Any
-    scheduler_config: dict[str, Any]
-    vae_scaling_factor: float = 0.18215
-    vae_scale_factor: int = 8
-    latent_channels: int = 4
-
-
 class PieSession:
     """The PIE state shared by all rounds of one simulation: prompt embeddings, original, mask."""
 
@@ -92,8 +84,16 @@ class PieSession:
         latent_mask: Tensor,
         prompt: str,
         negative_prompt: str = "",
+        stepper: str = "auto",
     ) -> None:
-        """``original`` is (H, W, 3) uint8; ``latent_mask`` is (1, C, H/8, W/8) in [0, 1]."""
+        """``original`` is (H, W, 3) uint8; ``latent_mask`` is (1, C, H/8, W/8) in [0, 1].
+
+        ``stepper``: how the eager loop applies the scheduler update. ``auto``: from the
+        scheduler's coefficient tables when it is linear (the lean step), else diffusers'
+        ``step``; ``scheduler``: always diffusers' ``step`` (the reference); ``tables``.
+        """
+        if stepper not in ("auto", "scheduler", "tables"):
+            raise ValueError(f"unknown stepper {stepper!r}")
         self.backend, self.model, self.settings = backend, model, settings
         self.device = backend.device
         self.use_cfg = settings.guidance_scale > 1.0
@@ -102,6 +102,12 @@ class PieSession:
         self.original = original
         self.mask = latent_mask.to(self.device)
         self.original_moments = backend.encode_images(images_to_model_range(original[None]).to(self.device))
+        probe = make_scheduler(model.scheduler_config, settings.scheduler)
+        self.step_tables = None if is_stochastic(probe, settings.eta) else pie_step_tables(
+            model.scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.eta)
+        if stepper == "tables" and self.step_tables is None:
+            raise MvgError(f"{type(probe).__name__} draws noise in every step: it has no coefficient tables")
+        self.use_tables = stepper != "scheduler" and self.step_tables is not None
 
     def run_round(self, previous: Tensor, generator: torch.Generator, round_index: int = 1,
                   on_step: StepCallback | None = None) -> Tensor:
@@ -135,27 +141,27 @@ class PieSession:
 
     def _denoise(self, scheduler: Any, timesteps: Tensor, latents: Tensor, references: Tensor,
                  generator: torch.Generator, round_index: int, on_step: StepCallback | None) -> Tensor:
-        """The round's denoising loop (Eq 5): diffusers' scheduler, eagerly (subclasses swap the loop only)."""
-        extra = step_kwargs(scheduler, generator, self.settings.eta)
+        """The round's denoising loop (Eq 5), eagerly; subclasses swap the loop only.
+
+        For i >= 1 the region outside the ROI is first replaced by the original noised to
+        t_i (the reference's condition), then one CFG UNet step and the scheduler update.
+        """
+        stepper = TableStepper(self.step_tables) if self.use_tables else SchedulerStepper(
+            scheduler, generator, self.settings.eta)
+        batch_size = 2 if self.use_cfg else 1
+        model_timesteps = timesteps.to(device=self.device, dtype=torch.float32)
         for i, t in enumerate(timesteps):
             if i >= 1:
                 latents = replace_outside_roi(latents, references[i : i + 1], self.mask)
-            noise = self._guided_noise(scheduler, latents, t)
-            latents = scheduler.step(noise, t, latents, **extra).prev_sample
+            batch = stepper.scale_model_input(torch.cat([latents] * batch_size), i, t)
+            noise = self.backend.predict_noise(batch, model_timesteps[i].expand(batch_size), self.text_embeddings)
+            if self.use_cfg:
+                uncond, cond = noise.chunk(2)  # batch order [uncond, cond], as diffusers
+                noise = guided(cond, uncond, self.settings.guidance_scale)
+            latents = stepper.step(i, t, latents, noise)
             if on_step is not None:
                 on_step(round_index, i + 1, len(timesteps))
         return latents
-
-    def _guided_noise(self, scheduler: Any, latents: Tensor, t: Tensor) -> Tensor:
-        """Classifier-free guided epsilon, batch order [uncond, cond]."""
-        batch = torch.cat([latents] * 2) if self.use_cfg else latents
-        batch = scheduler.scale_model_input(batch, t)
-        timestep = t.to(device=self.device, dtype=torch.float32).expand(batch.shape[0])
-        noise = self.backend.predict_noise(batch, timestep, self.text_embeddings)
-        if not self.use_cfg:
-            return noise
-        uncond, cond = noise.chunk(2)
-        return uncond + self.settings.guidance_scale * (cond - uncond)
 
     def _noised_to_each(self, clean: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """``clean`` noised to every timestep of the round with one shared noise: (k, C, h, w).

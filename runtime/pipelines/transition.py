@@ -34,7 +34,8 @@ from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.pipelines.gaussian_schedule import SAMPLERS, RespacedSchedule, StepTables
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
-from mvg_rt.runtime.pipelines.pie import ModelInfo
+from mvg_rt.runtime.pipelines.guidance import guided
+from mvg_rt.runtime.pipelines.model_info import ModelInfo
 from mvg_rt.runtime.pipelines.roi import composite_transition
 from mvg_rt.runtime.pipelines.text import encode_texts
 
@@ -123,7 +124,7 @@ class TransitionSampler:
             model_input = torch.cat([x, condition], dim=1).expand(2, -1, -1, -1, -1)
             timestep = tables.timesteps[i].to(device=self.device, dtype=torch.float32).expand(2)
             cond, uncond = self.backend.predict_video_noise(model_input, timestep, self.text_embeddings).chunk(2)
-            eps = uncond + guidance * (cond - uncond)
+            eps = guided(cond, uncond, guidance)
             x = tables.a[i] * x + tables.b[i] * eps
             if self.noisy_steps[i]:
                 x = x + tables.s[i] * cpu_randn(x.shape, generator, self.device)
