@@ -507,6 +507,19 @@ def test_fp16_onnx_graph_on_onnxruntime_cpu_is_within_the_fp16_check(tiny_config
     assert ok, detail
 
 
+def test_sdpa_in_fp16_keeps_the_scores_in_fp32() -> None:
+    """Why FP16 SEINE needed SDPA: the explicit form rounds the (L, L) scores to FP16 before the softmax."""
+    from mvg_rt.models.seine_unet import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 512, 40, generator=g) * 3 for _ in range(3))
+    scale = 40 ** -0.5
+    exact = explicit_attend(q.double(), k.double(), v.double(), scale)
+    fused = (attend(q.half(), k.half(), v.half(), scale).double() - exact).abs().max()
+    explicit = (explicit_attend(q.half(), k.half(), v.half(), scale).double() - exact).abs().max()
+    assert fused < explicit / 2
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_fp16_module_is_within_the_fp16_check(tiny_config: SeineConfig) -> None:
     """The PyTorch FP16 path (what the CUDA backend runs): SDPA and the norms accumulate in FP32 inside
