@@ -71,8 +71,12 @@ def _default_out() -> Path:
 @click.option("--no-transition", is_flag=True, help="PIE states only: no SEINE transition clips.")
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint. Default: <model-dir>/seine/.")
 @click.option("--frames", type=int, default=16, show_default=True, help="Frames K per transition clip.")
-@click.option("--transition-steps", type=int, default=250, show_default=True, help="SEINE sampling steps.")
-@click.option("--transition-sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm", show_default=True)
+@click.option("--transitions", type=click.Choice(["paper", "fast"]), default="paper", show_default=True,
+              help="Transition preset. paper: SEINE's DDPM, 250 steps; fast: DPM-Solver++(2M), 10 steps, the "
+                   "fastest setting within DDPM-250's seed-to-seed spread (README, Transition samplers).")
+@click.option("--transition-steps", type=int, help="SEINE sampling steps. Default: from --transitions.")
+@click.option("--transition-sampler", type=click.Choice(["ddpm", "ddim", "dpm++2m", "unipc"]),
+              help="SEINE sampler. Default: from --transitions.")
 @click.option("--transition-guidance", type=float, default=8.0, show_default=True, help="SEINE CFG scale.")
 @click.option("--fps", type=float, default=8.0, show_default=True, help="Frames per second of the MP4/GIF.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder. Default: runs/mvg-<time>.")

@@ -255,6 +255,8 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     resolution = check_resolution(options.resolution or runtime.default_resolution, runtime.model.vae_scale_factor)
     if options.transition is not None:
         runtime.backend.require(SEINE)  # fail before the PIE rounds, not after them
+        if _graphed(runtime, options):
+            options.transition.require_capturable()  # the captured clip loop replays single-step tables
     original = resize_and_crop(inputs.image.pixels, resolution)
     roi = inputs.roi.resolve(inputs.image.pixels.shape, resolution) if isinstance(inputs.roi, RoiRequest) \
         else inputs.roi or full_mask(resolution)

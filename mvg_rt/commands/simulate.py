@@ -22,9 +22,14 @@ def uses_demo_model(opts: dict[str, Any]) -> bool:
 
 
 def apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
-    """The demo case's recommended settings, for the options the user left at their defaults."""
+    """The demo case's recommended settings, for the options the user left at their defaults.
+
+    An explicit ``--transitions`` preset chooses the transition sampler and steps itself.
+    """
     from mvg_rt.demo.default import DEMO_CASE
 
+    if "transitions" in explicit:
+        explicit = explicit | {"transition_sampler", "transition_steps"}
     return opts | {name: value for name, value in DEMO_CASE.settings.items() if name not in explicit}
 
 
@@ -44,9 +49,9 @@ def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -
     pie = PieSettings(rounds=opts["rounds"], strength=opts["strength"], steps=opts["steps"],
                       guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
                       scheduler=opts["scheduler"])
-    transition = None if opts["no_transition"] else TransitionSettings(
-        frames=opts["frames"], steps=opts["transition_steps"], sampler=opts["transition_sampler"],
-        guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"],
+    transition = None if opts["no_transition"] else TransitionSettings.from_preset(
+        opts["transitions"], sampler=opts["transition_sampler"], steps=opts["transition_steps"],
+        frames=opts["frames"], guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"],
         decode_batch=1 if opts.get("low_memory") else TransitionSettings.decode_batch)
     options = SimulationOptions(pie=pie, transition=transition, resolution=opts["resolution"], seed=opts["seed"],
                                 fps=opts["fps"], out=opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S"),

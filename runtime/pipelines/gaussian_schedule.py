@@ -12,6 +12,21 @@ coefficient checkable against the closed-form formulas. diffusers'
 ``DDPMScheduler`` with custom timesteps expresses the DDPM case exactly (the tests
 use it as an independent check); its DDIM scheduler assumes a uniform stride of
 ``1000 // N`` and does not, hence this module.
+
+The fast multistep ODE solvers, DPM-Solver++(2M) and UniPC (bh2, order 2, the
+settings diffusers recommends for guided sampling), are diffusers' own schedulers
+configured with the same 1000 linear betas and visiting the same respaced
+timesteps (final step to sigma 0, so both end on a clean sample as DDPM does). They
+are deterministic and linear in the samples and model outputs they were fed, so
+:func:`mvg_rt.runtime.pipelines.linear_steps.probe_tables` measures them as tables
+with a history window W: 2 for DPM-Solver++(2M) (the step uses the previous
+model output and the previous sample's x0 prediction); the whole history for UniPC,
+whose corrector refines the previous sample and feeds the corrected one forward, a
+recursion that unrolls into a lower-triangular table (N(N+1)/2 terms: cheap at the
+10-50 steps it is meant for). Every transition sampler is then one step form, a
+:class:`ClipSchedule`:
+
+    x_{i+1} = sum_l A[i, l] x_{i-l} + sum_l B[i, l] eps_{i-l} + S[i] noise      (l < W)
 """
 
 from __future__ import annotations
@@ -20,10 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+from mvg_rt.runtime.pipelines.linear_steps import LinearStepTables, probe_tables
 
 TRAIN_STEPS = 1000
 BETA_START, BETA_END = 1e-4, 2e-2
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc")
+MULTISTEP = ("dpm++2m", "unipc")  # history window W > 1: not the single-step (A, B, S) tables
 
 
 def linear_betas(train_steps: int = TRAIN_STEPS) -> np.ndarray:
@@ -117,10 +136,87 @@ class RespacedSchedule:
             return self.ddpm_tables()
         if sampler == "ddim":
             return self.ddim_tables(eta)
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ValueError(f"single-step tables exist for ddpm and ddim, got {sampler!r}")
 
     def _tables(self, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> StepTables:
         descending = slice(None, None, -1)
         as_tensor = lambda v: torch.from_numpy(np.ascontiguousarray(v[descending]))  # noqa: E731
         return StepTables(torch.from_numpy(self.timesteps[descending].copy()), as_tensor(a), as_tensor(b),
                           as_tensor(s))
+
+
+@dataclass(frozen=True)
+class ClipSchedule:
+    """A transition sampler as one linear step over a window of W past samples / model outputs.
+
+    Rows are in sampling order (descending timesteps); ``A[i, l]`` / ``B[i, l]`` weigh
+    the sample / guided epsilon of step ``i - l``; ``S[i]`` scales the fresh noise drawn
+    after step ``i`` (zero on steps that draw none). DDPM and DDIM have W = 1.
+    """
+
+    sampler: str
+    timesteps: torch.Tensor  # (N,) int64 training timesteps fed to the denoiser
+    sample_coefs: torch.Tensor  # (N, W) A
+    eps_coefs: torch.Tensor  # (N, W) B
+    noise_scale: torch.Tensor  # (N,) S
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def window(self) -> int:
+        return int(self.sample_coefs.shape[1])
+
+    @property
+    def noisy_steps(self) -> list[bool]:
+        return (self.noise_scale > 0).tolist()
+
+
+def clip_schedule(sampler: str, steps: int, eta: float = 0.0) -> ClipSchedule:
+    """The schedule of ``sampler`` over the linear schedule respaced to ``steps`` (see the module docstring)."""
+    if sampler in MULTISTEP:
+        tables = multistep_tables(sampler, steps)
+        return ClipSchedule(sampler, tables.timesteps.round().long(), tables.sample_coefs.double(),
+                            tables.eps_coefs.double(), torch.zeros(len(tables), dtype=torch.float64))
+    single = RespacedSchedule.linear(steps).tables(sampler, eta)
+    return ClipSchedule(sampler, single.timesteps, single.a[:, None], single.b[:, None], single.s)
+
+
+def multistep_scheduler(sampler: str, steps: int) -> DPMSolverMultistepScheduler | UniPCMultistepScheduler:
+    """diffusers' scheduler for ``sampler``, on SEINE's betas, set to the respaced timesteps (descending).
+
+    DPM-Solver++ takes custom timesteps through ``set_timesteps(timesteps=...)``. UniPC
+    has no such argument (0.42), so it is set to ``steps`` steps and its ``timesteps`` /
+    ``sigmas`` are replaced by the respaced ones, computed as its own ``set_timesteps``
+    computes them for the default sigmas: sigma_t = sqrt((1 - abar_t) / abar_t), then a
+    final 0. A test checks these equal DPM-Solver++'s.
+    """
+    timesteps = respaced_timesteps(TRAIN_STEPS, steps)[::-1].copy()
+    common = {"num_train_timesteps": TRAIN_STEPS, "trained_betas": linear_betas(), "prediction_type": "epsilon",
+              "solver_order": 2, "lower_order_final": True, "final_sigmas_type": "zero", "thresholding": False}
+    if sampler == "dpm++2m":
+        dpm = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint", **common)
+        dpm.set_timesteps(timesteps=timesteps.tolist())
+        return dpm
+    if sampler == "unipc":
+        unipc = UniPCMultistepScheduler(predict_x0=True, solver_type="bh2", **common)
+        unipc.set_timesteps(len(timesteps))  # resets the solver state
+        abar = unipc.alphas_cumprod.numpy()[timesteps]
+        sigmas = np.append(np.sqrt((1 - abar) / abar), 0.0).astype(np.float32)
+        unipc.sigmas = torch.from_numpy(sigmas)
+        unipc.timesteps = torch.from_numpy(timesteps)
+        return unipc
+    raise ValueError(f"multistep sampler must be one of {MULTISTEP}, got {sampler!r}")
+
+
+def multistep_tables(sampler: str, steps: int) -> LinearStepTables:
+    """The measured (A, B) tables of a diffusers multistep scheduler over the respaced schedule."""
+
+    def fresh() -> tuple[DPMSolverMultistepScheduler | UniPCMultistepScheduler, torch.Tensor]:
+        scheduler = multistep_scheduler(sampler, steps)
+        return scheduler, scheduler.timesteps
+
+    tables = probe_tables(fresh)
+    if not bool((tables.model_input_scale == 1).all()):  # SEINE is fed x itself
+        raise ValueError(f"{tables.scheduler} scales its model input; the transition loop does not")
+    return tables

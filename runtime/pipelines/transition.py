@@ -6,7 +6,12 @@ the two states: the denoiser sees, concatenated on channels, the noisy video lat
 SEINE's "onelast1") and the VAE latents of the masked video (4: the two states,
 zero images between them). Classifier-free guidance uses the batch [cond, uncond]
 and the prompt with SEINE's suffix. Sampling is guided-diffusion DDPM (SEINE's
-default) or DDIM over the respaced linear schedule.
+default), DDIM, DPM-Solver++(2M) or UniPC over the respaced linear schedule, all as
+one linear step over a short history (:class:`~gaussian_schedule.ClipSchedule`), so
+the loop is the same for every sampler:
+
+    eps_i = uncond_i + scale * (cond_i - uncond_i)
+    x_{i+1} = sum_l A[i, l] x_{i-l} + sum_l B[i, l] eps_{i-l} + S[i] noise_i
 
 Endpoint anchoring: after sampling, the first and last latent frames are set to the
 states' own posterior samples (the ones the denoiser was conditioned on), so every
@@ -18,7 +23,9 @@ it the mean of the two states.
 
 Random numbers per clip, from the same CPU generator as PIE, in order: the posterior
 samples of the K masked frames (frame order), the initial noise (1, 4, K, h, w),
-then one noise draw of that shape per stochastic step (none for DDIM with eta 0).
+then one noise draw of that shape per stochastic step, i.e. per step with S[i] > 0
+(every DDPM step but the last; none for DDIM with eta 0, DPM-Solver++(2M) or UniPC,
+which are deterministic ODE solvers).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from torch import Tensor
 
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
-from mvg_rt.runtime.pipelines.gaussian_schedule import SAMPLERS, RespacedSchedule, StepTables
+from mvg_rt.runtime.pipelines.gaussian_schedule import MULTISTEP, SAMPLERS, StepTables, clip_schedule
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
 from mvg_rt.runtime.pipelines.guidance import guided
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
@@ -40,6 +47,11 @@ from mvg_rt.runtime.pipelines.roi import composite_transition
 from mvg_rt.runtime.pipelines.text import encode_texts
 
 ClipStepCallback = Callable[[int, int, int], None]  # (clip index from 1, step from 1, steps)
+
+#: ``--transitions`` presets: (sampler, steps). "paper" is SEINE's own sampler. "fast" is the fastest setting
+#: whose transition-quality measures stayed within DDPM-250's seed-to-seed spread in the sampler study
+#: (benchmarks/transition_samplers.py; table in benchmarks/results/cpu-2core/transition_samplers.md).
+TRANSITION_PRESETS: dict[str, tuple[str, int]] = {"paper": ("ddpm", 250), "fast": ("dpm++2m", 10)}
 
 
 @dataclass(frozen=True)
@@ -65,8 +77,35 @@ class TransitionSettings:
         if self.decode_batch < 1:
             raise MvgError(f"decode batch must be >= 1, got {self.decode_batch}")
 
+    @classmethod
+    def from_preset(cls, preset: str = "paper", sampler: str | None = None, steps: int | None = None,
+                    **kwargs: Any) -> TransitionSettings:
+        """A preset's sampler and steps; an explicit ``sampler`` / ``steps`` overrides the preset's."""
+        if preset not in TRANSITION_PRESETS:
+            raise MvgError(f"--transitions must be one of {', '.join(TRANSITION_PRESETS)}, got {preset!r}")
+        preset_sampler, preset_steps = TRANSITION_PRESETS[preset]
+        return cls(sampler=sampler or preset_sampler, steps=preset_steps if steps is None else steps, **kwargs)
+
+    @property
+    def preset(self) -> str | None:
+        """The preset whose sampler and steps these are (None: a custom setting)."""
+        return next((name for name, setting in TRANSITION_PRESETS.items() if setting == (self.sampler, self.steps)),
+                    None)
+
+    @property
+    def capturable(self) -> bool:
+        """Whether the static-buffer (CUDA-graph) clip loop can replay this sampler: single-step tables only."""
+        return self.sampler not in MULTISTEP
+
+    def require_capturable(self) -> None:
+        """One-line refusal of a multistep sampler in the static-buffer loop (it replays A, B, S only)."""
+        if not self.capturable:
+            raise MvgError(f"--transition-sampler {self.sampler} keeps a multistep history that the CUDA-graph "
+                           "transition loop cannot replay yet: use --transition-sampler ddpm or ddim, or drop "
+                           "--cuda-graphs")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "preset": self.preset}
 
 
 def known_frame_mask(frames: int) -> Tensor:
@@ -88,10 +127,21 @@ class TransitionSampler:
         self.device = backend.device
         texts = [transition_prompt(prompt, settings.prompt_suffix), settings.negative_prompt]  # [cond, uncond]
         self.text_embeddings = encode_texts(backend, model.tokenizer, texts)
-        tables = RespacedSchedule.linear(settings.steps).tables(settings.sampler, settings.eta)
-        self.noisy_steps = (tables.s > 0).tolist()  # on the host: deciding needs no device sync
-        self.tables = StepTables(tables.timesteps, *(t.to(self.device, torch.float32) for t in
-                                                     (tables.a, tables.b, tables.s)))
+        self.schedule = clip_schedule(settings.sampler, settings.steps, settings.eta)
+        self.noisy_steps = self.schedule.noisy_steps  # on the host: deciding needs no device sync
+        on_device = lambda t: t.to(self.device, torch.float32)  # noqa: E731
+        self.timesteps = on_device(self.schedule.timesteps)
+        self.sample_coefs, self.eps_coefs, self.noise_scale = (
+            on_device(t) for t in (self.schedule.sample_coefs, self.schedule.eps_coefs, self.schedule.noise_scale))
+        # Per step, the lags with a non-zero coefficient (host side: no device sync to decide).
+        used = (self.schedule.sample_coefs != 0) | (self.schedule.eps_coefs != 0)
+        self.lags = [torch.nonzero(row).flatten().tolist() for row in used]
+
+    @property
+    def tables(self) -> StepTables:
+        """The single-step (A, B, S) tables on the device, for the static-buffer loop; refused for multistep."""
+        self.settings.require_capturable()
+        return StepTables(self.schedule.timesteps, self.sample_coefs[:, 0], self.eps_coefs[:, 0], self.noise_scale)
 
     def _masked_video_latents(self, start: Tensor, end: Tensor, generator: torch.Generator) -> Tensor:
         """(1, C, K, h, w) posterior samples of [start, zeros..., end]; each distinct image encoded once."""
@@ -118,18 +168,40 @@ class TransitionSampler:
 
     def _denoise(self, x: Tensor, condition: Tensor, generator: torch.Generator, clip_index: int,
                  on_step: ClipStepCallback | None) -> Tensor:
-        """SEINE's sampling loop from noise ``x`` (subclasses swap the loop only; same RNG draws in order)."""
-        tables, guidance = self.tables, self.settings.guidance_scale
-        for i in range(len(tables)):
+        """SEINE's sampling loop from noise ``x`` (subclasses swap the loop only; same RNG draws in order).
+
+        Keeps the samples and guided epsilons a later step still reads (the last W).
+        """
+        guidance, window = self.settings.guidance_scale, self.schedule.window
+        samples: list[Tensor | None] = []
+        outputs: list[Tensor | None] = []
+        for i in range(len(self.schedule)):
             model_input = torch.cat([x, condition], dim=1).expand(2, -1, -1, -1, -1)
-            timestep = tables.timesteps[i].to(device=self.device, dtype=torch.float32).expand(2)
+            timestep = self.timesteps[i].expand(2)
             cond, uncond = self.backend.predict_video_noise(model_input, timestep, self.text_embeddings).chunk(2)
             eps = guided(cond, uncond, guidance)
-            x = tables.a[i] * x + tables.b[i] * eps
+            samples.append(x)
+            outputs.append(eps)
+            x = self._combine(i, samples, outputs)
             if self.noisy_steps[i]:
-                x = x + tables.s[i] * cpu_randn(x.shape, generator, self.device)
+                x = x + self.noise_scale[i] * cpu_randn(x.shape, generator, self.device)
+            if i + 1 - window >= 0:  # no later step reads this far back
+                samples[i + 1 - window] = outputs[i + 1 - window] = None
             if on_step is not None:
-                on_step(clip_index, i + 1, len(tables))
+                on_step(clip_index, i + 1, len(self.schedule))
+        return x
+
+    def _combine(self, i: int, samples: list[Tensor | None], outputs: list[Tensor | None]) -> Tensor:
+        """``sum_l A[i, l] x_{i-l} + B[i, l] eps_{i-l}`` over the lags used (DDPM/DDIM: ``A x + B eps``).
+
+        Device-tensor coefficients and separate multiply / add, the arithmetic of the
+        captured clip step, so eager and captured DDPM/DDIM clips are bitwise equal
+        (``linear_steps.TableStepper``'s fused host-scalar ``add_`` differs in the last ulp).
+        """
+        first, *older = self.lags[i]  # lag 0 is always used: every step moves from its own sample
+        x = self.sample_coefs[i, first] * samples[i - first] + self.eps_coefs[i, first] * outputs[i - first]
+        for lag in older:
+            x = x + (self.sample_coefs[i, lag] * samples[i - lag] + self.eps_coefs[i, lag] * outputs[i - lag])
         return x
 
     def decode_frames(self, latents: Tensor) -> Tensor:
