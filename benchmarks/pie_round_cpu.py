@@ -149,12 +149,13 @@ def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [f"# One PIE round (img2img) on the CPU, one process, {report['threads']} torch threads",
              "",
-             f"SD 1.4 architecture with random weights, {s['resolution']}x{s['resolution']}, {s['steps']} steps x strength {s['strength']} "
-             f"= {s['denoising_steps_per_round']} denoising steps, CFG batch 2. Load average after the run: "
-             f"{report['load_average_after']} (shared machine: compare CPU seconds more than wall).",
+             (f"SD 1.4 architecture with random weights, {s['resolution']}x{s['resolution']}, {s['steps']} steps "
+              f"x strength {s['strength']} = {s['denoising_steps_per_round']} denoising steps, CFG batch 2. "
+              f"Load average after the run: {report['load_average_after']} (shared machine: compare CPU seconds "
+              "more than wall)."),
              "",
-             "| pipeline | round wall | round CPU | UNet calls | UNet CPU / call | UNet wall / call | "
-             "page faults / UNet call | RSS after | vs row 1 (wall, CPU) | PSNR vs row 1 |",
+             ("| pipeline | round wall | round CPU | UNet calls | UNet CPU / call | UNet wall / call | "
+              "page faults / UNet call | RSS after | vs row 1 (wall, CPU) | PSNR vs row 1 |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['pipeline']} | {r['round_wall_s']:.1f} s | {r['round_cpu_s']:.1f} s | {r['unet_calls']} | "

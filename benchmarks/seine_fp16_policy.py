@@ -35,7 +35,14 @@ from mvg_rt.components import SEINE
 from mvg_rt.export.fp16 import KEEP_FP32_OPS, convert_to_fp16
 from mvg_rt.export.onnx_export import export_component
 from mvg_rt.models.builders import enliven_new_layers
-from mvg_rt.models.seine_unet import CROSS_DOWN, CROSS_UP, PLAIN_DOWN, PLAIN_UP, SeineUNet3D, load_builtin_config
+from mvg_rt.models.seine_unet import (
+    CROSS_DOWN,
+    CROSS_UP,
+    PLAIN_DOWN,
+    PLAIN_UP,
+    SeineUNet3D,
+    load_builtin_config,
+)
 
 # Cumulative: each row keeps everything the row above kept, plus one more choice.
 VARIANTS = (

@@ -28,7 +28,6 @@ from mvg_rt.components import UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.backends.cpu_memory import retain_freed_memory
 
-
 CHANNELS_LAST_COMPONENTS = frozenset({UNET.name, VAE_ENCODER.name, VAE_DECODER.name})
 
 
