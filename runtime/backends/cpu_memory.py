@@ -9,6 +9,14 @@ afresh, and the kernel zero-fills each 4 KiB page on first touch: measured for t
 0 faults and 2.87 s (-23%). ONNX Runtime does not pay this (its CPU arena keeps
 its blocks), which is part of why its UNet step was faster on the same machine.
 
+Heap growth, the risk of serving everything from one heap: a loop of SD 1.4 calls of
+mixed shapes (UNet at 32x32 and 24x40 latents, VAE encode and decode, 5 iterations) kept
+its RSS flat at 4.75 GiB with 0 faults from the third iteration on, and a PIE round grew
+the RSS by 0.24 GiB once (``benchmarks/results/cpu-2core/pie_round_cpu.md``). A synthetic
+pattern does grow: one 64 MiB tensor allocated and freed in a Python loop left a
+slightly-too-small hole behind each time (heap +64 MiB per iteration), so a caller with
+such a pattern should pass ``retain_cpu_memory=False`` to the torch backend.
+
 The settings are process-wide, applied once, and only where the C library is glibc
 (``mallopt`` is looked up through ctypes; elsewhere nothing changes and the report says
 so). The retained memory is bounded by what the process already used at its peak plus
