@@ -25,6 +25,7 @@ import torch
 from mvg_rt.components import PIE_COMPONENTS
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.backends.precision import apply_tf32_policy
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
 
 BACKENDS = ("torch", "ort", "trt")
@@ -131,6 +132,7 @@ class Runtime:
     provenance: dict[str, Any]
     spec: RuntimeSpec = field(default_factory=RuntimeSpec)
     notice: str | None = None  # shown to the user and stored in run.json
+    precision_policy: dict[str, Any] = field(default_factory=dict)  # TF32 switches as opened (run.json)
 
     @property
     def default_resolution(self) -> int:
@@ -143,7 +145,7 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         """What ran, for run.json and reports."""
-        return {**self.backend.describe(), "spec": self.spec.to_dict()}
+        return {**self.backend.describe(), "spec": self.spec.to_dict(), "precision_policy": self.precision_policy}
 
     def close(self) -> None:
         self.backend.close()
@@ -159,8 +161,11 @@ class Runtime:
 def open_runtime(spec: RuntimeSpec) -> Runtime:
     """The one way to open a backend; errors the user can fix are one-line :class:`MvgError`."""
     spec.validate()
+    policy = apply_tf32_policy(spec.tf32)  # process-wide, so set by the one place that opens backends
     opener = {"torch": _open_torch, "ort": _open_ort, "trt": _open_trt}[spec.backend]
-    return opener(spec)
+    runtime = opener(spec)
+    runtime.precision_policy = policy
+    return runtime
 
 
 def _require_device(spec: RuntimeSpec) -> None:
@@ -199,7 +204,8 @@ def _open_torch(spec: RuntimeSpec) -> Runtime:
         config = SeineConfig.from_dict(spec.seine_config) if spec.seine_config else None
         seine_module = load_seine_model(seine_path, config)
     dtype = torch.float16 if spec.precision == "fp16" else torch.float32
-    backend: Backend = TorchBackend(component_modules(models, seine_module), torch.device(spec.device), dtype)
+    backend: Backend = TorchBackend(component_modules(models, seine_module), torch.device(spec.device), dtype,
+                                    channels_last=spec.channels_last)
     if spec.cuda_graphs:
         from mvg_rt.runtime.backends.cuda_graphs import GraphedBackend
 
