@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,22 @@ from typing import Any
 import numpy as np
 
 
-def component_row(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from mvg_rt.bench.worker import run_isolated
+def component_row(spec: Any, component: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The bench's component row of ``spec`` (a RuntimeSpec), measured in a fresh process."""
+    from mvg_rt.bench.config import BenchConfig
+    from mvg_rt.bench.measure import measure_variant
+    from mvg_rt.bench.models import ModelSource, component_inputs
+    from mvg_rt.bench.runner import call
 
-    result = run_isolated(job, workdir)
-    if "error" in result:
-        return {"error": result["error"]}
-    return {"median_s": result["median_s"], "p10_s": result["p10_s"], "p90_s": result["p90_s"],
-            "load_s": result["load_s"], "notes": result["backend"].get("notes")}
+    config = BenchConfig(backends=(spec.backend,), components=(component,), resolution=args.resolution, frames=4,
+                         repeat=args.repeat, in_process=False)
+    feeds = component_inputs(ModelSource(Path(args.model_dir), None, "tuning"), component, args.resolution, 4)
+    opened, *rows = call(config, measure_variant, spec, config, {component: feeds})
+    if opened.error or rows[0].error:
+        return {"error": opened.error or rows[0].error}
+    m = rows[0].metrics
+    return {"median_s": m["median_s"], "p10_s": m["p10_s"], "p90_s": m["p90_s"], "load_s": opened.metrics["open_s"],
+            "first_call_s": m["first_call_s"], "notes": opened.metrics["backend"].get("notes")}
 
 
 def iobinding_overhead(model: Path, feeds: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
@@ -100,39 +107,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    import torch
-
-    from mvg_rt.bench.components import component_inputs
-    from mvg_rt.bench.machine import load_average
-    from mvg_rt.bench.models import ModelSource, text_hidden_size, vocab_size
-    from mvg_rt.bench.variants import Variant
     from mvg_rt.artifacts.manifest import Manifest
+    from mvg_rt.bench.machine import load_average
+    from mvg_rt.bench.models import ModelSource, component_inputs
+    from mvg_rt.runtime.factory import RuntimeSpec
 
-    source = ModelSource(Path(args.model_dir), None, "tuning", None)
-    workdir = Path(tempfile.mkdtemp(prefix="ort-tuning-"))
-    base = {"kind": "component", "resolution": args.resolution, "frames": 4, "repeat": args.repeat, "warmup": 1,
-            "threads": torch.get_num_threads(), "source": source.describe(), "engines": args.engines,
-            "workdir": str(workdir)}
+    source = ModelSource(Path(args.model_dir), None, "tuning")
     report: dict[str, Any] = {"load_average_at_start": load_average(), "resolution": args.resolution, "rows": []}
+
+    def ort(**settings: Any) -> RuntimeSpec:
+        return RuntimeSpec("ort", engines_dir=args.engines, ort=settings)
+
     unet_rows = [
-        ("PyTorch eager FP32", "unet", Variant("torch")),
-        ("ORT, mvg-rt defaults (opt all, threads = cores, spin on)", "unet", Variant("ort")),
-        ("ORT, graph optimisation extended", "unet", Variant("ort", ort_settings={"graph_optimization": "extended"})),
-        ("ORT, graph optimisation basic", "unet", Variant("ort", ort_settings={"graph_optimization": "basic"})),
-        ("ORT, graph optimisation disabled", "unet", Variant("ort", ort_settings={"graph_optimization": "disable"})),
-        ("ORT, 1 intra-op thread", "unet", Variant("ort", ort_settings={"intra_op_threads": 1})),
-        ("ORT, spinning off", "unet", Variant("ort", ort_settings={"spin": False})),
-        ("ORT text encoder, defaults", "text_encoder", Variant("ort")),
-        ("ORT text encoder, transformers fusions (clip)", "text_encoder",
-         Variant("ort", ort_settings={"transformer_fusions": True})),
-        ("ORT VAE decoder, defaults", "vae_decoder", Variant("ort")),
-        ("ORT VAE decoder, transformers fusions (vae)", "vae_decoder",
-         Variant("ort", ort_settings={"transformer_fusions": True})),
+        ("PyTorch eager FP32", "unet", RuntimeSpec(model_dir=args.model_dir, with_seine=False)),
+        ("ORT, mvg-rt defaults (opt all, threads = cores, spin on)", "unet", ort()),
+        ("ORT, graph optimisation extended", "unet", ort(graph_optimization="extended")),
+        ("ORT, graph optimisation basic", "unet", ort(graph_optimization="basic")),
+        ("ORT, graph optimisation disabled", "unet", ort(graph_optimization="disable")),
+        ("ORT, 1 intra-op thread", "unet", ort(intra_op_threads=1)),
+        ("ORT, spinning off", "unet", ort(spin=False)),
+        ("ORT text encoder, defaults", "text_encoder", ort()),
+        ("ORT text encoder, transformers fusions (clip)", "text_encoder", ort(transformer_fusions=True)),
+        ("ORT VAE decoder, defaults", "vae_decoder", ort()),
+        ("ORT VAE decoder, transformers fusions (vae)", "vae_decoder", ort(transformer_fusions=True)),
     ]
-    for label, component, variant in unet_rows:
+    for label, component, spec in unet_rows:
         print(f"{label} ...", file=sys.stderr, flush=True)
-        row = component_row(base | {"component": component, "variant": variant.to_dict()}, workdir)
-        report["rows"].append({"label": label, "component": component, "variant": variant.to_dict(), **row})
+        row = component_row(spec, component, args)
+        report["rows"].append({"label": label, "component": component, "spec": spec.to_dict(), **row})
         print(f"  {row}", file=sys.stderr, flush=True)
 
     manifest = Manifest.read(args.engines)
@@ -141,16 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     report["unet_transformer_fusions"] = unet_fusion_attempt(unet_path)
     print(f"  {report['unet_transformer_fusions']}", file=sys.stderr, flush=True)
 
-    feeds = {k: v.numpy() for k, v in component_inputs("unet", args.resolution, 4, text_hidden_size(source),
-                                                       vocab_size(source)).items()}
+    feeds = {k: v.numpy() for k, v in component_inputs(source, "unet", args.resolution, 4).items()}
     print("I/O binding, full UNet ...", file=sys.stderr, flush=True)
     report["iobinding_full"] = iobinding_overhead(unet_path, feeds, args.repeat)
     print(f"  {report['iobinding_full']}", file=sys.stderr, flush=True)
     if args.tiny_model_dir and args.tiny_engines:
-        tiny = ModelSource(Path(args.tiny_model_dir), None, "tiny", "tiny")
+        tiny = ModelSource(Path(args.tiny_model_dir), None, "tiny")
         tiny_manifest = Manifest.read(args.tiny_engines)
-        tiny_feeds = {k: v.numpy() for k, v in component_inputs("unet", args.resolution, 4, text_hidden_size(tiny),
-                                                                vocab_size(tiny)).items()}
+        tiny_feeds = {k: v.numpy() for k, v in component_inputs(tiny, "unet", args.resolution, 4).items()}
         print("I/O binding, tiny UNet ...", file=sys.stderr, flush=True)
         report["iobinding_tiny"] = iobinding_overhead(
             tiny_manifest.verify(tiny_manifest.require("unet", "onnx", "fp32")), tiny_feeds, 200)

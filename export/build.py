@@ -8,7 +8,8 @@ when complete)::
     scheduler/scheduler_config.json
     text_encoder/model.onnx        one folder per component;
     unet/model.onnx (+ .data)      a >2 GB graph keeps its weights in model.onnx.data
-    unet/model_fp16.onnx           with --fp16
+    unet/model_fp16.onnx           with --fp16 (converter: --fp16-converter, recorded in the manifest)
+    unet/model_int8.onnx           with --int8: the Q/DQ graph (see export/int8.py)
     ...
 """
 
@@ -54,6 +55,12 @@ class ExportRequest:
     seine_config: str | None = None  # built-in name or JSON file; None: the checkpoint's metadata, else "full"
     with_seine: bool = True  # without --seine, export <model-dir>/seine/seine.safetensors when the folder has one
     fp16: bool = False
+    fp16_converter: str = "ort"  # see export/fp16.py: ort (onnxruntime.transformers) | modelopt (AutoCast)
+    int8: bool = False
+    #: UNet feeds recorded by mvg_rt.calibration (the job layer runs the pipeline; export never imports runtime)
+    calibration_feeds: list[dict[str, Any]] | None = None
+    calibration_source: dict[str, Any] = field(default_factory=dict)  # what the feeds came from, for the manifest
+    int8_keep: tuple[str, ...] | None = None  # None: export.int8.DEFAULT_KEEP
     opset: int = DEFAULT_OPSET
     slim: bool = False  # measured: halves the node count, same outputs and ORT latency (see export/slim.py)
     exporter: str = "torchscript"
@@ -69,6 +76,20 @@ class ExportRequest:
             raise MvgError("--seine-config describes the SEINE checkpoint to export: drop it or drop --no-seine")
         if self.seine is not None and not self.with_seine:
             raise MvgError("--seine and --no-seine contradict each other: pass one")
+        from mvg_rt.export.fp16 import FP16_CONVERTERS, require_modelopt
+
+        if self.fp16_converter not in FP16_CONVERTERS:
+            raise MvgError(f"--fp16-converter must be one of {', '.join(FP16_CONVERTERS)} "
+                           f"(got {self.fp16_converter!r})")
+        if self.fp16_converter != "ort" and not self.fp16:
+            raise MvgError(f"--fp16-converter {self.fp16_converter} converts the --fp16 graphs: add --fp16")
+        if self.fp16_converter == "modelopt":
+            require_modelopt()  # before any export work
+        if self.int8 and not self.calibration_feeds:
+            raise MvgError("--int8 needs calibration inputs: pass --calibration DIR (images), or leave it out to "
+                           "calibrate on the demo phantoms")
+        if self.int8 and self.components and "unet" not in self.components:
+            raise MvgError("--int8 quantizes the UNet: add unet to the exported components or drop --int8")
 
 
 def resolve_seine_config(checkpoint: Path, name_or_path: str | None) -> Any:
@@ -149,6 +170,35 @@ def _artifact(root: Path, component: str, precision: str, file: Path, axes: dict
     )
 
 
+def int8_artifact(root: Path, manifest: Manifest, feeds: list[dict[str, Any]], keep: tuple[str, ...] | None,
+                  calibration_source: dict[str, Any], hashes: HashCache) -> Artifact:
+    """Quantize the folder's FP32 UNet graph (export/int8.py) and add the INT8 artifact to ``manifest``."""
+    from mvg_rt.export.int8 import DEFAULT_KEEP, quantize_int8
+
+    fp32 = manifest.require("unet", "onnx", "fp32")
+    path = root / fp32.file
+    int8_path = path.with_name("model_int8.onnx")
+    details = quantize_int8(path, int8_path, feeds, DEFAULT_KEEP if keep is None else keep)
+    artifact = _artifact(root, "unet", "int8", int8_path, dict(fp32.axes), details | {
+        "calibration": calibration_source, "from_sha256": fp32.sha256}, hashes)
+    manifest.add(artifact)
+    return artifact
+
+
+def add_int8(engines_dir: Path, feeds: list[dict[str, Any]], keep: tuple[str, ...] | None = None,
+             calibration_source: dict[str, Any] | None = None) -> Artifact:
+    """Add the INT8 UNet to an existing engines folder (its FP32 graph is verified first)."""
+    root = Path(engines_dir)
+    manifest = Manifest.read(root)
+    manifest.verify(manifest.require("unet", "onnx", "fp32"))
+    hashes = HashCache(root)
+    artifact = int8_artifact(root, manifest, feeds, keep, calibration_source or {}, hashes)
+    manifest.validate()
+    manifest.write(root)
+    hashes.save()
+    return artifact
+
+
 def export_engines(request: ExportRequest, progress: Progress = lambda _: None) -> Manifest:
     """Export every component; returns the manifest of the (complete) engines folder."""
     from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
@@ -212,15 +262,22 @@ def export_engines(request: ExportRequest, progress: Progress = lambda _: None) 
             axes = axis_ranges(name, models.vae_scale_factor, unet_multiple, seine_multiple)
             manifest.add(_artifact(staging, name, "fp32", path, axes, details, hashes))
             progress(f"{name}: fp32 {path.relative_to(staging)} ({details['export_seconds']} s)")
+            fp32_sha = manifest.require(name, "onnx", "fp32").sha256
             if request.fp16:
-                from mvg_rt.export.fp16 import KEEP_FP32_OPS, convert_to_fp16
+                from mvg_rt.export.fp16 import write_fp16
 
-                fp16_path = convert_to_fp16(path, path.with_name("model_fp16.onnx"))
+                fp16_path = path.with_name("model_fp16.onnx")
+                feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, example)}
+                fp16_details = write_fp16(request.fp16_converter, path, fp16_path, feeds)
                 manifest.add(_artifact(staging, name, "fp16", fp16_path, axes,
-                                       {"converter": "onnxruntime.transformers.float16", "keep_io_types": True,
-                                        "fp32_ops": list(KEEP_FP32_OPS), "fp32_timestep_embedding": True,
-                                        "from_sha256": manifest.require(name, "onnx", "fp32").sha256}, hashes))
-                progress(f"{name}: fp16 {fp16_path.relative_to(staging)}")
+                                       fp16_details | {"from_sha256": fp32_sha}, hashes))
+                progress(f"{name}: fp16 {fp16_path.relative_to(staging)} ({fp16_details['fp16_converter']}, "
+                         f"{fp16_details['fp32_nodes']} nodes kept in FP32)")
+            if request.int8 and name == "unet":
+                artifact = int8_artifact(staging, manifest, request.calibration_feeds or [], request.int8_keep,
+                                         request.calibration_source, hashes)
+                progress(f"{name}: int8 {artifact.file} (Q/DQ, calibrated on "
+                         f"{artifact.details['calibration_feeds']} UNet inputs)")
         manifest.root = staging
         manifest.validate()
         manifest.write(staging)

@@ -35,10 +35,11 @@ from torch import Tensor, nn
 
 from mvg_rt.components import ComponentSpec
 from mvg_rt.errors import MvgError
+from mvg_rt.limits import LIMITS
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 18
-MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
+MIN_OPSET = int(LIMITS["--opset"].low)  # 17: LayerNormalization is a single op from opset 17
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = 1_800_000_000  # leave room for the graph itself below protobuf's 2 GB
 

@@ -7,10 +7,22 @@ each layer's precision, so the FP32 islands the FP16 export kept stay FP32),
 workspace pool limit, the reusable timing cache), ``EngineFromNetwork`` (which also
 saves the grown timing cache) and ``SaveEngine``.
 
-Precision: ``fp16`` builds from the FP16 ONNX (strongly typed); if the folder has only
-FP32 graphs it falls back to the FP32 graph with the builder's FP16 flag (weakly
-typed, recorded in the manifest). ``fp32`` builds from the FP32 graph with TF32 off,
-so the engine matches the PyTorch FP32 reference to FP32 rounding.
+Precision and typing depend on the TensorRT major (:func:`network_typing`, pure):
+
+* ``fp16`` builds from the FP16 ONNX, strongly typed (TensorRT 10 and 11). With only FP32
+  graphs in the folder, TensorRT 10 falls back to the FP32 graph with the builder's FP16
+  flag (weakly typed, recorded in the manifest); TensorRT 11 removed weak typing
+  (``BuilderFlag.FP16``/``INT8``/``OBEY_PRECISION_CONSTRAINTS`` and the INT8 calibrator are
+  gone, every network is strongly typed), so there it is a one-line error asking for
+  ``mvg-rt export --fp16``.
+* ``int8`` builds the denoisers (UNet, SEINE) from the Q/DQ graph ``mvg-rt export --int8``
+  wrote: explicit quantization, no calibrator. TensorRT 11: strongly typed (INT8 where the
+  Q/DQ pairs are, the rest in the graph's own FP32). TensorRT 10: weakly typed with the
+  INT8 and FP16 flags, so layers outside the Q/DQ pairs may also run in FP16. The other
+  components run their FP16 engines (see ``INT8_FALLBACK`` in the manifest).
+* ``fp32`` builds from the FP32 graph with TF32 off, so the engine matches the PyTorch FP32
+  reference to FP32 rounding (strongly typed on 11, where that is the only mode; the
+  graph's types are FP32 throughout, so the result is the same).
 
 Everything up to calling the loaders is pure (:func:`builder_options`,
 :func:`polygraphy_loaders`), so what polygraphy receives is tested without TensorRT.
@@ -30,6 +42,7 @@ from mvg_rt.artifacts.hashing import HashCache
 from mvg_rt.artifacts.manifest import Artifact, Manifest
 from mvg_rt.artifacts.profiles import ProfileSettings, ShapeRange, profiles_for
 from mvg_rt.artifacts.tensorrt import (
+    INSTALL_HINT,
     TrtEnvironment,
     current_environment,
     format_stage_memory,
@@ -42,6 +55,8 @@ Progress = Callable[[str], None]
 TIMING_CACHE_NAME = "timing.cache"
 DEFAULT_BUILDER_LEVEL = 3  # TensorRT's default: good engines in minutes; 5 searches longer for a few % more
 LOW_MEMORY_WORKSPACE_MB = 1024
+BUILD_PRECISIONS = ("fp16", "fp32", "int8")
+SUPPORTED_MAJORS = (10, 11)
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,8 @@ class BuildSettings:
     low_memory: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp16", "fp32"):
-            raise MvgError(f"--precision must be fp16 or fp32 (got {self.precision!r})")
+        if self.precision not in BUILD_PRECISIONS:
+            raise MvgError(f"--precision must be one of {', '.join(BUILD_PRECISIONS)} (got {self.precision!r})")
         if not 0 <= self.builder_level <= 5:
             raise MvgError(f"--builder-level must be in 0..5 (got {self.builder_level}); TensorRT's default is 3")
         if self.workspace_mb is not None and self.workspace_mb < 1:
@@ -81,44 +96,77 @@ class BuildSettings:
 
 
 @dataclass(frozen=True)
+class NetworkTyping:
+    """How TensorRT learns each layer's precision: from the graph (strongly typed) or from builder flags."""
+
+    strongly_typed: bool
+    fp16_flag: bool = False
+    int8_flag: bool = False
+
+    def describe(self) -> str:
+        if self.strongly_typed:
+            return "strongly typed"
+        flags = [f for f, on in (("INT8", self.int8_flag), ("FP16", self.fp16_flag)) if on]
+        return f"weakly typed, {'+'.join(flags)} flag{'s' if len(flags) > 1 else ''}" if flags else "FP32, TF32 off"
+
+
+def network_typing(trt_major: int, onnx_precision: str, precision: str) -> NetworkTyping:
+    """The typing of a ``precision`` engine built from an ``onnx_precision`` graph by TensorRT ``trt_major``.
+
+    Pure (see the module docstring for the rules); raises a one-line MvgError where the
+    combination cannot be built by that TensorRT.
+    """
+    if trt_major < SUPPORTED_MAJORS[0]:
+        raise MvgError(f"TensorRT {trt_major} is not supported: install TensorRT 10 or 11 ({INSTALL_HINT})")
+    if onnx_precision == "int8":
+        if precision != "int8":
+            raise MvgError(f"a {precision} engine cannot be built from an INT8 (Q/DQ) graph: use --precision int8")
+        return NetworkTyping(strongly_typed=True) if trt_major >= 11 else NetworkTyping(
+            strongly_typed=False, fp16_flag=True, int8_flag=True)
+    if precision == "int8":
+        raise MvgError("INT8 engines are built from the Q/DQ graph of mvg-rt export --int8; this graph is "
+                       f"{onnx_precision}: re-export with --int8")
+    if onnx_precision == "fp16" or trt_major >= 11:
+        if precision == "fp16" and onnx_precision != "fp16":
+            raise MvgError(f"TensorRT {trt_major} builds only strongly typed networks, so an FP16 engine needs the "
+                           "FP16 ONNX graph: re-export with mvg-rt export --fp16, then rebuild")
+        return NetworkTyping(strongly_typed=True)
+    return NetworkTyping(strongly_typed=False, fp16_flag=precision == "fp16")
+
+
+@dataclass(frozen=True)
 class Source:
     """The ONNX artifact an engine is built from and how its network is typed."""
 
     onnx: Artifact
-    strongly_typed: bool
-    fp16_flag: bool
+    typing: NetworkTyping
 
     def describe(self) -> str:
-        typing = "strongly typed" if self.strongly_typed else ("weakly typed, FP16 flag" if self.fp16_flag else
-                                                               "FP32, TF32 off")
-        return f"{self.onnx.file} ({typing})"
+        return f"{self.onnx.file} ({self.typing.describe()})"
 
 
-def choose_source(manifest: Manifest, component: str, precision: str) -> Source:
-    """The ONNX graph to build ``component`` at ``precision`` from (see the module docstring)."""
-    if precision == "fp16":
-        fp16 = manifest.find(component, "onnx", "fp16")
-        if fp16 is not None:
-            return Source(fp16, strongly_typed=True, fp16_flag=False)
-        fp32 = manifest.find(component, "onnx", "fp32")
-        if fp32 is not None:
-            return Source(fp32, strongly_typed=False, fp16_flag=True)
-    else:
-        fp32 = manifest.find(component, "onnx", "fp32")
-        if fp32 is not None:
-            return Source(fp32, strongly_typed=False, fp16_flag=False)
+def choose_onnx(manifest: Manifest, component: str, precision: str) -> Artifact:
+    """The ONNX graph to build ``component`` at ``precision`` from: the graph of that precision, for fp16 else
+    the FP32 graph (only TensorRT 10 can use it, see :func:`network_typing`)."""
+    candidates = {"fp16": ("fp16", "fp32"), "fp32": ("fp32",), "int8": ("int8",)}[precision]
+    for candidate in candidates:
+        onnx = manifest.find(component, "onnx", candidate, exact=True)
+        if onnx is not None:
+            return onnx
+    flag = {"fp16": "", "fp32": "", "int8": " --int8"}[precision]
     raise MvgError(f"engines folder {manifest.root} has no ONNX graph of {component} to build a {precision} engine "
-                   "from; export it first (mvg-rt export --help)")
+                   f"from; export it first (mvg-rt export{flag} --help)")
 
 
-def builder_options(settings: BuildSettings, source: Source, timing_cache: Path) -> dict[str, Any]:
+def builder_options(settings: BuildSettings, typing: NetworkTyping, timing_cache: Path) -> dict[str, Any]:
     """``CreateConfig`` keyword arguments, with the memory pool limit as ``{"workspace": bytes}``.
 
     A strongly typed network takes its precisions from the graph, so no precision flag
-    is set on it (TensorRT rejects them there).
+    is set on it (TensorRT 10 rejects them there, TensorRT 11 no longer has them).
     """
     options: dict[str, Any] = {
-        "fp16": source.fp16_flag,
+        "fp16": typing.fp16_flag,
+        "int8": typing.int8_flag,
         "tf32": False,
         "builder_optimization_level": settings.builder_level,
         "load_timing_cache": str(timing_cache),
@@ -170,23 +218,25 @@ def device_memory_bytes(engine: Any) -> int:
     return 0
 
 
-def _inputs_of(sources: dict[str, Source]) -> dict[str, list[tuple[str, list[int | str]]]]:
-    return {c: [(d.name, list(d.shape)) for d in s.onnx.inputs] for c, s in sources.items()}
+def plan_profiles(manifest: Manifest, settings: BuildSettings) -> tuple[dict[str, Artifact], dict[str, dict]]:
+    """Which ONNX each engine comes from and its profile (pure; validates the settings).
 
-
-def plan_profiles(manifest: Manifest, settings: BuildSettings) -> tuple[dict[str, Source], dict[str, dict]]:
-    """Which ONNX each engine comes from and its profile (pure; validates the settings)."""
-    available = [c for c in COMPONENTS if any(a.kind == "onnx" and a.component == c for a in manifest.artifacts)]
+    ``--precision int8`` builds, by default, the components that have an INT8 graph.
+    """
+    available = [c for c in COMPONENTS if any(a.kind == "onnx" and a.component == c and (
+        settings.precision != "int8" or a.precision == "int8") for a in manifest.artifacts)]
     wanted = settings.components or tuple(available)
     missing = [c for c in wanted if c not in available]
     if missing:
-        raise MvgError(f"engines folder {manifest.root} has no ONNX graph of {', '.join(missing)}; export it first "
-                       "(mvg-rt export --help)")
-    sources = {c: choose_source(manifest, c, settings.precision) for c in wanted}
-    multiples = {c: {axis: r.multiple_of for axis, r in s.onnx.axes.items() if r.multiple_of}
+        what = "INT8 (Q/DQ) ONNX graph" if settings.precision == "int8" else "ONNX graph"
+        flag = " --int8" if settings.precision == "int8" else ""
+        raise MvgError(f"engines folder {manifest.root} has no {what} of {', '.join(missing)}; export it first "
+                       f"(mvg-rt export{flag} --help)")
+    sources = {c: choose_onnx(manifest, c, settings.precision) for c in wanted}
+    multiples = {c: {axis: r.multiple_of for axis, r in s.axes.items() if r.multiple_of}
                  for c, s in sources.items()}
-    profiles = profiles_for(settings.profile, _inputs_of(sources), manifest.model.vae_scale_factor,
-                            multiples)
+    inputs = {c: [(d.name, list(d.shape)) for d in s.inputs] for c, s in sources.items()}
+    profiles = profiles_for(settings.profile, inputs, manifest.model.vae_scale_factor, multiples)
     return sources, profiles
 
 
@@ -195,8 +245,10 @@ def build_engines(engines_dir: str | Path, settings: BuildSettings, progress: Pr
     """Build every requested engine, record it in the manifest; returns the new artifacts."""
     manifest = Manifest.read(engines_dir)
     root = Path(engines_dir)
-    sources, profiles = plan_profiles(manifest, settings)  # settings errors before TensorRT is touched
+    graphs, profiles = plan_profiles(manifest, settings)  # settings errors before TensorRT is touched
     environment = environment or current_environment()
+    sources = {c: Source(g, network_typing(environment.major, g.precision, settings.precision))
+               for c, g in graphs.items()}  # typing errors before the first engine is built
     timing_cache = Path(settings.timing_cache) if settings.timing_cache else root / TIMING_CACHE_NAME
     _quiet_polygraphy()
     built = []
@@ -204,8 +256,8 @@ def build_engines(engines_dir: str | Path, settings: BuildSettings, progress: Pr
         onnx_path = manifest.verify(source.onnx)
         plan = root / plan_path(component, settings.precision)
         partial = plan.with_name(plan.name + ".partial")
-        options = builder_options(settings, source, timing_cache)
-        loader = polygraphy_loaders(onnx_path, partial, profiles[component], options, source.strongly_typed,
+        options = builder_options(settings, source.typing, timing_cache)
+        loader = polygraphy_loaders(onnx_path, partial, profiles[component], options, source.typing.strongly_typed,
                                     timing_cache)
         progress(f"{component}: building {settings.precision} engine from {source.describe()}")
         started = time.perf_counter()
@@ -217,7 +269,7 @@ def build_engines(engines_dir: str | Path, settings: BuildSettings, progress: Pr
             raise MvgError(f"TensorRT could not build the {component} engine from {source.onnx.file} ({first}); "
                            "rerun with --debug for the log, or lower --builder-level / raise --workspace") from err
         partial.replace(plan)
-        details = {"strongly_typed": source.strongly_typed, "onnx_precision": source.onnx.precision,
+        details = {"strongly_typed": source.typing.strongly_typed, "onnx_precision": source.onnx.precision,
                    "device_memory_bytes": device_memory_bytes(engine),
                    "build_seconds": round(time.perf_counter() - started, 1),
                    "builder": {k: v for k, v in options.items() if k != "load_timing_cache"} | {

@@ -7,14 +7,17 @@ and exits 1, with the traceback only under ``--debug``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from mvg_rt.errors import EXIT_USAGE, MvgError
+from mvg_rt.cli_types import DEVICE, FLOAT, INT, TEXT, Number
+from mvg_rt.errors import EXIT_USAGE, MvgError, user_errors
 
 
 def _quiet_libraries() -> None:
@@ -45,40 +48,41 @@ def _default_out() -> Path:
 
 @cli.command()
 @click.option("--image", type=click.Path(dir_okay=False), help="Input PNG/JPEG/DICOM. Default: the bundled demo image.")
-@click.option("--prompt", help="Disease-state prompt, e.g. 'severe cardiomegaly'.")
-@click.option("--negative-prompt", default="", show_default=True, help="Unconditional prompt for CFG.")
+@click.option("--prompt", type=TEXT, help="Disease-state prompt, e.g. 'severe cardiomegaly'.")
+@click.option("--negative-prompt", type=TEXT, default="", show_default=True, help="Unconditional prompt for CFG.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="ROI mask image (same aspect ratio).")
 @click.option("--roi-box", help="ROI box x0,y0,x1,y1 in input-image pixels.")
 @click.option("--roi-ellipse", help="ROI ellipse cx,cy,rx,ry in input-image pixels.")
-@click.option("--feather", type=float, default=0.0, show_default=True, help="Soft ROI edge width in pixels.")
+@click.option("--feather", type=FLOAT, default=0.0, show_default=True, help="Soft ROI edge width in pixels.")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder. Default: embedded demo model.")
 @click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Domain-fine-tuned UNet folder.")
 @click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="torch", show_default=True,
               help="torch: PyTorch over --model-dir; ort: ONNX Runtime / trt: TensorRT over --engines.")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False), help="Engines folder from mvg-rt export.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Which artifacts of --engines to run (torch on CUDA: the compute dtype).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--rounds", type=int, default=10, show_default=True, help="PIE rounds N.")
-@click.option("--strength", type=float, default=0.6, show_default=True, help="Roll-back strength gamma.")
-@click.option("--steps", type=int, default=50, show_default=True, help="Scheduler steps T per round.")
-@click.option("--guidance", type=float, default=7.5, show_default=True, help="CFG scale.")
-@click.option("--beta1", type=float, default=0.01, show_default=True, help="Edit kept outside the ROI (Eq 6).")
-@click.option("--beta2", type=float, default=0.75, show_default=True, help="Edit kept inside the ROI (Eq 6).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Which artifacts of --engines to run (torch on CUDA: the compute dtype; int8: the Q/DQ UNet of "
+                   "export --int8, the other networks at fp32 (ort) / fp16 (trt)).")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--rounds", type=INT, default=10, show_default=True, help="PIE rounds N.")
+@click.option("--strength", type=FLOAT, default=0.6, show_default=True, help="Roll-back strength gamma.")
+@click.option("--steps", type=INT, default=50, show_default=True, help="Scheduler steps T per round.")
+@click.option("--guidance", type=FLOAT, default=7.5, show_default=True, help="CFG scale.")
+@click.option("--beta1", type=FLOAT, default=0.01, show_default=True, help="Edit kept outside the ROI (Eq 6).")
+@click.option("--beta2", type=FLOAT, default=0.75, show_default=True, help="Edit kept inside the ROI (Eq 6).")
 @click.option("--scheduler", default=None, help="pndm, ddim, ddpm, euler, euler-ancestral, dpm-multistep, lms. Default: the model's.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resolution", type=int, help="Model resolution (multiple of 8). Default: the model's.")
+@click.option("--seed", type=INT, default=0, show_default=True)
+@click.option("--resolution", type=INT, help="Model resolution (multiple of 8). Default: the model's.")
 @click.option("--no-transition", is_flag=True, help="PIE states only: no SEINE transition clips.")
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint. Default: <model-dir>/seine/.")
-@click.option("--frames", type=int, default=16, show_default=True, help="Frames K per transition clip.")
+@click.option("--frames", type=INT, default=16, show_default=True, help="Frames K per transition clip.")
 @click.option("--transitions", type=click.Choice(["paper", "fast"]), default="paper", show_default=True,
               help="Transition preset. paper: SEINE's DDPM, 250 steps; fast: DPM-Solver++(2M), 10 steps, the "
                    "fastest setting within DDPM-250's seed-to-seed spread (README, Transition samplers).")
-@click.option("--transition-steps", type=int, help="SEINE sampling steps. Default: from --transitions.")
+@click.option("--transition-steps", type=INT, help="SEINE sampling steps. Default: from --transitions.")
 @click.option("--transition-sampler", type=click.Choice(["ddpm", "ddim", "dpm++2m", "unipc"]),
               help="SEINE sampler. Default: from --transitions.")
-@click.option("--transition-guidance", type=float, default=8.0, show_default=True, help="SEINE CFG scale.")
-@click.option("--fps", type=float, default=8.0, show_default=True, help="Frames per second of the MP4/GIF.")
+@click.option("--transition-guidance", type=FLOAT, default=8.0, show_default=True, help="SEINE CFG scale.")
+@click.option("--fps", type=FLOAT, default=8.0, show_default=True, help="Frames per second of the MP4/GIF.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder. Default: runs/mvg-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
 @click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
@@ -105,7 +109,18 @@ def simulate(**opts: object) -> None:
 @click.option("--seine-config", help="SEINE architecture: full, tiny or a JSON file. Default: from the checkpoint, else full.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Engines folder to write, e.g. engines/sd14.")
 @click.option("--fp16", is_flag=True, help="Also write FP16 graphs (float32 inputs/outputs).")
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
+@click.option("--fp16-converter", type=click.Choice(["ort", "modelopt"]), default="ort", show_default=True,
+              help="FP16 conversion: onnxruntime.transformers with a measured FP32 block list, or NVIDIA ModelOpt "
+                   "AutoCast (needs nvidia-modelopt[onnx]).")
+@click.option("--int8", is_flag=True,
+              help="Also write the UNet's INT8 Q/DQ graph (static quantization calibrated on --calibration).")
+@click.option("--calibration", "calibration_dir", type=click.Path(file_okay=False),
+              help="INT8: folder of calibration images. Default: demo phantoms.")
+@click.option("--calibration-prompt", "calibration_prompts", multiple=True,
+              help="INT8: prompt(s) for the calibration runs (repeatable). Default: the phantoms' findings.")
+@click.option("--calibration-count", type=INT, default=4, show_default=True,
+              help="INT8: calibration images (one PIE round each, its UNet inputs recorded).")
+@click.option("--opset", type=INT, default=18, show_default=True, help="ONNX opset.")
 @click.option("--slim/--no-slim", default=False, show_default=True,
               help="Clean the FP32 graphs up with onnxslim (fewer nodes; same outputs and ORT speed).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
@@ -125,11 +140,11 @@ def export(**opts: object) -> None:
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint the engines came from.")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
               help="Check the ONNX graphs (ONNX Runtime) or the TensorRT engines.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="Device of the checked backend: cpu or cuda[:N].")
-@click.option("--rounds", type=int, default=2, show_default=True, help="PIE rounds of the end-to-end check.")
-@click.option("--steps", type=int, default=6, show_default=True, help="Scheduler steps of the end-to-end check.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Device of the checked backend: cpu or cuda[:N].")
+@click.option("--rounds", type=INT, default=2, show_default=True, help="PIE rounds of the end-to-end check.")
+@click.option("--steps", type=INT, default=6, show_default=True, help="Scheduler steps of the end-to-end check.")
+@click.option("--seed", type=INT, default=0, show_default=True)
 @click.option("--skip-end-to-end", is_flag=True, help="Only the per-component comparison.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 def check(**opts: object) -> None:
@@ -142,19 +157,20 @@ def check(**opts: object) -> None:
 @cli.command("build")
 @click.option("--engines", "engines_dir", required=True, type=click.Path(file_okay=False),
               help="Engines folder from mvg-rt export (engines/NAME); the .plan files are written into it.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-              help="fp16: from the FP16 ONNX, strongly typed; fp32: from the FP32 ONNX, TF32 off.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+              help="fp16: from the FP16 ONNX, strongly typed (TensorRT 10 falls back to FP32 ONNX + FP16 flag); "
+                   "fp32: from the FP32 ONNX, TF32 off; int8: the UNet's Q/DQ graph (export --int8).")
 @click.option("--resolution", "resolutions", multiple=True,
               help="Image size N or HEIGHTxWIDTH the engines must take (repeatable). Default: the model's.")
-@click.option("--frames", "frames", type=int, multiple=True, help="SEINE frames K (repeatable). Default: 16.")
+@click.option("--frames", "frames", type=INT, multiple=True, help="SEINE frames K (repeatable). Default: 16.")
 @click.option("--axis", "axes", multiple=True,
               help="Profile of one axis: [component.]axis=min:opt:max or axis=N, e.g. unet.batch=2 (repeatable).")
 @click.option("--static-batch", is_flag=True, help="UNet/SEINE take exactly the CFG pair (batch 2): no batch 1.")
-@click.option("--decode-batch", type=int, default=4, show_default=True, help="Largest VAE decode batch (frames per call).")
+@click.option("--decode-batch", type=INT, default=4, show_default=True, help="Largest VAE decode batch (frames per call).")
 @click.option("--component", "components", multiple=True, help="Build only these components (repeatable). Default: all.")
-@click.option("--workspace", "workspace_mb", type=int, help="Builder workspace limit in MiB. Default: TensorRT's.")
+@click.option("--workspace", "workspace_mb", type=INT, help="Builder workspace limit in MiB. Default: TensorRT's.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file. Default: <engines>/timing.cache.")
-@click.option("--builder-level", type=click.IntRange(0, 5), default=3, show_default=True,
+@click.option("--builder-level", type=INT, default=3, show_default=True,
               help="TensorRT builder optimization level.")
 @click.option("--low-memory", is_flag=True, help="Jetson-class: 1 GiB workspace, decode batch 1, no auxiliary streams.")
 def build(**opts: object) -> None:
@@ -166,8 +182,8 @@ def build(**opts: object) -> None:
 
 @cli.command("train-demo")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model folder to write.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every step budget (quick runs).")
+@click.option("--seed", type=INT, default=0, show_default=True)
+@click.option("--scale", type=FLOAT, default=1.0, show_default=True, help="Multiply every step budget (quick runs).")
 @click.option("--overwrite", is_flag=True, help="Replace --out (only once training succeeded).")
 def train_demo(out: Path, seed: int, scale: float, overwrite: bool) -> None:
     """Train the demo model (SD 1.x + SEINE architectures, toy widths) on chest X-ray phantoms."""
@@ -191,7 +207,7 @@ def evaluate(run_dir: Path, against: Path | None, json_path: Path | None, figure
 
 @cli.command("make-tiny-model")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=INT, default=0, show_default=True)
 def make_tiny_model(out_dir: Path, seed: int) -> None:
     """Write a random-init tiny SD 1.x-architecture model folder (for tests and docs)."""
     from mvg_rt.commands.make_tiny_model import run
@@ -202,17 +218,18 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
 @cli.command("bench")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "ort", "trt"]),
               help="Backends to compare (repeatable). Default: torch and ort.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (GPU: FP16 variants).")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda[:N] (GPU: FP16 variants).")
 @click.option("--cuda-graphs", is_flag=True, help="CUDA only: add the CUDA-graph variant of every backend.")
-@click.option("--resolution", type=int, default=256, show_default=True, help="Image size (multiple of 64).")
-@click.option("--frames", type=int, default=16, show_default=True, help="SEINE frames of the seine component.")
+@click.option("--resolution", type=Number(integer=True, key="bench --resolution"), default=256, show_default=True,
+              help="Image size (multiple of 64).")
+@click.option("--frames", type=INT, default=16, show_default=True, help="SEINE frames of the seine component.")
 @click.option("--components", help="Comma list of components to time (empty: none). Default: all five.")
 @click.option("--e2e", is_flag=True, help="Also time PIE round, PIE run, transition clip, full simulation.")
-@click.option("--peers", is_flag=True, help="Also run diffusers img2img eager and Optimum ORT, and the per-step "
-              "overhead comparison on the tiny model.")
-@click.option("--repeat", type=int, default=5, show_default=True, help="Timed calls per component.")
-@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed calls first.")
-@click.option("--row-budget", type=float, default=60.0, show_default=True,
+@click.option("--peers", is_flag=True, help="Also run diffusers img2img eager, and the per-step overhead "
+              "comparison on the tiny model.")
+@click.option("--repeat", type=INT, default=5, show_default=True, help="Timed calls per component.")
+@click.option("--warmup", type=INT, default=1, show_default=True, help="Untimed calls first.")
+@click.option("--row-budget", type=FLOAT, default=60.0, show_default=True,
               help="Seconds of timed calls per component row after which timing stops (at least 2 calls).")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder (+ seine/). "
               "Default: the real architectures with random weights.")
@@ -222,23 +239,20 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
 @click.option("--cache", type=click.Path(file_okay=False), help="Cache for models/exports. Default: ~/.cache/mvg-rt/bench.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True,
               help="Folder for bench.json, bench.md, bench.png.")
-@click.option("--rounds", type=int, help="PIE rounds of the simulation. Default: 2 on CPU, 10 on CUDA.")
-@click.option("--steps", type=int, help="Scheduler steps T. Default: 20 on CPU, 50 on CUDA.")
-@click.option("--strength", type=float, default=0.6, show_default=True)
-@click.option("--guidance", type=float, default=7.5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--transition-frames", type=int, help="Frames per clip end to end. Default: 4 on CPU, 16 on CUDA.")
-@click.option("--transition-steps", type=int, help="SEINE steps end to end. Default: 3 on CPU, 250 on CUDA.")
+@click.option("--rounds", type=INT, help="PIE rounds of the simulation. Default: 2 on CPU, 10 on CUDA.")
+@click.option("--steps", type=INT, help="Scheduler steps T. Default: 20 on CPU, 50 on CUDA.")
+@click.option("--strength", type=FLOAT, default=0.6, show_default=True)
+@click.option("--guidance", type=FLOAT, default=7.5, show_default=True)
+@click.option("--seed", type=INT, default=0, show_default=True)
+@click.option("--transition-frames", type=INT, help="Frames per clip end to end. Default: 4 on CPU, 16 on CUDA.")
+@click.option("--transition-steps", type=INT, help="SEINE steps end to end. Default: 3 on CPU, 250 on CUDA.")
 @click.option("--no-transitions", is_flag=True, help="End to end: PIE only.")
-@click.option("--e2e-repeat", type=int, help="Timed PIE rounds per pipeline. Default: 1 on CPU (3 tiny), 3 on CUDA.")
-@click.option("--loops", default="eager,lean", show_default=True, help="PIE round loops: eager (diffusers "
-              "scheduler) and/or lean (static buffers, scheduler tables).")
+@click.option("--e2e-repeat", type=INT, help="Timed PIE rounds per pipeline. Default: 1 on CPU (3 tiny), 3 on CUDA.")
+@click.option("--steppers", default="auto", show_default=True, help="PIE round rows: auto (the table step where "
+              "the scheduler allows it, as simulate runs) and/or scheduler (diffusers' step).")
 @click.option("--in-process/--isolate", "in_process", default=None,
-              help="Measure in this process, or each job in a fresh one. Default: isolate unless --size tiny.")
-@click.option("--optimum-python", help="Python with optimum[onnxruntime] for the Optimum peer.")
-@click.option("--no-optimum", is_flag=True, help="Skip the Optimum peer.")
-@click.option("--overhead-repeat", type=int, default=5, show_default=True, help="Rounds per overhead measurement.")
-@click.option("--keep-work", is_flag=True, help="Keep the outputs (.npy) the differences were computed from.")
+              help="Measure in this process, or each variant in a fresh one. Default: isolate unless --size tiny.")
+@click.option("--overhead-repeat", type=INT, default=5, show_default=True, help="Rounds per overhead measurement.")
 def bench(**opts: object) -> None:
     """Benchmark components and pipelines per backend against the PyTorch reference and peers."""
     from mvg_rt.commands.bench import run
@@ -274,28 +288,44 @@ def batch(**opts: object) -> None:
 batch.params.extend(param for param in simulate.params if param.name not in _PER_CASE)
 
 
+REPORT = "report it to the mvg-rt maintainers with the --debug output"
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, a job scheduler, systemd) ends a run like Ctrl-C: staging removed, exit 130."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one-line errors, exit 2 for fixable input problems."""
+    """Console entry point: one line per error; exit 2 for problems the user or the machine can fix,
+    130 when interrupted, 1 for bugs (with where to report them)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("MVG_RT_DEBUG") == "1"
+    _interrupt_on_sigterm()
+    if not debug and not sys.warnoptions:
+        warnings.simplefilter("ignore")  # library warnings (Pillow, torch) are not the user's business; --debug shows them
     try:
-        cli.main(args=argv, prog_name="mvg-rt", standalone_mode=False)
+        with user_errors():
+            cli.main(args=argv, prog_name="mvg-rt", standalone_mode=False)
     except MvgError as err:
         click.echo(f"mvg-rt: error: {err}", err=True)
         sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("mvg-rt: interrupted; no partial output was kept", err=True)
         sys.exit(130)
-    except click.ClickException as err:
-        err.show()
+    except click.ClickException as err:  # usage errors: one line, with where to look
+        command = err.ctx.command_path if getattr(err, "ctx", None) else "mvg-rt"
+        click.echo(f"mvg-rt: error: {' '.join(err.format_message().split())} (see {command} --help)", err=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        click.echo("mvg-rt: interrupted; no partial output was kept", err=True)
-        sys.exit(130)
     except Exception as err:  # noqa: BLE001 - last line of defence: one line unless --debug
         if debug:
             raise
-        click.echo(f"mvg-rt: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-                   err=True)
+        message = " ".join(str(err).split())[:300]
+        click.echo(f"mvg-rt: internal error (a bug in mvg-rt): {type(err).__name__}: {message} (rerun with --debug "
+                   f"for the traceback and {REPORT})", err=True)
         sys.exit(1)
 
 

@@ -13,7 +13,6 @@ Outputs (all written to a staging folder that becomes ``--out`` only on success)
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,9 +25,10 @@ import torch
 from mvg_rt.components import SEINE
 from mvg_rt.errors import MvgError
 from mvg_rt.eval.progression import evaluate_states, round_changes
-from mvg_rt.io.images import LoadedImage, check_resolution, read_image, resize_and_crop, save_png
+from mvg_rt.io.images import MIN_IMAGE_SIDE, LoadedImage, check_resolution, read_image, resize_and_crop, save_png
+from mvg_rt.io.jsonio import finite_json
 from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
-from mvg_rt.io.output_dir import check_output_dir, staged_output_dir
+from mvg_rt.io.output_dir import claim_output_dir, staged_output_dir
 from mvg_rt.io.video import write_gif, write_mp4
 from mvg_rt.versions import package_versions
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
@@ -61,11 +61,12 @@ class SimulationOptions:
     out: Path = Path("runs/simulation")
     overwrite: bool = False
     record_paths: bool = False
+    demo_settings: dict[str, Any] = field(default_factory=dict)  # the demo case's settings that applied
     annotations: dict[str, Any] = field(default_factory=dict)  # extra run.json entries from the calling job
 
 
 def load_inputs(image_path: str, prompt: str, negative_prompt: str = "", record_path: bool = False) -> SimulationInputs:
-    image = read_image(image_path)
+    image = read_image(image_path, min_side=MIN_IMAGE_SIDE)
     digest = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
     if not prompt.strip():
         raise MvgError("--prompt is empty: describe the disease state to simulate, e.g. 'severe cardiomegaly'")
@@ -120,14 +121,48 @@ def run_simulation(request: SimulationRequest, on_step: StepCallback | None = No
     if request.prompt is None:
         raise MvgError("--prompt is required with --image: describe the disease state, e.g. 'severe cardiomegaly'")
     assert request.image is not None
-    check_output_dir(request.options.out, request.options.overwrite)  # fail before loading models
-    inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
-    inputs.roi = request.roi
-    with open_runtime(request.runtime) as runtime:
-        runtime.notice = notice
-        if notice and on_notice is not None:
-            on_notice(notice)
-        return simulate(runtime, inputs, request.options, on_step, on_round, on_clip_step, on_clip)
+    options = request.options
+    with claim_output_dir(options.out, options.overwrite):  # a second run on this --out fails here, at once
+        inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
+        inputs.roi = request.roi
+        if options.resolution is not None and request.roi.given:  # a bad mask fails before the model loads
+            inputs.roi = request.roi.resolve(inputs.image.pixels.shape, options.resolution)
+        with open_runtime(request.runtime) as runtime:
+            runtime.notice = notice
+            resolution = options.resolution or runtime.default_resolution
+            truncated = prompt_truncation(runtime.model.tokenizer, inputs.prompt)
+            notices = [notice,
+                       describe_demo_settings(options.demo_settings, resolution) if options.demo_settings else None,
+                       f"the prompt is {truncated['tokens']} tokens long but the text encoder reads "
+                       f"{truncated['limit']}: the rest is ignored (run.json records what was kept)"
+                       if truncated else None]
+            for text in filter(None, notices):
+                if on_notice is not None:
+                    on_notice(text)
+            return simulate(runtime, inputs, options, on_step, on_round, on_clip_step, on_clip)
+
+
+def describe_demo_settings(applied: dict[str, Any], resolution: int) -> str:
+    """The line that says which of the demo case's settings replaced the paper's defaults."""
+    words = {"strength": "strength {}", "frames": "{} frames per clip", "transition_steps": "{} transition steps",
+             "transition_sampler": "{} transition sampler", "fps": "{} fps"}
+    parts = [words.get(name, name + " {}").format(str(value).upper() if name == "transition_sampler" else value)
+             for name, value in applied.items()]
+    return (f"demo settings apply: {', '.join(parts)}, at {resolution} px (the demo model's resolution); "
+            "options you pass override them (--help shows the paper's defaults)")
+
+
+def prompt_truncation(tokenizer: Any, prompt: str) -> dict[str, Any] | None:
+    """None if CLIP's text encoder reads the whole prompt, else how many tokens it has and what is kept.
+
+    CLIP reads ``model_max_length`` tokens (77) including its start and end tokens; the pipelines
+    truncate there, so the words past it never reach the model.
+    """
+    limit = int(tokenizer.model_max_length)
+    ids = tokenizer(prompt, truncation=False).input_ids
+    if len(ids) <= limit:
+        return None
+    return {"tokens": len(ids), "limit": limit, "kept": tokenizer.decode(ids[1 : limit - 1]).strip()}
 
 
 @dataclass
@@ -207,7 +242,9 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
             **({"path": inputs.image_path} if inputs.image_path else {}),
         },
         "prompt": inputs.prompt,
+        "prompt_truncated": prompt_truncation(runtime.model.tokenizer, inputs.prompt),
         "negative_prompt": inputs.negative_prompt,
+        **({"demo_settings": {**options.demo_settings, "resolution": resolution}} if options.demo_settings else {}),
         "roi": {"source": roi.source, "coverage": round(roi.coverage, 4)},
         "resolution": resolution,
         "seed": options.seed,
@@ -249,7 +286,7 @@ def _write(staging: Path, record: dict[str, Any], roi: RoiMask, result: Simulati
             save_png(frame, staging / "frames" / f"frame_{index:04d}.png")
     write_mp4(video, staging / "progression.mp4", fps)
     write_gif(video, staging / "progression.gif", fps)
-    (staging / "run.json").write_text(json.dumps(record, indent=2))
+    (staging / "run.json").write_text(finite_json(record))
 
 
 def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions,
@@ -262,7 +299,11 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     """
     resolution = check_resolution(options.resolution or runtime.default_resolution, runtime.model.vae_scale_factor)
     if options.transition is not None:
-        runtime.backend.require(SEINE)  # fail before the PIE rounds, not after them
+        if SEINE.name not in runtime.backend.components:
+            raise MvgError(  # before the PIE rounds, not after them
+                f"the {runtime.backend.name} backend has no SEINE transition network (a model folder without "
+                "seine/, or engines exported without it): pass --seine CKPT (the SEINE checkpoint), or "
+                "--no-transition for the PIE states only")
         if _graphed(runtime, options):
             options.transition.require_capturable()  # the captured clip loop replays single-step tables
     original = resize_and_crop(inputs.image.pixels, resolution)

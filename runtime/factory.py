@@ -25,10 +25,11 @@ import torch
 from mvg_rt.components import PIE_COMPONENTS
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.backends.precision import apply_tf32_policy
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
 
 BACKENDS = ("torch", "ort", "trt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: the Q/DQ UNet (ort, trt); see INT8_FALLBACK
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ class RuntimeSpec:
                 raise MvgError("--engines is read by --backend ort/trt; add --backend ort, or drop --engines")
             if self.model_dir is None:
                 raise MvgError("--backend torch needs --model-dir (a diffusers-format SD 1.x folder)")
+            if self.precision == "int8":
+                raise MvgError("--precision int8 runs the Q/DQ UNet of mvg-rt export --int8: add --backend ort "
+                               "--engines DIR (or --backend trt)")
             if self.precision == "fp16" and not self.cuda:
                 raise MvgError(f"--precision fp16 with --backend torch runs on a GPU: pass --device cuda (got "
                                f"--device {self.device}) or use --precision fp32")
@@ -128,6 +132,7 @@ class Runtime:
     provenance: dict[str, Any]
     spec: RuntimeSpec = field(default_factory=RuntimeSpec)
     notice: str | None = None  # shown to the user and stored in run.json
+    precision_policy: dict[str, Any] = field(default_factory=dict)  # TF32 switches as opened (run.json)
 
     @property
     def default_resolution(self) -> int:
@@ -140,7 +145,7 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         """What ran, for run.json and reports."""
-        return {**self.backend.describe(), "spec": self.spec.to_dict()}
+        return {**self.backend.describe(), "spec": self.spec.to_dict(), "precision_policy": self.precision_policy}
 
     def close(self) -> None:
         self.backend.close()
@@ -156,8 +161,11 @@ class Runtime:
 def open_runtime(spec: RuntimeSpec) -> Runtime:
     """The one way to open a backend; errors the user can fix are one-line :class:`MvgError`."""
     spec.validate()
+    policy = apply_tf32_policy(spec.tf32)  # process-wide, so set by the one place that opens backends
     opener = {"torch": _open_torch, "ort": _open_ort, "trt": _open_trt}[spec.backend]
-    return opener(spec)
+    runtime = opener(spec)
+    runtime.precision_policy = policy
+    return runtime
 
 
 def _require_device(spec: RuntimeSpec) -> None:
@@ -196,7 +204,8 @@ def _open_torch(spec: RuntimeSpec) -> Runtime:
         config = SeineConfig.from_dict(spec.seine_config) if spec.seine_config else None
         seine_module = load_seine_model(seine_path, config)
     dtype = torch.float16 if spec.precision == "fp16" else torch.float32
-    backend: Backend = TorchBackend(component_modules(models, seine_module), torch.device(spec.device), dtype)
+    backend: Backend = TorchBackend(component_modules(models, seine_module), torch.device(spec.device), dtype,
+                                    channels_last=spec.channels_last)
     if spec.cuda_graphs:
         from mvg_rt.runtime.backends.cuda_graphs import GraphedBackend
 

@@ -16,7 +16,6 @@ from mvg_rt.commands.batch import case_requests
 from mvg_rt.errors import MvgError
 
 
-
 def _options(*args: str) -> dict:
     """The options click hands the batch command for these arguments (a tiny model's settings)."""
     argv = ["w.csv", "--out", "o", "--model-dir", "/models/tiny", "--resolution", "32", "--rounds", "1",
@@ -82,8 +81,8 @@ def test_every_bad_row_is_named(folder: Path):
     text = str(caught.value)
     problems = caught.value.problems
     assert "unknown column 'colour'" in problems[0]
-    for needle in ("row 3 (../evil): case_id '../evil' is not a safe folder name", "row 4 (ok1): case_id 'ok1' "
-                   "repeats row 2", "row 5 (gone): image file images/missing.png not found",
+    for needle in ("row 3 (../evil): case_id '../evil' is not a safe folder name",
+                   "row 4 (ok1): case_id 'ok1' repeats row 2", "row 5 (gone): image file images/missing.png not found",
                    "row 6 (twoRoi): give one ROI, not roi_box and roi_ellipse", "row 7 (badbox): --roi-box takes 4",
                    "row 8 (noprompt): prompt is empty"):
         assert needle in text, needle
@@ -99,23 +98,27 @@ def test_unsafe_and_reserved_ids(folder: Path):
 
 
 def test_override_values_are_checked_as_the_command_line_checks_them(folder: Path, tmp_path: Path):
-    path = _csv(folder, "case_id,image,prompt,rounds,strength,frames,steps,transition_sampler,no_transition\n"
-                        "r0,images/a.png,x,0,,,,,\n"
-                        "s2,images/a.png,x,,2.0,,,,\n"
-                        "f2,images/a.png,x,,,2,,,\n"
-                        "many,images/a.png,x,,,,many,,\n"
-                        "sampler,images/a.png,x,,,,,euler,\n"
-                        "flag,images/a.png,x,,,,,,maybe\n"
-                        "fine,images/a.png,x,,,,,,\n")
+    path = _csv(folder, "case_id,image,prompt,rounds,strength,frames,steps,transition_sampler,no_transition,fps,"
+                        "resolution\n"
+                        "r0,images/a.png,x,0,,,,,,,\n"
+                        "s2,images/a.png,x,,2.0,,,,,,\n"
+                        "f2,images/a.png,x,,,2,,,,,\n"
+                        "many,images/a.png,x,,,,many,,,,\n"
+                        "sampler,images/a.png,x,,,,,euler,,,\n"
+                        "flag,images/a.png,x,,,,,,maybe,,\n"
+                        "fine,images/a.png,x,,,,,,,,\n"
+                        "fps0,images/a.png,x,,,,,,,0,\n"
+                        "res33,images/a.png,x,,,,,,,,33\n")
     with pytest.raises(WorklistInvalid) as caught:
         case_requests(read_worklist(path), SHARED | {"no_transition": False}, tmp_path / "out", PARAMS)
     text = str(caught.value)
     assert "row 2 (r0): --rounds must be" in text
     assert "row 3 (s2): --strength must be" in text
     assert "row 4 (f2): --frames must be" in text
-    assert "row 5 (many): steps:" in text and "many" in text
-    assert "row 6 (sampler): transition_sampler:" in text and "euler" in text
-    assert "row 7 (flag): no_transition:" in text
+    assert "row 5 (many): --steps takes an integer (got 'many')" in text
+    assert "row 6 (sampler): Invalid value for '--transition-sampler': 'euler'" in text
+    assert "row 7 (flag): Invalid value for '--no-transition': 'maybe'" in text
+    assert "row 9 (fps0): --fps must be" in text and "row 10 (res33): --resolution must be" in text
     assert "fine" not in text
 
 

@@ -14,11 +14,12 @@ def test_bench_tiny_writes_json_markdown_and_chart(tmp_path: Path, tiny_model_di
         "bench", "--size", "tiny", "--model-dir", str(tiny_model_dir), "--engines", str(tiny_engines),
         "--cache", str(tmp_path / "cache"), "--out", str(out), "--in-process",
         "--resolution", "64", "--frames", "3", "--components", "unet,vae_decoder", "--repeat", "2", "--warmup", "1",
-        "--e2e", "--peers", "--no-optimum", "--steps", "4", "--rounds", "1", "--transition-frames", "3",
-        "--transition-steps", "2", "--e2e-repeat", "1", "--overhead-repeat", "1"])
+        "--e2e", "--peers", "--steppers", "auto,scheduler", "--steps", "4", "--rounds", "1",
+        "--transition-frames", "3", "--transition-steps", "2", "--e2e-repeat", "1", "--overhead-repeat", "1"])
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]  # work/ removed
     report = json.loads((out / "bench.json").read_text())
+    assert report["mvg_rt_bench"] == 2
 
     machine = report["machine"]
     assert machine["cpu"] and machine["cores"]["logical"] >= 1 and machine["versions"]["torch"]
@@ -27,8 +28,11 @@ def test_bench_tiny_writes_json_markdown_and_chart(tmp_path: Path, tiny_model_di
     assert report["settings"]["resolution"] == 64 and report["settings"]["backends"] == ["torch", "ort"]
     assert not report["errors"]
 
-    rows = report["components"]
-    assert [(r["component"], r["variant"]["label"]) for r in rows] == [
+    def of(kind: str) -> list[dict]:
+        return [r for r in report["rows"] if r["kind"] == kind]
+
+    rows = of("component")
+    assert [(r["component"], r["label"]) for r in rows] == [
         ("unet", "torch"), ("unet", "ort"), ("vae_decoder", "torch"), ("vae_decoder", "ort")]
     for row in rows:
         assert row["p10_s"] <= row["median_s"] <= row["p90_s"] and len(row["samples_s"]) == 2
@@ -37,25 +41,27 @@ def test_bench_tiny_writes_json_markdown_and_chart(tmp_path: Path, tiny_model_di
         assert row["diff_vs_reference"]["cosine"] > 0.9999
     assert rows[0]["shapes"] == {"sample": [2, 4, 8, 8], "timestep": [2], "encoder_hidden_states": [2, 77, 32]}
 
-    rounds = {r["label"]: r for r in report["pie_round"]}
-    assert set(rounds) == {f"mvg-rt {b} ({loop} loop)" for b in ("torch", "ort") for loop in ("eager", "lean")}
+    rounds = {r["label"]: r for r in of("pie_round") if r["spec"]}
+    assert set(rounds) == {f"mvg-rt {b}{s}" for b in ("torch", "ort") for s in ("", " (scheduler step)")}
     for row in rounds.values():
         assert row["steps"] == 2 and row["speedup_vs_diffusers"] > 0 and row["setup_s"] >= 0
         assert row["diff_vs_reference"]["psnr_db"] == "inf" or row["diff_vs_reference"]["psnr_db"] > 40
         assert row["diff_vs_diffusers"]["psnr_db"] == "inf" or row["diff_vs_diffusers"]["psnr_db"] > 40
-    peers = {p["peer"]: p for p in report["peers"]}
-    assert set(peers) == {"diffusers"} and peers["diffusers"]["round"]["median_s"] > 0
+    peers = {r["peer"]: r for r in of("pie_round") if not r["spec"]}
+    assert set(peers) == {"diffusers"} and peers["diffusers"]["median_s"] > 0
 
-    sims = {r["label"]: r for r in report["simulation"]}
-    assert set(sims) == {"mvg-rt torch (eager loop)", "mvg-rt ort (lean loop)"}
-    for sim in sims.values():
+    sims = {r["label"]: r for r in of("simulation")}
+    assert set(sims) == {"mvg-rt torch", "mvg-rt ort"}
+    for sim in sims.values():  # simulate's own stage timings, from its run.json
         assert len(sim["round_s"]) == 1 and len(sim["clip_s"]) == 1 and sim["simulation_s"] >= sim["pie_run_s"]
-    assert sims["mvg-rt ort (lean loop)"]["diff_vs_reference"]["final_state"]["psnr_db"] != "nan"
+    assert sims["mvg-rt ort"]["diff_vs_reference"]["final_state"]["psnr_db"] != "nan"
+    assert sims["mvg-rt ort"]["diff_vs_reference"]["first_clip"]["psnr_db"] != "nan"
 
-    overhead = report["overhead"]["rows"]
-    assert {"diffusers img2img", "mvg-rt torch (lean loop)", "mvg-rt ort (lean loop)"} <= set(overhead)
+    overhead = {r["label"]: r for r in of("overhead")}
+    assert {"diffusers img2img", "mvg-rt torch", "mvg-rt torch (scheduler step)", "mvg-rt ort"} <= set(overhead)
     assert all(r["step_s"] >= r["network_s"] >= 0 for r in overhead.values())
-    assert report["overhead"]["stubbed_unet"]["diffusers img2img"]["aten_ops_per_step"] > 0
+    stubs = {r["label"]: r for r in of("overhead_stub")}
+    assert stubs["diffusers img2img"]["aten_ops_per_step"] > 0 and stubs["mvg-rt torch"]["aten_ops_per_step"] > 0
 
     assert [t["id"] for t in report["targets"]] == [1, 2, 3]
     assert all(t["status"] in ("PASS", "MISS") for t in report["targets"])
@@ -65,6 +71,32 @@ def test_bench_tiny_writes_json_markdown_and_chart(tmp_path: Path, tiny_model_di
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for target in report["targets"]:
         assert f"target {target['id']} {target['status']}" in stdout
+
+    # every mvg-rt row was opened through open_runtime from a RuntimeSpec it carries
+    from mvg_rt.runtime.factory import RuntimeSpec
+
+    specs = [RuntimeSpec(**r["spec"]) for r in report["rows"] if r["spec"]]
+    assert {(s.backend, s.device, s.precision) for s in specs} == {("torch", "cpu", "fp32"), ("ort", "cpu", "fp32")}
+    assert all(r["backend"]["spec"] == r["spec"] for r in of("runtime"))
+
+
+def test_bench_opens_every_variant_with_open_runtime(tmp_path: Path, tiny_model_dir: Path, tiny_engines: Path,
+                                                     monkeypatch):
+    from mvg_rt.bench import measure
+    from mvg_rt.bench.config import BenchConfig
+    from mvg_rt.bench.runner import run_bench
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
+
+    opened: list[RuntimeSpec] = []
+    monkeypatch.setattr(measure, "open_runtime", lambda spec: opened.append(spec) or open_runtime(spec))
+    config = BenchConfig(components=("unet",), resolution=64, repeat=2, model_dir=tiny_model_dir, size="tiny",
+                         engines=tiny_engines, cache=tmp_path / "cache", in_process=True)
+    report = run_bench(config)
+    assert not report["errors"]
+    assert [(s.backend, s.precision, s.cuda_graphs) for s in opened] == [("torch", "fp32", False),
+                                                                          ("ort", "fp32", False)]
+    assert opened[0].model_dir == tiny_model_dir and opened[1].engines_dir == tiny_engines
+    assert [RuntimeSpec(**r["spec"]) for r in report["rows"] if r["kind"] == "component"] == opened
 
 
 def test_bench_options_are_checked(tmp_path: Path, run_cli):

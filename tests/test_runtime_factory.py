@@ -27,6 +27,8 @@ def test_torch_and_ort_open_from_one_spec_type_and_agree(tiny_model_dir: Path, t
         assert ort.describe()["spec"]["engines_dir"] == str(tiny_engines)
         assert ort.provenance["model_dir_sha256"] == reference.provenance["model_dir_sha256"]  # same source
         assert not ort.graphed_loops
+        policy = reference.describe()["precision_policy"]  # recorded in run.json: FP32 means FP32
+        assert policy["tf32"] is False and policy["cudnn_allow_tf32"] is False
 
 
 def test_runtime_closes_its_backend(tiny_engines: Path):

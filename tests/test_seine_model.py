@@ -178,6 +178,51 @@ def test_batch_items_are_independent(tiny_config: SeineConfig) -> None:
     assert (moved[0] - base[0]).abs().amax() > 1e-3
 
 
+# --------------------------------------------------------------------------- fused attention
+
+
+def explicit_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention SEINE's module computed before SDPA: scaled scores, additive bias, softmax, values."""
+    scores = (q * scale) @ k.transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1) @ v
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sdpa_attention_equals_the_explicit_math(tiny_config: SeineConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spatial, cross and temporal (rotary + relative bias) attention through SDPA == the explicit
+    matmul/softmax, over the whole model in FP32 (the issue's bar: <= 1e-5 relative)."""
+    from mvg_rt.models import seine_unet
+
+    model = tiny_model(tiny_config)
+    feeds = inputs(tiny_config, batch=2, frames=5, size=(8, 10))
+    calls = []
+
+    def counted(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(len(args))
+        return explicit_attend(*args)
+
+    with torch.no_grad():
+        fused = model(*feeds)
+        monkeypatch.setattr(seine_unet, "attend", counted)
+        reference = model(*feeds)
+    assert sorted(set(calls)) == [4, 5]  # spatial/cross (no bias) and temporal (bias) both went through it
+    assert float((fused - reference).abs().max()) <= 1e-5 * float(reference.abs().max())
+
+
+def test_sdpa_temporal_attention_uses_the_bias_per_head() -> None:
+    """The (heads, F, F) bias broadcasts over the batch exactly as the explicit ``scores + bias`` did."""
+    from mvg_rt.models.seine_unet import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 4, 7, 8, generator=g) for _ in range(3))
+    bias = torch.randn(4, 7, 7, generator=g) * 3
+    torch.testing.assert_close(attend(q, k, v, 8 ** -0.5, bias), explicit_attend(q, k, v, 8 ** -0.5, bias),
+                               rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- rotary embedding, position bias
 
 
@@ -418,3 +463,71 @@ def test_onnx_export_dynamo_dynamic_shapes(tiny_config: SeineConfig, tmp_path: P
     torch.onnx.export(model, inputs(tiny_config), str(path), dynamo=True, dynamic_shapes=dynamic_shapes,
                       input_names=list(ONNX_INPUTS), output_names=["noise_pred"])
     assert_onnx_matches(path, model, tiny_config)
+
+
+# --------------------------------------------------------------------------- FP16
+
+
+def _within_fp16_check(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[bool, str]:
+    """``mvg-rt check``'s FP16 component tolerance, measured with its own comparator."""
+    from mvg_rt.check.components import compare_outputs
+    from mvg_rt.check.tolerances import COMPONENT
+
+    tolerance = COMPONENT["fp16"]
+    max_abs, _, cosine = compare_outputs(reference, candidate)
+    limit = tolerance.max_abs * max(1.0, float(reference.abs().max()))
+    return max_abs <= limit and cosine >= tolerance.cosine, f"max abs {max_abs:.3g} (limit {limit:.3g}), cos {cosine:.7f}"
+
+
+def fp16_case(config: SeineConfig) -> tuple[torch.Tensor, ...]:
+    """12x12 latents, 6 frames, the two ends of the schedule (t=999 is where FP16 timestep math breaks)."""
+    sample, _, context = inputs(config, batch=2, frames=6, size=(12, 12), seed=5)
+    return sample, torch.tensor([999.0, 20.0]), context
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_fp16_onnx_graph_on_onnxruntime_cpu_is_within_the_fp16_check(tiny_config: SeineConfig,
+                                                                       tmp_path: Path) -> None:
+    """The FP16 graph ``mvg-rt export`` writes (FP32 islands of export/fp16.py) passes ``mvg-rt check``'s
+    FP16 tolerance on ONNX Runtime's CPU EP (tiny config: the real block structure at toy widths)."""
+    ort = pytest.importorskip("onnxruntime")
+    from mvg_rt.components import SEINE
+    from mvg_rt.export.fp16 import convert_to_fp16
+    from mvg_rt.export.onnx_export import export_component
+
+    model = tiny_model(tiny_config)
+    feeds = fp16_case(tiny_config)
+    fp32 = export_component(model, SEINE, inputs(tiny_config), tmp_path / "seine.onnx")
+    fp16 = convert_to_fp16(fp32, tmp_path / "seine_fp16.onnx")
+    session = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {n: t.numpy() for n, t in zip(SEINE.input_names, feeds, strict=True)})
+    with torch.no_grad():
+        reference = model(*feeds)
+    ok, detail = _within_fp16_check(reference, torch.from_numpy(out))
+    assert ok, detail
+
+
+def test_sdpa_in_fp16_keeps_the_scores_in_fp32() -> None:
+    """Why FP16 SEINE needed SDPA: the explicit form rounds the (L, L) scores to FP16 before the softmax."""
+    from mvg_rt.models.seine_unet import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 512, 40, generator=g) * 3 for _ in range(3))
+    scale = 40 ** -0.5
+    exact = explicit_attend(q.double(), k.double(), v.double(), scale)
+    fused = (attend(q.half(), k.half(), v.half(), scale).double() - exact).abs().max()
+    explicit = (explicit_attend(q.half(), k.half(), v.half(), scale).double() - exact).abs().max()
+    assert fused < explicit / 2
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_fp16_module_is_within_the_fp16_check(tiny_config: SeineConfig) -> None:
+    """The PyTorch FP16 path (what the CUDA backend runs): SDPA and the norms accumulate in FP32 inside
+    their kernels, the timestep sinusoid is computed in FP32 before the cast."""
+    model = tiny_model(tiny_config)
+    sample, timestep, context = fp16_case(tiny_config)
+    with torch.no_grad():
+        reference = model(sample, timestep, context)
+        out = model.half()(sample.half(), timestep, context.half()).float()
+    ok, detail = _within_fp16_check(reference, out)
+    assert ok, detail

@@ -11,8 +11,8 @@ from mvg_rt.components import COMPONENTS
 from mvg_rt.errors import MvgError
 from mvg_rt.artifacts.manifest import Manifest
 from mvg_rt.artifacts.profiles import AxisOverride, ProfileSettings, parse_resolution, profiles_for
-from mvg_rt.export.tensorrt_build import (BuildSettings, Source, builder_options, choose_source, plan_profiles,
-                                          polygraphy_loaders)
+from mvg_rt.export.tensorrt_build import (BuildSettings, NetworkTyping, builder_options, choose_onnx,
+                                          network_typing, plan_profiles, polygraphy_loaders)
 
 HIDDEN = 768
 
@@ -109,24 +109,61 @@ def _onnx(manifest: Manifest, component: str, precision: str):
     return manifest.require(component, "onnx", precision)
 
 
-def test_builder_options_by_precision(tiny_engines: Path, tmp_path: Path):
+STRONG = NetworkTyping(strongly_typed=True)
+
+
+@pytest.mark.parametrize("major, onnx_precision, precision, typing", [
+    # TensorRT 10 (Jetson): strongly typed from an FP16 graph, weak typing with flags where the graph is FP32/Q/DQ
+    (10, "fp16", "fp16", STRONG),
+    (10, "fp32", "fp16", NetworkTyping(strongly_typed=False, fp16_flag=True)),
+    (10, "fp32", "fp32", NetworkTyping(strongly_typed=False)),
+    (10, "int8", "int8", NetworkTyping(strongly_typed=False, fp16_flag=True, int8_flag=True)),
+    # TensorRT 11: strongly typed only, no precision flag exists
+    (11, "fp16", "fp16", STRONG),
+    (11, "fp32", "fp32", STRONG),
+    (11, "int8", "int8", STRONG),
+    (12, "fp16", "fp16", STRONG),  # a later major keeps 11's rules
+])
+def test_network_typing_per_tensorrt_major(major, onnx_precision, precision, typing):
+    assert network_typing(major, onnx_precision, precision) == typing
+
+
+@pytest.mark.parametrize("major, onnx_precision, precision, message", [
+    (11, "fp32", "fp16", ("TensorRT 11 builds only strongly typed networks, so an FP16 engine needs the FP16 ONNX "
+                         "graph: re-export with mvg-rt export --fp16, then rebuild")),
+    (10, "fp16", "int8", "INT8 engines are built from the Q/DQ graph of mvg-rt export --int8"),
+    (11, "fp32", "int8", "INT8 engines are built from the Q/DQ graph of mvg-rt export --int8"),
+    (11, "int8", "fp16", "a fp16 engine cannot be built from an INT8 (Q/DQ) graph: use --precision int8"),
+    (8, "fp16", "fp16", "TensorRT 8 is not supported: install TensorRT 10 or 11"),
+])
+def test_impossible_typings_are_one_line_errors(major, onnx_precision, precision, message):
+    with pytest.raises(MvgError) as err:
+        network_typing(major, onnx_precision, precision)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_builder_options_by_typing(tiny_engines: Path, tmp_path: Path):
     manifest = Manifest.read(tiny_engines)
     cache = tmp_path / "timing.cache"
-    fp16 = choose_source(manifest, "unet", "fp16")
-    assert fp16.onnx.precision == "fp16" and fp16.strongly_typed and not fp16.fp16_flag
-    options = builder_options(BuildSettings(precision="fp16", builder_level=5), fp16, cache)
-    # strongly typed: the graph decides precisions, no FP16 flag; TF32 off; the timing cache is read and grown
-    assert options == {"fp16": False, "tf32": False, "builder_optimization_level": 5,
+    assert choose_onnx(manifest, "unet", "fp16").precision == "fp16"
+    options = builder_options(BuildSettings(precision="fp16", builder_level=5), STRONG, cache)
+    # strongly typed: the graph decides precisions, no precision flag; TF32 off; the timing cache is read and grown
+    assert options == {"fp16": False, "int8": False, "tf32": False, "builder_optimization_level": 5,
                        "load_timing_cache": str(cache)}
-    fp32 = choose_source(manifest, "unet", "fp32")
-    assert fp32.onnx.precision == "fp32" and not fp32.strongly_typed and not fp32.fp16_flag
-    low = builder_options(BuildSettings(precision="fp32", low_memory=True), fp32, cache)
+    assert choose_onnx(manifest, "unet", "fp32").precision == "fp32"
+    low = builder_options(BuildSettings(precision="fp32", low_memory=True), network_typing(10, "fp32", "fp32"), cache)
     assert low["memory_pool_limits"] == {"workspace": 1024 << 20} and low["max_aux_streams"] == 0
+    assert not low["fp16"] and not low["int8"]
     only_fp32 = Manifest.read(tiny_engines)
     only_fp32.artifacts = [a for a in only_fp32.artifacts if a.precision == "fp32"]
-    weak = choose_source(only_fp32, "unet", "fp16")  # no FP16 graph: FP32 graph + the builder's FP16 flag
-    assert weak.onnx.precision == "fp32" and weak.fp16_flag and not weak.strongly_typed
-    assert builder_options(BuildSettings(), weak, cache)["fp16"] is True
+    weak = choose_onnx(only_fp32, "unet", "fp16")  # no FP16 graph: the FP32 graph, which only TensorRT 10 can use
+    assert weak.precision == "fp32"
+    assert builder_options(BuildSettings(), network_typing(10, weak.precision, "fp16"), cache)["fp16"] is True
+    int8 = builder_options(BuildSettings(precision="int8"), network_typing(10, "int8", "int8"), cache)
+    assert int8["int8"] and int8["fp16"]
+    with pytest.raises(MvgError, match=r"has no ONNX graph of unet to build a int8 engine from; export it first "
+                                       r"\(mvg-rt export --int8 --help\)"):
+        choose_onnx(manifest, "unet", "int8")
 
 
 def test_polygraphy_receives_the_profiles_and_options(tiny_engines: Path, tmp_path: Path):
@@ -142,14 +179,15 @@ def test_polygraphy_receives_the_profiles_and_options(tiny_engines: Path, tmp_pa
     assert profiles["unet"]["sample"] == ((1, 4, 4, 8), (2, 4, 8, 8), (2, 4, 8, 12))
     assert profiles["seine"]["sample"] == ((1, 9, 5, 4, 8), (2, 9, 16, 8, 8), (2, 9, 16, 8, 12))
     cache, plan = tmp_path / "timing.cache", tmp_path / "unet.plan"
-    loader = polygraphy_loaders(tiny_engines / sources["unet"].onnx.file, plan, profiles["unet"],
-                                builder_options(settings, sources["unet"], cache), True, cache)
+    loader = polygraphy_loaders(tiny_engines / sources["unet"].file, plan, profiles["unet"],
+                                builder_options(settings, STRONG, cache), True, cache)
     assert isinstance(loader, SaveEngine) and loader.path == str(plan)
     engine_loader = loader._engine
     assert isinstance(engine_loader, EngineFromNetwork) and engine_loader.timing_cache_path == str(cache)
     network = engine_loader._network
     assert isinstance(network, NetworkFromOnnxPath) and network.strongly_typed
     assert network.path == str(tiny_engines / "unet" / "model_fp16.onnx")
+    assert sources["unet"].precision == "fp16"
     config = engine_loader._config
     assert isinstance(config, CreateConfig)
     assert config.builder_optimization_level == 2 and config.timing_cache_path == str(cache)
@@ -171,7 +209,7 @@ def test_build_without_tensorrt_is_one_line_with_the_install_command(tiny_engine
     code, out, err = run_cli(["build", "--engines", str(tiny_engines), "--resolution", "64"])
     assert code == 2 and not out
     assert "needs TensorRT, which is not installed" in err and len(err.strip().splitlines()) == 1
-    assert "pip install --extra-index-url https://pypi.nvidia.com 'tensorrt-cu12>=10,<11'" in err
+    assert "install TensorRT 10 or 11 for Python: pip install 'mvg-rt[trt]' (tensorrt-cu12, CUDA 12)" in err
     # settings are checked before TensorRT: a bad resolution says so first
     code, _, err = run_cli(["build", "--engines", str(tiny_engines), "--resolution", "60"])
     assert code == 2 and "height 60 is not a multiple of 8" in err and len(err.strip().splitlines()) == 1
@@ -183,4 +221,8 @@ def test_build_refuses_components_without_onnx(tiny_engines: Path):
     with pytest.raises(MvgError, match="has no ONNX graph of seine; export it first"):
         plan_profiles(manifest, BuildSettings(components=("seine",),
                                               profile=ProfileSettings(resolutions=((64, 64),))))
-    assert isinstance(choose_source(manifest, "unet", "fp32"), Source)
+    assert choose_onnx(manifest, "unet", "fp32").precision == "fp32"
+    with pytest.raises(MvgError, match=r"has no INT8 \(Q/DQ\) ONNX graph of unet; export it first \(mvg-rt export "
+                                       r"--int8 --help\)"):
+        plan_profiles(manifest, BuildSettings(precision="int8", components=("unet",),
+                                              profile=ProfileSettings(resolutions=((64, 64),))))

@@ -64,6 +64,9 @@ def test_trt_entries_round_trip_with_what_an_engine_needs(tiny_engines: Path, tm
 @pytest.mark.parametrize("environment, message", [
     (TrtEnvironment("10.5.0", "NVIDIA RTX 4090", "8.9"),
      "was built with TensorRT 10.3.0, this is TensorRT 10.5.0"),
+    (TrtEnvironment("11.4.0.106", "NVIDIA RTX 4090", "8.9"),
+     ("was built with TensorRT 10.3.0 (major 10), this is TensorRT 11.4.0.106 (major 11); engines never load across "
+     "TensorRT majors: rebuild it")),
     (TrtEnvironment("10.3.0", "NVIDIA A100-SXM4-80GB", "8.0"),
      "was built for NVIDIA RTX 4090 (compute capability 8.9), this GPU is NVIDIA A100-SXM4-80GB (8.0)"),
     (TrtEnvironment("10.3.0", "NVIDIA RTX 4080", "8.9"),  # same architecture, other GPU: still refused
@@ -142,3 +145,34 @@ def test_memory_per_stage_from_the_manifest(tiny_engines: Path, tmp_path: Path):
 
 def test_rebuild_command_without_an_artifact():
     assert rebuild_command("engines/sd14", precision="fp32") == "mvg-rt build --engines engines/sd14 --precision fp32"
+
+
+def test_weakly_typed_engine_on_tensorrt_11_asks_for_the_fp16_graph_first(tiny_engines: Path, tmp_path: Path):
+    """A TensorRT 10 engine built with the FP16 flag cannot be rebuilt as is by TensorRT 11 (no weak typing)."""
+    root = _with_engines(tiny_engines, tmp_path, ("unet",))
+    manifest = Manifest.read(root)
+    engine = manifest.require("unet", "trt", "fp16")
+    engine.details |= {"strongly_typed": False, "onnx_precision": "fp32"}
+    with pytest.raises(MvgError) as err:
+        check_engine(manifest, engine, TrtEnvironment("11.0.0", "NVIDIA RTX 4090", "8.9"), verify_onnx=False)
+    text = str(err.value)
+    assert "(major 10), this is TensorRT 11.0.0 (major 11)" in text and "\n" not in text
+    assert "re-export with mvg-rt export --fp16 (TensorRT 11 builds only strongly typed networks" in text
+    assert text.endswith("rebuild it: mvg-rt build --engines " + str(root) + " --precision fp16 --resolution 64x64 "
+                         "--resolution 32x96 --frames 16 --frames 5")
+    # the other way round (an 11 engine on a Jetson's TensorRT 10) is refused the same way, without the FP16 step
+    engine.details |= {"tensorrt_version": "11.4.0", "strongly_typed": True}
+    with pytest.raises(MvgError, match=r"\(major 11\), this is TensorRT 10.3.0 \(major 10\); engines never load "
+                                       r"across TensorRT majors: rebuild it"):
+        check_engine(manifest, engine, HERE, verify_onnx=False)
+
+
+def test_int8_runs_fall_back_per_kind(tiny_engines: Path, tmp_path: Path):
+    """--precision int8 finds the INT8 artifact where there is one, else fp32 graphs (ort) / fp16 engines (trt)."""
+    root = _with_engines(tiny_engines, tmp_path, ("unet", "vae_decoder"))
+    manifest = Manifest.read(root)
+    assert manifest.find("vae_decoder", "onnx", "int8").precision == "fp32"
+    assert manifest.find("vae_decoder", "trt", "int8").precision == "fp16"
+    assert manifest.find("vae_decoder", "onnx", "int8", exact=True) is None
+    assert manifest.find("vae_encoder", "trt", "int8") is None  # no engine at all: nothing to fall back to
+    assert manifest.find("unet", "onnx", "fp16").precision == "fp16"  # other precisions never fall back

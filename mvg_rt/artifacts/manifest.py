@@ -35,7 +35,11 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "mvg-rt-engines"
 FORMAT_VERSION = 1
 KINDS = ("onnx", "trt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+#: INT8 (explicit Q/DQ quantization) covers only the denoisers (UNet, SEINE); the other components run at this
+#: precision instead: FP32 graphs under ONNX Runtime (its CPU EP computes FP16 no faster than FP32, behind Casts),
+#: FP16 engines under TensorRT (build them with --precision fp16 before --precision int8).
+INT8_FALLBACK = {"onnx": "fp32", "trt": "fp16"}
 REEXPORT = "re-export it (mvg-rt export --help)"
 REBUILD = "rebuild it (mvg-rt build --engines DIR; see mvg-rt build --help)"  # kind "trt"
 
@@ -82,7 +86,7 @@ class Artifact:
 
     component: str
     kind: str  # "onnx" | "trt"
-    precision: str  # "fp32" | "fp16": the precision of the weights/compute; I/O stay float32
+    precision: str  # "fp32" | "fp16" | "int8" (Q/DQ graph): the precision of the weights/compute; I/O stay float32
     file: str  # relative to the engines folder, POSIX separators
     sha256: str
     size: int
@@ -168,10 +172,18 @@ class Manifest:
 
     # ---------------------------------------------------------------- queries
 
-    def find(self, component: str, kind: str = "onnx", precision: str = "fp32") -> Artifact | None:
+    def find(self, component: str, kind: str = "onnx", precision: str = "fp32", exact: bool = False
+             ) -> Artifact | None:
+        """The artifact that runs ``component`` at ``precision``.
+
+        ``int8`` falls back to :data:`INT8_FALLBACK` for components without an INT8 artifact
+        (everything but the quantized denoisers), unless ``exact``.
+        """
         for artifact in self.artifacts:
             if artifact.key == (component, kind, precision):
                 return artifact
+        if precision == "int8" and not exact:
+            return self.find(component, kind, INT8_FALLBACK[kind], exact=True)
         return None
 
     def require(self, component: str, kind: str = "onnx", precision: str = "fp32") -> Artifact:
@@ -179,7 +191,8 @@ class Manifest:
         if artifact is None:
             have = sorted({a.precision for a in self.artifacts if a.component == component and a.kind == kind})
             hint = f" (it has {', '.join(have)})" if have else ""
-            fix = REBUILD if kind == "trt" else f"{REEXPORT}{' with --fp16' if precision == 'fp16' else ''}"
+            flag = {"fp16": " with --fp16", "int8": " with --int8"}.get(precision, "")
+            fix = REBUILD if kind == "trt" else f"{REEXPORT}{flag}"
             raise MvgError(f"{self._where()} has no {precision} {kind} artifact for {component}{hint}: {fix}")
         return artifact
 

@@ -4,7 +4,8 @@ A serialized engine runs only with the TensorRT version that built it and on the
 (architecture) it was built for, and it is only as current as the ONNX graph it came
 from. Each ``kind="trt"`` artifact therefore records in ``details``:
 
-* ``tensorrt_version``, ``gpu`` (device name), ``compute_capability`` ("8.9");
+* ``tensorrt_version`` (its major decides the typing rules, see export/tensorrt_build.py), ``gpu``
+  (device name), ``compute_capability`` ("8.9"); ``strongly_typed``;
 * ``onnx_file`` / ``onnx_sha256``: the graph it was built from;
 * ``profiles``: per input ``{min, opt, max}`` shapes; ``settings``: what ``mvg-rt build``
   was given (to print the exact rebuild command); ``builder``: builder options;
@@ -12,7 +13,8 @@ from. Each ``kind="trt"`` artifact therefore records in ``details``:
   (``device_memory_size_v2``), used for the per-stage memory table.
 
 :func:`check_engine` refuses, with one line that names the rebuild command, an engine
-built by another TensorRT, for another GPU, or from an ONNX graph that changed since.
+built by another TensorRT (another major first, with its own message: a weakly typed engine
+from TensorRT 10 also needs the FP16 graph before TensorRT 11 can rebuild it), for another GPU, or from an ONNX graph that changed since.
 Everything here is pure except :func:`current_environment`.
 """
 
@@ -28,8 +30,9 @@ from mvg_rt.artifacts.hashing import HashCache
 from mvg_rt.artifacts.manifest import Artifact, AxisRange, Manifest, TensorDecl
 from mvg_rt.artifacts.profiles import ShapeRange, axis_limits, profile_to_json
 
-INSTALL_TENSORRT = ("install TensorRT 10 for Python: pip install --extra-index-url https://pypi.nvidia.com "
-                    "'tensorrt-cu12>=10,<11' (x86_64), or JetPack 6.1+'s python3-libnvinfer on Jetson")
+INSTALL_HINT = ("pip install 'mvg-rt[trt]' (tensorrt-cu12, CUDA 12) or 'mvg-rt[trt-cu13]' (tensorrt-cu13, CUDA 13) "
+                "on x86_64; JetPack 6.1+'s python3-libnvinfer (TensorRT 10) on Jetson")
+INSTALL_TENSORRT = f"install TensorRT 10 or 11 for Python: {INSTALL_HINT}"
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,18 @@ class TrtEnvironment:
     gpu: str
     compute_capability: str  # "major.minor"
 
+    @property
+    def major(self) -> int:
+        return major_of(self.tensorrt_version)
+
     def describe(self) -> str:
         return f"TensorRT {self.tensorrt_version} on {self.gpu} (compute capability {self.compute_capability})"
+
+
+def major_of(version: str | None) -> int:
+    """The major of a TensorRT version string ("10.3.0" -> 10; unreadable -> 0)."""
+    head = str(version or "").split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def import_tensorrt() -> Any:
@@ -116,6 +129,14 @@ def check_engine(manifest: Manifest, artifact: Artifact, environment: TrtEnviron
     root = manifest.root
     fix = f"rebuild it: {rebuild_command(root, artifact)}"
     what = f"engines folder {root}: the {artifact.precision} {artifact.component} engine"
+    built_major = major_of(d.get("tensorrt_version"))
+    if built_major != environment.major:
+        weak = d.get("strongly_typed") is False and environment.major >= 11 and artifact.precision != "fp32"
+        first = ("re-export with mvg-rt export --fp16 (TensorRT 11 builds only strongly typed networks; this engine "
+                 "was weakly typed), then " if weak else "")
+        raise MvgError(f"{what} was built with TensorRT {d.get('tensorrt_version')} (major {built_major}), this is "
+                       f"TensorRT {environment.tensorrt_version} (major {environment.major}); engines never load "
+                       f"across TensorRT majors: {first}{fix}")
     if d.get("tensorrt_version") != environment.tensorrt_version:
         raise MvgError(f"{what} was built with TensorRT {d.get('tensorrt_version')}, this is TensorRT "
                        f"{environment.tensorrt_version} (engines only load in the version that built them); {fix}")

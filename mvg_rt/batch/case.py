@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
 import time
@@ -51,12 +50,6 @@ class BatchEvents(Protocol):
     def finished(self, outcome: CaseOutcome, attempts: int) -> None: ...
 
     def retried(self, case_id: str, reason: str) -> None: ...
-
-
-def discard_partials(out: Path, case_id: str) -> None:
-    """Remove staging folders a killed worker left for ``case_id`` (``staged_output_dir``'s naming)."""
-    for partial in out.glob(f".{case_id}.partial-*"):
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _kill_hook(case_id: str) -> None:

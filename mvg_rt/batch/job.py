@@ -4,7 +4,8 @@ Order of events, and what a crash at any point costs:
 
 1. (At the CLI edge) the worklist is read and every case resolved into a simulate request, exactly as
    ``simulate`` resolves its options. Any problem in any row: exit 2, naming every row, nothing run.
-2. ``--out`` is locked (``.mvg-batch.lock``, an advisory ``flock`` released when the process dies), the
+2. ``--out`` is claimed (``claim_output_dir``: a lock beside it that the kernel releases when the process
+   dies, and what dead runs left there removed; each case folder gets its own lock the same way), the
    plan compares each case with its folder (complete / changed / to run), and the summary is written
    with every complete case already in it.
 3. The executor (local or Ray) runs the remaining cases. Each case folder appears all-or-nothing, and the
@@ -15,21 +16,19 @@ Order of events, and what a crash at any point costs:
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from mvg_rt.batch.case import CaseOutcome, discard_partials
+from mvg_rt.batch.case import CaseOutcome
 from mvg_rt.batch.plan import CaseRequest, Plan, plan_batch
 from mvg_rt.batch.progress import BatchProgress
 from mvg_rt.batch.summary import Summary
 from mvg_rt.errors import MvgError
+from mvg_rt.io.output_dir import claim_output_dir
 from mvg_rt.runtime.factory import RuntimeSpec
 
 EXIT_SOME_FAILED = 3  # some cases failed (or were lost); the others are complete
@@ -66,20 +65,6 @@ def runtime_identity(spec: RuntimeSpec) -> dict[str, Any]:
     return {"backend": spec.backend, "precision": spec.precision, "device": spec.device.split(":")[0],
             "model_dir": where(spec.model_dir), "unet_dir": where(spec.unet_dir), "seine": where(spec.seine),
             "engines_dir": where(spec.engines_dir)}
-
-
-@contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    if out.exists() and not out.is_dir():
-        raise MvgError(f"--out {out} is a file: choose a folder path")
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / ".mvg-batch.lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise MvgError(f"another mvg-rt batch is writing {out}: wait for it to finish, or choose another "
-                           "--out") from err
-        yield
 
 
 class _Driver:
@@ -120,7 +105,8 @@ def _summarise_complete(plan: Plan, summary: Summary) -> None:
 def run_batch(request: BatchRequest, console: Console) -> BatchReport:
     if request.retries < 0:
         raise MvgError(f"--retries must be >= 0 (got {request.retries})")
-    with _locked(request.out):
+    with claim_output_dir(request.out, overwrite=True):  # one batch per --out; dead runs' leftovers removed
+        request.out.mkdir(exist_ok=True)
         plan = plan_batch(request.cases, runtime_identity(request.runtime), request.out, request.redo)
         summary = Summary(request.out, [case.case_id for case in plan.cases])
         _summarise_complete(plan, summary)
@@ -128,8 +114,6 @@ def run_batch(request: BatchRequest, console: Console) -> BatchReport:
         to_run = plan.to_run
         report = BatchReport(request.out, resumed=len(plan.complete))
         if to_run:
-            for case in to_run:
-                discard_partials(request.out, case.case_id)
             if request.notice:
                 console.print(f"[yellow]note:[/yellow] {request.notice}")
             spec = dataclasses.replace(request.runtime, with_seine=any(
@@ -139,8 +123,7 @@ def run_batch(request: BatchRequest, console: Console) -> BatchReport:
                 if request.ray:
                     from mvg_rt.batch.ray_executor import run_on_ray
 
-                    run_on_ray(request.ray, request.workers, request.retries, spec, request.notice, to_run,
-                               request.out, driver)
+                    run_on_ray(request.ray, request.workers, request.retries, spec, request.notice, to_run, driver)
                 else:
                     from mvg_rt.batch.local import run_local
 

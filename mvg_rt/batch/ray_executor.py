@@ -12,7 +12,7 @@
 - **Failures.** A case that fails (bad input) is an ordinary ``failed`` outcome. A lost actor (process
   killed, node gone, Ray's out-of-memory monitor) is replaced by a fresh one, and its case is resubmitted,
   at most ``retries`` times more; after that the case is recorded as failed with the reason. The killed
-  worker's staging folder is removed before the retry.
+  worker's staging folder is removed when the retry claims the case folder (``staged_output_dir``).
 
 Ray is imported here only, so a batch without ``--ray`` never imports it.
 """
@@ -22,10 +22,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import deque
-from pathlib import Path
 from typing import Any
 
-from mvg_rt.batch.case import BatchEvents, CaseOutcome, CaseRunner, discard_partials, worker_name
+from mvg_rt.batch.case import BatchEvents, CaseOutcome, CaseRunner, worker_name
 from mvg_rt.batch.plan import PlannedCase
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
@@ -104,7 +103,7 @@ def _actor_options(spec: RuntimeSpec, workers: int | None) -> tuple[int, dict[st
 
 
 def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpec, notice: str | None,
-               cases: list[PlannedCase], out: Path, events: BatchEvents) -> None:
+               cases: list[PlannedCase], events: BatchEvents) -> None:
     import ray
     from ray.exceptions import GetTimeoutError, RayError
 
@@ -151,7 +150,6 @@ def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpe
             except RayError as err:  # the actor died (crash, kill, lost node, Ray's OOM monitor)
                 ray.kill(actor)
                 idle.append(new_actor())  # the lost actor's slot gets a fresh one
-                discard_partials(out, case.case_id)
                 reason = f"worker lost ({type(err).__name__})"
                 if attempts[case.case_id] <= retries:
                     events.retried(case.case_id, reason)

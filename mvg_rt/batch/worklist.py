@@ -38,8 +38,8 @@ SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # given and converted at the CLI edge by the very click types of those options, so a row's value passes the
 # same conversion and range checks as the command line's.
 OVERRIDES = ("seed", "rounds", "strength", "steps", "guidance", "beta1", "beta2", "scheduler", "negative_prompt",
-             "resolution", "feather", "no_transition", "frames", "transition_steps", "transition_sampler",
-             "transition_guidance", "fps")
+             "resolution", "feather", "no_transition", "transitions", "frames", "transition_steps",
+             "transition_sampler", "transition_guidance", "fps")
 
 
 @dataclass(frozen=True)

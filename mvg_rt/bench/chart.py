@@ -1,38 +1,25 @@
-"""The bench chart: backends side by side (matplotlib, written as PNG)."""
+"""The bench chart from the report's rows: backends side by side (matplotlib, written as PNG)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-
-def _panels(report: dict[str, Any]) -> list[tuple[str, str, list[str], list[float]]]:
-    panels = []
-    components = [r for r in report.get("components", []) if "error" not in r]
-    if components:
-        names = sorted({r["component"] for r in components}, key=[r["component"] for r in components].index)
-        labels, values = [], []
-        for name in names:
-            rows = [r for r in components if r["component"] == name]
-            for r in rows:
-                labels.append(f"{name}\n{r['variant']['label']}")
-                values.append(100 * r["fraction_of_peak"])
-        panels.append(("Components: achieved FLOP/s", "% of measured matmul peak", labels, values))
-    rounds = [(r["label"], r["median_s"]) for r in report.get("pie_round", []) if "error" not in r]
-    rounds += [(p["label"], p["round"]["median_s"]) for p in report.get("peers", []) if "error" not in p]
-    if rounds:
-        panels.append(("PIE round (img2img)", "seconds (lower is better)", [r[0].replace(" (", "\n(") for r in rounds],
-                       [r[1] for r in rounds]))
-    overhead = report.get("overhead")
-    if overhead:
-        rows = overhead["rows"]
-        panels.append(("Per-step overhead outside the UNet (tiny)", "milliseconds per step",
-                       [k.replace(" (", "\n(") for k in rows], [1e3 * r["overhead_s"] for r in rows.values()]))
-    return panels
+PANELS = (  # title, unit, row kind, value of a row
+    ("Components: achieved FLOP/s", "% of measured matmul peak", "component", lambda r: 100 * r["fraction_of_peak"]),
+    ("PIE round (img2img)", "seconds (lower is better)", "pie_round", lambda r: r["median_s"]),
+    ("Per-step overhead outside the UNet (tiny)", "milliseconds per step", "overhead", lambda r: 1e3 * r["overhead_s"]),
+)
+PALETTE = {"torch": "#4C72B0", "ort": "#DD8452", "trt": "#55A868", "diffusers": "#8172B3"}
 
 
 def write_chart(report: dict[str, Any], path: Path) -> Path | None:
-    panels = _panels(report)
+    panels = []
+    for title, unit, kind, value in PANELS:
+        rows = [r for r in report["rows"] if r["kind"] == kind and not r.get("error")]
+        if rows:
+            labels = [(f"{r['component']}\n" if r["component"] else "") + r["label"].replace(" (", "\n(") for r in rows]
+            panels.append((title, unit, labels, [value(r) for r in rows]))
     if not panels:
         return None
     import matplotlib
@@ -41,9 +28,8 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
-    palette = {"torch": "#4C72B0", "ort": "#DD8452", "trt": "#55A868", "diffusers": "#8172B3", "Optimum": "#C44E52"}
     for axis, (title, unit, labels, values) in zip(axes[:, 0], panels):
-        colors = [next((c for key, c in palette.items() if key in label), "#937860") for label in labels]
+        colors = [next((c for key, c in PALETTE.items() if key in label), "#937860") for label in labels]
         bars = axis.barh(range(len(values)), values, color=colors)
         axis.set_yticks(range(len(values)), labels, fontsize=7)
         axis.invert_yaxis()
@@ -51,8 +37,7 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
         axis.set_xlabel(unit, fontsize=8)
         axis.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=7, padding=2)
         axis.margins(x=0.15)
-    cpu = report["machine"]["cpu"]
-    figure.suptitle(f"mvg-rt bench, {report['settings']['resolution']}px, {cpu}", fontsize=10)
+    figure.suptitle(f"mvg-rt bench, {report['settings']['resolution']}px, {report['machine']['cpu']}", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

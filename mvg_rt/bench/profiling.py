@@ -1,69 +1,61 @@
-"""Where a network call's time goes: ONNX Runtime's profiler by op type, torch.profiler by operator.
-
-Used by the bench when a target is missed (the report shows what limits it), and
-by ``benchmarks/ort_tuning.py``.
-"""
+"""Where a UNet call's time goes, for a missed target: ONNX Runtime's profiler by op type, torch.profiler
+by operator (self CPU time), after one warm-up call."""
 
 from __future__ import annotations
 
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from mvg_rt.bench.rows import Row
+from mvg_rt.components import UNET
+from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
 
-def summarize_ort_trace(trace: list[dict[str, Any]], top: int = 12) -> dict[str, Any]:
-    """Kernel time by op type from an ORT profile (``cat: Node`` events of the last run)."""
-    runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    last_start = runs[-1]["ts"] if runs else 0
-    by_type: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
-    for event in trace:
-        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
-            continue
-        if event.get("ts", 0) < last_start:
-            continue
-        op = event.get("args", {}).get("op_name", "?")
-        by_type[op] += event.get("dur", 0) / 1e6
-        count[op] += 1
-    total = sum(by_type.values())
-    rows = [{"op": op, "seconds": s, "share": s / total if total else 0.0, "nodes": count[op]}
-            for op, s in sorted(by_type.items(), key=lambda kv: -kv[1])[:top]]
-    return {"kernel_seconds": total, "run_seconds": (runs[-1]["dur"] / 1e6) if runs else None, "by_op_type": rows}
+def _shares(seconds: dict[str, float], counts: dict[str, int], top: int) -> list[dict[str, Any]]:
+    total = sum(seconds.values())
+    return [{"op": op, "seconds": s, "share": s / total if total else 0.0, "calls": counts[op]}
+            for op, s in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]]
 
 
-def ort_profile(model_path: str | Path, options: Any, feeds: Mapping[str, Any], runs: int = 2) -> dict[str, Any]:
-    """Profile ``runs`` calls of an ORT session created with ``options`` (a SessionOptions, profiling turned on)."""
+def profile_unet(spec: RuntimeSpec, feeds: dict[str, Tensor]) -> Row:
+    with open_runtime(spec) as runtime:
+        return Row("profile", spec.label, spec.to_dict(), "unet", metrics=_profile(runtime.backend, feeds))
+
+
+def _profile(backend: Any, feeds: dict[str, Tensor], top: int = 12) -> dict[str, Any]:
+    if backend.name == "torch":
+        from torch.profiler import ProfilerActivity, profile
+
+        backend.infer(UNET, feeds)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            backend.infer(UNET, feeds)
+        events = prof.key_averages()
+        return {"tool": "torch.profiler (self CPU time by operator)",
+                "by_op": _shares({e.key: e.self_cpu_time_total / 1e6 for e in events},
+                                 {e.key: e.count for e in events}, top)}
+    if backend.name != "ort":
+        raise ValueError(f"profiling covers the torch and ort backends, not {backend.name}")
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        arrays = {k: (v.numpy() if isinstance(v, Tensor) else v) for k, v in feeds.items()}
-        for _ in range(runs):
+        options = backend.session_options()
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(backend.paths["unet"]), options, providers=["CPUExecutionProvider"])
+        arrays = {k: v.numpy() for k, v in feeds.items()}
+        for _ in range(2):
             session.run(None, arrays)
-        trace_file = session.end_profiling()
-        trace = json.loads(Path(trace_file).read_text())
-    return summarize_ort_trace(trace)
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    last_run = max((e["ts"] for e in trace if e.get("name") == "model_run"), default=0)
+    seconds: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for e in trace:  # kernel events of the last run
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e.get("ts", 0) >= last_run:
+            seconds[e["args"].get("op_name", "?")] += e.get("dur", 0) / 1e6
+            counts[e["args"].get("op_name", "?")] += 1
+    return {"tool": "onnxruntime profiler (kernel time by op type)", "by_op": _shares(seconds, counts, top)}
 
-
-def torch_profile(module: nn.Module, inputs: list[Tensor], top: int = 12) -> dict[str, Any]:
-    """torch.profiler's operators by self CPU time for one call (after one warm-up call)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.inference_mode():
-        module(*inputs)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            module(*inputs)
-    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-    total = sum(e.self_cpu_time_total for e in events) / 1e6
-    return {"self_cpu_seconds": total,
-            "by_op": [{"op": e.key, "seconds": e.self_cpu_time_total / 1e6,
-                       "share": (e.self_cpu_time_total / 1e6) / total if total else 0.0, "calls": e.count}
-                      for e in events[:top]]}

@@ -104,7 +104,13 @@ def reference_sources(manifest: Manifest, request: CheckRequest) -> tuple[str, s
 def run_check(request: CheckRequest) -> CheckResult:
     """Compare every component the folder has, then (unless asked not to) a short end-to-end run."""
     manifest = Manifest.read(request.engines_dir)
-    components = [c for c in COMPONENTS if manifest.find(c, request.kind, request.precision)]
+    # int8: the quantized components only (the others run their fp32/fp16 artifacts: check those at that precision)
+    exact = request.precision == "int8"
+    components = [c for c in COMPONENTS if manifest.find(c, request.kind, request.precision, exact=exact)]
+    if not components and exact:
+        raise MvgError(f"engines folder {request.engines_dir} has no int8 {request.kind} artifacts: "
+                       + ("re-export it with --int8" if request.kind == "onnx" else
+                          "build them with mvg-rt build --precision int8"))
     if not components:
         manifest.require("unet", request.kind, request.precision)  # raises with what the folder has
     model_dir, unet_dir, seine_path = reference_sources(manifest, request)
@@ -120,7 +126,7 @@ def run_check(request: CheckRequest) -> CheckResult:
                                                candidate.backend, request.precision, request.kind)
             component_results += results
             skipped += outside
-        pie_ready = all(c in components for c in PIE_COMPONENTS)
+        pie_ready = all(manifest.find(c, request.kind, request.precision) for c in PIE_COMPONENTS)
         frames = []
         if request.end_to_end and pie_ready:
             settings = PieSettings(rounds=request.rounds, steps=request.steps, strength=0.6)

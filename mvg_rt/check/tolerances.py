@@ -26,6 +26,18 @@ Measured (ONNX Runtime 1.32 CPU EP vs torch 2.13, 2-core CPU):
   The FP16 limits below are set for the GPU path (CUDA EP / TensorRT, real FP16
   arithmetic, differences compounding over PIE rounds) with room over these numbers;
   re-measure them with real weights on the target GPU.
+* INT8 (the Q/DQ UNet of ``export --int8``; the other components run FP32 and are
+  checked with ``--precision fp32``), ORT CPU EP, default FP32 groups (time embedding,
+  conv_in/conv_out, up-block convolutions). ``mvg-rt check`` cases: demo UNet (trained)
+  7.4e-2 / 8.8e-2 max abs with max|ref| ~4.7 (1.6e-2 relative), cosine >= 0.99991; tiny
+  random UNet 0.108 with max|ref| 1.27 (8.5e-2 relative), cosine >= 0.9969. Held-out PIE
+  inputs (benchmarks/results/cpu-2core/int8.md): demo worst 0.149 relative, cosine
+  >= 0.9933; full SD 1.4 UNet (random weights, 256x256) worst 0.136, cosine >= 0.9927.
+  End to end (2 rounds x 3 steps): demo 46.7 / 48.9 dB, tiny 33.2 / 27.9 dB, SSIM >= 0.957;
+  one 6-step PIE round of the full architecture at 256: 35.9 dB. Limits: 0.2 relative max
+  abs, cosine 0.99, 25 dB, SSIM 0.9. The demo's CTR trajectory drifts from FP32's by up
+  to 0.085 (target 0.02; FP16: 0.010), see the bench: INT8 passing ``check`` does not
+  mean the same clinical measurement.
 """
 
 from __future__ import annotations
@@ -48,10 +60,12 @@ class EndToEndTolerance:
 COMPONENT = {
     "fp32": ComponentTolerance(max_abs=1e-4, cosine=0.99999),
     "fp16": ComponentTolerance(max_abs=3e-2, cosine=0.999),
+    "int8": ComponentTolerance(max_abs=0.2, cosine=0.99),
 }
 END_TO_END = {
     "fp32": EndToEndTolerance(psnr_db=45.0, ssim=0.99),
     "fp16": EndToEndTolerance(psnr_db=30.0, ssim=0.95),
+    "int8": EndToEndTolerance(psnr_db=25.0, ssim=0.9),
 }
 
 

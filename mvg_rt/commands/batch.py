@@ -17,7 +17,7 @@ from rich.console import Console
 from mvg_rt.batch.job import BatchRequest, run_batch
 from mvg_rt.batch.plan import CaseRequest
 from mvg_rt.batch.worklist import CaseRow, Worklist, WorklistInvalid, read_worklist
-from mvg_rt.commands.simulate import apply_demo_settings, runtime_spec, simulation_request, uses_demo_model
+from mvg_rt.commands.simulate import runtime_spec, simulation_request
 from mvg_rt.errors import MvgError
 from mvg_rt.simulation import resolve_demo_model
 
@@ -29,18 +29,20 @@ def _overrides(row: CaseRow, params: dict[str, click.Parameter], problems: list[
         param = params[name]
         try:
             values[name] = param.type.convert(raw, param, None)
-        except click.BadParameter as err:
-            problems.append(f"row {row.row} ({row.case_id}): {name}: {err.format_message()}")
+        except click.BadParameter as err:  # its message names the option
+            problems.append(f"row {row.row} ({row.case_id}): {err.format_message()}")
         except MvgError as err:
             problems.append(f"row {row.row} ({row.case_id}): {err}")
     return values
 
 
-def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path,
-                  params: dict[str, click.Parameter]) -> list[CaseRequest]:
+def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path, params: dict[str, click.Parameter],
+                  explicit: set[str] | None = None) -> list[CaseRequest]:
     """One simulate request per row (shared options, the row's overrides and inputs); all problems at once.
 
-    ``params`` are the batch command's click options by name (simulate's own, shared).
+    ``params`` are the batch command's click options by name (simulate's own, shared); ``explicit`` the
+    options given on the command line (on the demo model, the demo case's settings fill in the rest, as for
+    simulate, and a row's overrides count as given).
     """
     cases, problems = [], []
     for row in worklist.cases:
@@ -52,7 +54,8 @@ def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path,
                      "mask_path": str(row.mask) if row.mask else None, "roi_box": row.roi_box,
                      "roi_ellipse": row.roi_ellipse, "out": out / row.case_id, "overwrite": False}
         try:
-            cases.append(CaseRequest(row, simulation_request(case_opts, explicit=set(case_opts))))
+            request = simulation_request(case_opts, explicit=(explicit or set()) | set(overrides))
+            cases.append(CaseRequest(row, request))
         except MvgError as err:
             problems.append(f"row {row.row} ({row.case_id}): {err}")
     if problems:
@@ -69,10 +72,8 @@ def run(params: dict[str, click.Parameter], explicit: set[str] | None = None, **
         from mvg_rt.batch.ray_executor import require_ray
 
         require_ray()
-    if uses_demo_model(opts):
-        opts = apply_demo_settings(opts, explicit or set())
     worklist = read_worklist(opts["worklist"])
-    cases = case_requests(worklist, opts, opts["out"], params)
+    cases = case_requests(worklist, opts, opts["out"], params, explicit)
     spec, notice = resolve_demo_model(runtime_spec(opts))
     spec.validate()  # a bad backend combination stops the batch before any case
     request = BatchRequest(cases, opts["out"], spec, notice, redo=opts["redo"], ray=opts["ray"],

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mvg_rt.errors import MvgError
+from mvg_rt.io.output_dir import staged_output_dir
 
 # End-to-end defaults per device: the paper's settings on a GPU, a run that fits a 2-core CPU otherwise.
 E2E_DEFAULTS = {
@@ -23,8 +24,7 @@ def _split(text: str | None) -> tuple[str, ...]:
 
 def config_from_options(opts: dict[str, Any]) -> Any:
     """The :class:`BenchConfig` the options describe (pure: tests call it directly)."""
-    from mvg_rt.bench.e2e import E2ESettings
-    from mvg_rt.bench.runner import BenchConfig
+    from mvg_rt.bench.config import BenchConfig, E2ESettings
 
     device = str(opts.get("device") or "cpu")
     defaults = E2E_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
@@ -33,15 +33,11 @@ def config_from_options(opts: dict[str, Any]) -> Any:
         value = opts.get(name)
         return defaults[name] if value is None else value
 
-    repeat_e2e = pick("e2e_repeat")
-    if opts.get("size") == "tiny" and opts.get("e2e_repeat") is None:
-        repeat_e2e = 3
+    repeat_e2e = 3 if opts.get("size") == "tiny" and opts.get("e2e_repeat") is None else pick("e2e_repeat")
     e2e = E2ESettings(resolution=opts.get("resolution") or 256, rounds=pick("rounds"), steps=pick("steps"),
                       strength=opts.get("strength") or 0.6, guidance=opts.get("guidance") or 7.5,
                       seed=opts.get("seed") or 0, frames=pick("transition_frames"),
                       transition_steps=pick("transition_steps"), repeat=repeat_e2e)
-    if e2e.denoising_steps < 2:
-        raise MvgError("--steps x --strength must leave at least 2 denoising steps")
     components = _split(opts.get("components")) if opts.get("components") is not None else (
         "text_encoder", "vae_encoder", "vae_decoder", "unet", "seine")
     return BenchConfig(
@@ -53,27 +49,29 @@ def config_from_options(opts: dict[str, Any]) -> Any:
         model_dir=Path(opts["model_dir"]) if opts.get("model_dir") else None, size=opts.get("size") or "sd14",
         seed=e2e.seed, engines=Path(opts["engines_dir"]) if opts.get("engines_dir") else None,
         cache=Path(opts["cache"]) if opts.get("cache") else None, out=Path(opts.get("out") or "runs/bench"),
-        in_process=opts.get("in_process"), loops=_split(opts.get("loops") or "eager,lean"), e2e_settings=e2e,
-        transitions=not opts.get("no_transitions"), overhead_repeat=opts.get("overhead_repeat") or 5,
-        optimum=not opts.get("no_optimum"), optimum_python=opts.get("optimum_python"))
+        in_process=opts.get("in_process"), steppers=_split(opts.get("steppers") or "auto"), e2e_settings=e2e,
+        transitions=not opts.get("no_transitions"), overhead_repeat=opts.get("overhead_repeat") or 5)
 
 
 def run(**opts: Any) -> None:
     from rich.console import Console
 
     from mvg_rt.bench.report import write_all
-    from mvg_rt.bench.runner import Bench
+    from mvg_rt.bench.runner import run_bench
 
     config = config_from_options(opts)
+    out = config.out
+    if out.is_dir() and any(out.iterdir()) and not (out / "bench.json").is_file():
+        raise MvgError(f"--out {out} holds files that are not a bench report: choose an empty or new folder "
+                       "(an earlier report there is replaced once the new one is complete)")
     console = Console(stderr=True, highlight=False)
-    bench = Bench(config, progress=lambda line: console.print(line, markup=False))
-    report = bench.run()
-    paths = write_all(report, config.out)
-    if not opts.get("keep_work"):
-        shutil.rmtree(config.out / "work", ignore_errors=True)
-    for target in report.get("targets", []):
+    with staged_output_dir(out, overwrite=True) as staging:  # locked; the old report stays until the new one is done
+        report = run_bench(dataclasses.replace(config, out=staging),
+                           progress=lambda line: console.print(line, markup=False))
+        paths = write_all(report, staging)
+    for target in report["targets"]:
         click.echo(f"target {target['id']} {target['status']}: {target['name']}: {target['value_text']} "
                    f"(threshold {target['threshold_text']})")
-    if report.get("errors"):
-        click.echo(f"{len(report['errors'])} measurement(s) failed; see {config.out / 'bench.md'}", err=True)
-    click.echo(f"wrote {', '.join(p.name for p in paths)} to {config.out}")
+    if report["errors"]:
+        click.echo(f"{len(report['errors'])} measurement(s) failed; see {out / 'bench.md'}", err=True)
+    click.echo(f"wrote {', '.join(p.name for p in paths)} to {out}")

@@ -31,7 +31,7 @@ def run(run_dir: Path, against: Path | None, json_path: Path | None, figure: Pat
     if report.get("ctr_unavailable"):
         console.print(f"CTR not measured: {report['ctr_unavailable']}")
     else:
-        console.print(f"CTR rises monotonically: {report['ctr_monotone']}")
+        console.print(report["ctr_course"]["summary"], markup=False)
     console.print(f"per-round change shrinks from round: {report['change_shrinks_from_round']}")
     if against is not None:
         other = report["against"]

@@ -7,17 +7,42 @@ from typing import Any
 
 import click
 
+from mvg_rt.io.output_dir import claim_output_dir
+
+
+def calibration_feeds(opts: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
+    """UNet inputs recorded by running PIE on the calibration images (only with --int8)."""
+    if not opts.get("int8"):
+        return None, {}
+    from mvg_rt.calibration import CalibrationSettings, record_unet_feeds
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
+
+    settings = CalibrationSettings(
+        images=Path(opts["calibration_dir"]) if opts.get("calibration_dir") else None,
+        prompts=tuple(opts.get("calibration_prompts") or ()), count=opts.get("calibration_count") or 4)
+    spec = RuntimeSpec(model_dir=Path(opts["model_dir"]), unet_dir=Path(opts["unet_dir"]) if opts.get("unet_dir")
+                       else None, with_seine=False)
+    with open_runtime(spec) as runtime:  # closed before the export loads its own copy of the model
+        feeds = record_unet_feeds(runtime, settings)
+    return feeds, settings.describe()
+
 
 def run(**opts: Any) -> None:
     from mvg_rt.export.build import ExportRequest, export_engines
 
+    feeds, calibration = calibration_feeds(opts)
+    if feeds is not None:
+        click.echo(f"int8: recorded {len(feeds)} UNet inputs for calibration", err=True)
     request = ExportRequest(
         model_dir=Path(opts["model_dir"]), out=Path(opts["out"]),
         unet_dir=Path(opts["unet_dir"]) if opts["unet_dir"] else None,
         seine=Path(opts["seine"]) if opts["seine"] else None, seine_config=opts["seine_config"],
         with_seine=not opts.get("no_seine"),
-        fp16=opts["fp16"], opset=opts["opset"], slim=opts["slim"], exporter=opts["exporter"],
+        fp16=opts["fp16"], fp16_converter=opts.get("fp16_converter") or "ort", int8=bool(opts.get("int8")),
+        calibration_feeds=feeds, calibration_source=calibration, opset=opts["opset"], slim=opts["slim"],
+        exporter=opts["exporter"],
         overwrite=opts["overwrite"])
-    manifest = export_engines(request, progress=lambda line: click.echo(line, err=True))
+    with claim_output_dir(request.out, request.overwrite):  # held from before the model loads to the commit
+        manifest = export_engines(request, progress=lambda line: click.echo(line, err=True))
     files = ", ".join(f"{a.component}/{a.precision}" for a in manifest.artifacts)
     click.echo(f"wrote {len(manifest.artifacts)} ONNX artifacts ({files}) and manifest.json to {request.out}")

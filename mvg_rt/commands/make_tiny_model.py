@@ -15,7 +15,7 @@ def run(out_dir: Path, seed: int) -> None:
 
     if out_dir.exists() and any(out_dir.iterdir()):
         raise MvgError(f"{out_dir} already exists and is not empty: choose a new folder")
-    with staged_output_dir(out_dir, overwrite=True) as staging:
+    with staged_output_dir(out_dir) as staging:  # re-checks under the lock: a run that just finished is kept
         models = build_models("tiny", seed)
         write_model_folder(models, staging, seine=build_seine(models.unet, "tiny", seed))
     click.echo(f"wrote tiny random-init model (SD 1.x + SEINE architectures) to {out_dir}: "

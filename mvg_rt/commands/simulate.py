@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mvg_rt.io.masks import RoiRequest
@@ -21,7 +22,7 @@ def uses_demo_model(opts: dict[str, Any]) -> bool:
     return not opts.get("model_dir") and (opts.get("backend") or "torch") == "torch"
 
 
-def apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+def demo_settings(explicit: set[str]) -> dict[str, Any]:
     """The demo case's recommended settings, for the options the user left at their defaults.
 
     An explicit ``--transitions`` preset chooses the transition sampler and steps itself.
@@ -30,7 +31,7 @@ def apply_demo_settings(opts: dict[str, Any], explicit: set[str]) -> dict[str, A
 
     if "transitions" in explicit:
         explicit = explicit | {"transition_sampler", "transition_steps"}
-    return opts | {name: value for name, value in DEMO_CASE.settings.items() if name not in explicit}
+    return {name: value for name, value in DEMO_CASE.settings.items() if name not in explicit}
 
 
 def runtime_spec(opts: dict[str, Any]) -> RuntimeSpec:
@@ -44,8 +45,8 @@ def runtime_spec(opts: dict[str, Any]) -> RuntimeSpec:
 
 def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -> SimulationRequest:
     """Every ``simulate`` option, once, as typed settings (the settings validate themselves)."""
-    if uses_demo_model(opts):
-        opts = apply_demo_settings(opts, explicit or set())
+    demo = demo_settings(explicit or set()) if uses_demo_model(opts) else {}
+    opts = opts | demo
     pie = PieSettings(rounds=opts["rounds"], strength=opts["strength"], steps=opts["steps"],
                       guidance_scale=opts["guidance"], beta1=opts["beta1"], beta2=opts["beta2"],
                       scheduler=opts["scheduler"])
@@ -55,23 +56,32 @@ def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -
         decode_batch=1 if opts.get("low_memory") else TransitionSettings.decode_batch)
     options = SimulationOptions(pie=pie, transition=transition, resolution=opts["resolution"], seed=opts["seed"],
                                 fps=opts["fps"], out=opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S"),
-                                overwrite=opts["overwrite"])
+                                overwrite=opts["overwrite"], demo_settings=demo)
     roi = RoiRequest(opts["mask_path"], opts["roi_box"], opts["roi_ellipse"], opts["feather"])
     return SimulationRequest(runtime=runtime_spec(opts), options=options, image=opts["image"], prompt=opts["prompt"],
                              negative_prompt=opts["negative_prompt"], roi=roi, record_paths=opts["record_paths"])
 
 
 class _Progress:
-    """Progress bars that appear with the first step, so an early one-line error prints alone."""
+    """Progress bars that appear with the first step, so an early one-line error prints alone.
+
+    Bars only mean something on a terminal; when stderr goes to a log or a pipe, each finished
+    round and clip prints one stage line instead, so a long run is never silent.
+    """
 
     def __init__(self, console: Console, rounds: int, clips: int) -> None:
         self.console, self.rounds, self.clips = console, rounds, clips
         self.bars: Progress | None = None
+        self.started = time.perf_counter()
+
+    def _stage(self, text: str) -> None:
+        if not self.console.is_terminal:
+            click.echo(f"mvg-rt: {text} ({time.perf_counter() - self.started:.1f} s)", err=True)
 
     def _bars(self) -> Progress:
         if self.bars is None:
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            self.bars = Progress(*columns, console=self.console, transient=True)
+            self.bars = Progress(*columns, console=self.console, transient=True, disable=not self.console.is_terminal)
             self.bars.start()
             self.rounds_task = self.bars.add_task("PIE rounds", total=self.rounds)
             self.steps_task = self.bars.add_task("denoising steps", total=None)
@@ -83,9 +93,11 @@ class _Progress:
 
     def round(self, index: int) -> None:
         self._bars().update(self.rounds_task, completed=index)
+        self._stage(f"PIE round {index}/{self.rounds} done")
 
     def clip(self, index: int) -> None:
         self._bars().update(self.clips_task, completed=index)
+        self._stage(f"transition clip {index}/{self.clips} done")
 
     def close(self) -> None:
         if self.bars is not None:
@@ -94,14 +106,14 @@ class _Progress:
 
 def run(explicit: set[str] | None = None, **opts: Any) -> None:
     request = simulation_request(opts, explicit)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     pie, transition = request.options.pie, request.options.transition
     progress = _Progress(console, pie.rounds, pie.rounds if transition else 0)
     try:
         folder = run_simulation(
             request, on_step=lambda *a: progress.step("round", *a), on_round=progress.round,
             on_clip_step=lambda *a: progress.step("clip", *a), on_clip=progress.clip,
-            on_notice=lambda notice: console.print(f"[yellow]note:[/yellow] {notice}"))
+            on_notice=lambda notice: console.print(f"[yellow]note:[/yellow] {escape(notice)}", highlight=False))
     finally:
         progress.close()
     video = f"{pie.rounds * (transition.frames - 1) + 1} frames" if transition else "the states"

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import click
 
-from mvg_rt.errors import MvgError
+from mvg_rt.limits import check
 from mvg_rt.io.output_dir import staged_output_dir
 
 
 def run(out: Path, seed: int, scale: float, overwrite: bool) -> None:
     from mvg_rt.demo.training import DemoTrainingConfig, train_demo
 
-    if scale <= 0:
-        raise MvgError(f"--scale must be positive (got {scale})")
+    check("--scale", scale)  # the CLI checked it already; this guards direct callers
     config = dataclasses.replace(DemoTrainingConfig(seed=seed).scaled(scale), seed=seed)
     started = time.strftime("%H:%M:%S")
 

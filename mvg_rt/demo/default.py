@@ -58,7 +58,7 @@ def tiny_model_dir() -> Path:
     folder = _cache_dir() / "tiny-random-v2"
     if not (folder / "model_index.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with staged_output_dir(folder, overwrite=True) as staging:
+        with staged_output_dir(folder, overwrite=True, wait=True) as staging:  # a concurrent build: wait for it
             models = build_models("tiny", seed=0)
             write_model_folder(models, staging, seine=build_seine(models.unet, "tiny", seed=0))
     return folder

@@ -53,7 +53,7 @@ def ssim(a: np.ndarray | Tensor, b: np.ndarray | Tensor, data_range: float = 255
     """Mean structural similarity; images must be at least 11x11.
 
     ``weight`` (H, W) in [0, 1] averages the SSIM map with the weight at each
-    window's centre (e.g. 1 - ROI mask: "SSIM outside the ROI").
+    window's centre (e.g. 1 - ROI mask: "SSIM outside the ROI"); NaN when no window centre has weight.
     """
     values = ssim_map(a, b, data_range)
     if weight is None:
@@ -61,7 +61,7 @@ def ssim(a: np.ndarray | Tensor, b: np.ndarray | Tensor, data_range: float = 255
     offset = (WINDOW - 1) // 2
     w = _as_float(weight)[offset : offset + values.shape[0], offset : offset + values.shape[1]]
     if float(w.sum()) == 0:
-        raise ValueError("SSIM weight is zero everywhere: no window to average")
+        return math.nan  # no window centre has weight (e.g. an ROI that leaves only the border outside it)
     return float((values * w).sum() / w.sum())
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,13 @@ import torch
 from PIL import Image
 
 from mvg_rt.errors import MvgError
+from mvg_rt.io.jsonio import finite_json
 from mvg_rt.eval.ctr import measure_ctr
 from mvg_rt.eval.metrics import psnr, ssim
 
 MONOTONE_TOLERANCE = 0.005  # CTR may dip by measurement noise this much and still count as rising
+CTR_NORMAL_LIMIT = 0.5  # a cardiothoracic ratio at or above 0.5 on a PA chest X-ray reads as cardiomegaly
+PLATEAU_BAND = 0.04  # the plateau: within this of the highest CTR (the demo wobbles by ~0.04 there)
 
 
 def _rms(diff2: np.ndarray, weight: np.ndarray) -> float:
@@ -56,6 +60,39 @@ def is_monotone(values: list[float], tolerance: float = MONOTONE_TOLERANCE) -> b
     return all(b >= a - tolerance for a, b in zip(values[:-1], values[1:]))
 
 
+def ctr_course(ctr: list[float], band: float = PLATEAU_BAND) -> dict[str, Any]:
+    """What the CTR trajectory shows, in the words a reader of a chest X-ray uses.
+
+    Cardiomegaly progression means: the input is normal (CTR below 0.5), the ratio rises over
+    the first rounds (dips within :data:`MONOTONE_TOLERANCE` count as measurement noise), and
+    then holds a plateau once the prompt's severity is reached (within ``band`` of the highest
+    value). A strictly monotone rise over every round is NOT expected: on the plateau each round
+    redraws the texture the segmentation measures, so the value wobbles by a few pixels.
+    """
+    top = max(ctr)
+    plateau_from = next(i for i, value in enumerate(ctr) if value >= top - band)
+    rise_ok = plateau_from > 0 and is_monotone(ctr[: plateau_from + 1])
+    plateau = ctr[plateau_from:]
+    plateau_ok = min(plateau) >= top - band
+    crosses = next((i for i, value in enumerate(ctr) if value >= CTR_NORMAL_LIMIT), None)
+    starts_normal = ctr[0] < CTR_NORMAL_LIMIT
+    promised = starts_normal and crosses is not None and rise_ok and plateau_ok
+    start = f"{ctr[0]:.2f} ({'normal, below' if starts_normal else 'already at or above'} {CTR_NORMAL_LIMIT})"
+    if promised:
+        summary = (f"CTR rises from {start} to {ctr[plateau_from]:.2f} by round {plateau_from}, crossing "
+                   f"{CTR_NORMAL_LIMIT} (cardiomegaly) in round {crosses}, then holds at {min(plateau):.2f}-"
+                   f"{max(plateau):.2f} through round {len(ctr) - 1}: the expected progression (rise, then plateau)")
+    else:
+        missing = [text for ok, text in ((starts_normal, "the input is not normal"),
+                                         (crosses is not None, f"it never reaches {CTR_NORMAL_LIMIT}"),
+                                         (rise_ok, "it does not rise steadily before the plateau"),
+                                         (plateau_ok, "it falls back after its highest value")) if not ok]
+        summary = (f"CTR goes from {start} to {ctr[-1]:.2f} (highest {top:.2f}, round {ctr.index(top)}): not the "
+                   f"expected rise-then-plateau, because {'; '.join(missing)}")
+    return {"rise_then_plateau": promised, "start": ctr[0], "highest": top, "crosses_limit_at_round": crosses,
+            "plateau_from_round": plateau_from, "plateau_range": [min(plateau), max(plateau)], "summary": summary}
+
+
 def shrinks_after(changes: list[float]) -> int | None:
     """The first round from which the per-round change never grows again (1-based), or None."""
     for start in range(len(changes)):
@@ -74,6 +111,12 @@ def identity_similarity(reference: np.ndarray, states: list[np.ndarray], embed: 
     return [round(float(torch.cosine_similarity(base, embed(s).flatten().double(), dim=0)), 4) for s in states]
 
 
+def _ssim_outside(states: list[np.ndarray], outside_weight: np.ndarray) -> list[float] | None:
+    """SSIM against the input outside the ROI; None when the ROI leaves no SSIM window outside it."""
+    values = [ssim(states[0], s, weight=outside_weight) for s in states] if outside_weight.sum() > 0 else []
+    return [round(v, 4) for v in values] if values and not any(math.isnan(v) for v in values) else None
+
+
 def evaluate_states(states: list[np.ndarray], roi: np.ndarray, embed: Embedding | None = None,
                     embedding: str | None = None) -> dict[str, Any]:
     """Every measure above on [input, state_1, ..., state_N]; ``roi`` is (H, W) in [0, 1].
@@ -88,8 +131,8 @@ def evaluate_states(states: list[np.ndarray], roi: np.ndarray, embed: Embedding 
     report: dict[str, Any] = {
         "ctr": ctr,
         "ctr_monotone": is_monotone(ctr) if ctr else None,
-        "ssim_outside_roi": [round(ssim(states[0], s, weight=outside_weight), 4) for s in states]
-        if outside_weight.sum() > 0 else None,
+        "ctr_course": ctr_course(ctr) if ctr else None,
+        "ssim_outside_roi": _ssim_outside(states, outside_weight),
         "identity_similarity": identity_similarity(states[0], states, embed) if embed is not None else None,
         "identity_embedding": embedding if embed is not None else None,
         "round_change": [{k: round(v, 5) for k, v in c.items()} for c in changes],
@@ -154,4 +197,4 @@ def _recorded_eval(run: Path) -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=2))
+    Path(path).write_text(finite_json(report))

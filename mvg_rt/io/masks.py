@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mvg_rt.errors import MvgError
+from mvg_rt.limits import LIMITS, check
 from mvg_rt.io.images import read_image, resize_and_crop
 
 ASPECT_TOLERANCE = 0.02
@@ -38,7 +39,7 @@ def _parse_numbers(text: str, count: int, option: str, example: str) -> list[flo
         values = []
     if len(values) != count:
         raise MvgError(f"{option} takes {count} comma-separated numbers, e.g. {option} {example} (got {text!r})")
-    return values
+    return [check(option, value, LIMITS["--roi"]) for value in values]
 
 
 def _finish(drawn: np.ndarray, image_shape: tuple[int, ...], resolution: int, source: str) -> RoiMask:
@@ -65,7 +66,7 @@ def _feathered(canvas: Image.Image, feather: float) -> np.ndarray:
 
 def mask_from_file(path: str, image_shape: tuple[int, ...], resolution: int, feather: float = 0) -> RoiMask:
     """A mask image (any size of the image's aspect ratio). A 0/1-valued mask is scaled to 0/255."""
-    loaded = read_image(path).pixels
+    loaded = read_image(path, role="--mask file", min_side=1).pixels
     if loaded.max() == 1:  # masks saved as 0/1 labels would otherwise read as all-but-zero
         loaded = loaded * 255
     if feather > 0:
@@ -114,8 +115,7 @@ def choose_mask(image_shape: tuple[int, ...], resolution: int, mask_path: str | 
     given = [name for name, value in (("--mask", mask_path), ("--roi-box", box), ("--roi-ellipse", ellipse)) if value]
     if len(given) > 1:
         raise MvgError(f"give one ROI, not {' and '.join(given)}")
-    if feather < 0:
-        raise MvgError(f"--feather must be >= 0 pixels (got {feather})")
+    check("--feather", feather)
     if mask_path:
         return mask_from_file(mask_path, image_shape, resolution, feather)
     if box:

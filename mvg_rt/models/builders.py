@@ -73,7 +73,14 @@ def build_seine(unet: Any, size: str = "tiny", seed: int = 0) -> Any:
     from mvg_rt.models.seine_unet import load_builtin_config
 
     seine = seine_from_unet2d(unet, load_builtin_config("tiny" if size == "tiny" else "full"))
-    generator = torch.Generator().manual_seed(seed + 1)
+    return enliven_new_layers(seine, seed + 1)
+
+
+def enliven_new_layers(seine: Any, seed: int) -> Any:
+    """Add N(0, 0.1^2) noise to the layers SEINE's recipe starts at zero or identity (temporal
+    attention, its norm, the extra ``conv_in`` input channels), in place, so random models
+    exercise every path of the 3D network."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in seine.named_parameters():
             if "attn_temp" in name or "norm_temp" in name or name == "conv_in.weight":

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import pickletools
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,19 +175,32 @@ def _one_line(err: BaseException) -> str:
 
 
 def _read_pickle(path: Path) -> object:
+    """``torch.load(weights_only=True)``: a pickle that would run code or build objects is refused, never run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes are not the user's business
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if not refused:
+        refused = re.search(r"GLOBAL (\S+)", str(err))
+        if refused is None and not _builds_objects(path):
             raise _corrupt(path, "not a valid PyTorch pickle") from err
+        what = f"a Python object ({refused.group(1).rstrip('.,')})" if refused else "pickle instructions that build Python objects"
         raise MvgError(
-            f"SEINE checkpoint {path} holds a Python object ({refused.group(1)}) that a safe load refuses. "
-            f"If you trust the file, re-save only its weights, e.g. "
+            f"SEINE checkpoint {path} was refused as unsafe: it holds {what} that a safe load refuses "
+            f"(torch.load(weights_only=True) never runs code). If you trust the file, re-save only its weights, e.g. "
             f"torch.save({{'ema': torch.load(p, weights_only=False)['ema']}}, 'seine_weights.pt'), "
             f"or convert it to {SAFETENSORS_SUFFIX}.") from err
     except Exception as err:  # a damaged zip/pickle raises many types; all mean the same to the user
         raise _corrupt(path, _one_line(err)) from err
+
+
+def _builds_objects(path: Path) -> bool:
+    """Whether a raw pickle stream parses whole and imports or calls something (read, never executed)."""
+    try:
+        opcodes = {op.name for op, _, _ in pickletools.genops(path.read_bytes())}
+    except Exception:  # noqa: BLE001 - not a pickle stream at all: corrupt, not unsafe
+        return False
+    return bool(opcodes & {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"})
 
 
 def _corrupt(path: Path, detail: str) -> MvgError:

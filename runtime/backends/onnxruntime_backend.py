@@ -1,4 +1,8 @@
-"""ONNX Runtime backend over an engines folder's ONNX artifacts (FP32 or FP16).
+"""ONNX Runtime backend over an engines folder's ONNX artifacts (FP32, FP16, or INT8).
+
+INT8 runs the UNet's Q/DQ graph (``mvg-rt export --int8``; the CPU EP fuses the Q/DQ
+pairs into integer kernels) and the other components' FP32 graphs
+(``INT8_FALLBACK`` in the manifest).
 
 * CPU: feeds go in as numpy arrays (zero-copy views of CPU tensors).
 * CUDA: I/O binding on device memory. Inputs are bound to the torch CUDA tensors'
@@ -174,6 +178,9 @@ class OrtBackend(Backend):
                            f"{' (it has ' + ', '.join(have) + ')' if have else ''}: re-export it"
                            f"{' with --fp16' if precision == 'fp16' else ''} or pass --precision "
                            f"{have[0] if have else 'fp32'}")
+        if precision == "int8" and not any(a.precision == "int8" for a in self.artifacts.values()):
+            raise MvgError(f"engines folder {self.manifest.root} has no INT8 graph: re-export it with --int8 "
+                           "(mvg-rt export --help) or pass --precision fp32")
         self.paths = {name: self.manifest.verify(a) for name, a in self.artifacts.items()}  # fail before any work
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise MvgError(f"--device {self.device}: this onnxruntime has no CUDA execution provider; "
@@ -190,6 +197,7 @@ class OrtBackend(Backend):
     def describe(self) -> dict[str, object]:
         return super().describe() | {
             "precision": self.precision,
+            **({"artifacts": {n: a.precision for n, a in self.artifacts.items()}} if self.precision == "int8" else {}),
             "engines": str(self.manifest.root),
             "onnxruntime": self.ort.__version__,
             "providers": self._providers_names(),

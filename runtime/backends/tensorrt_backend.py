@@ -235,7 +235,7 @@ class TrtBackend(Backend):
         self.precision, self.low_memory = precision, low_memory
         self.environment = current_environment(device.index or 0)
         self.artifacts = {c: a for c in COMPONENTS if (a := self.manifest.find(c, "trt", precision)) is not None}
-        if not self.artifacts:
+        if not self.artifacts or (precision == "int8" and all(a.precision != "int8" for a in self.artifacts.values())):
             raise MvgError(f"engines folder {self.manifest.root} has no {precision} TensorRT engines: build them with "
                            f"{rebuild_command(self.manifest.root, precision=precision)}")
         for artifact in self.artifacts.values():  # fail before any work

@@ -140,7 +140,8 @@ class RespacedSchedule:
 
     def _tables(self, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> StepTables:
         descending = slice(None, None, -1)
-        as_tensor = lambda v: torch.from_numpy(np.ascontiguousarray(v[descending]))  # noqa: E731
+        # .copy(), not np.ascontiguousarray: a 1-step table reversed is "contiguous" yet keeps its negative stride
+        as_tensor = lambda v: torch.from_numpy(v[descending].copy())  # noqa: E731
         return StepTables(torch.from_numpy(self.timesteps[descending].copy()), as_tensor(a), as_tensor(b),
                           as_tensor(s))
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from mvg_rt.errors import MvgError
+from mvg_rt.limits import check
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.pipelines.guidance import guided
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
@@ -54,19 +55,13 @@ class PieSettings:
     eta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise MvgError(f"--rounds must be at least 1 (got {self.rounds})")
-        if not 0 < self.strength <= 1:
-            raise MvgError(f"--strength must be in (0, 1] (got {self.strength}); the paper uses 0.6")
-        if self.steps < 1:
-            raise MvgError(f"--steps must be at least 1 (got {self.steps})")
+        for option, name in (("--rounds", "rounds"), ("--strength", "strength"), ("--steps", "steps"),
+                             ("--guidance", "guidance_scale"), ("--beta1", "beta1"), ("--beta2", "beta2")):
+            check(option, getattr(self, name))
         if int(self.steps * self.strength) < 1:
             raise MvgError(
                 f"--steps {self.steps} x --strength {self.strength} leaves no denoising step: raise either"
             )
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise MvgError(f"--{name} must be in [0, 1] (got {getattr(self, name)})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

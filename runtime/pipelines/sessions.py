@@ -24,12 +24,16 @@ from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSamp
 
 
 def pie_session(backend: Backend, model: ModelInfo, settings: PieSettings, original: np.ndarray,
-                roi_pixels: np.ndarray, prompt: str, negative_prompt: str = "", graphed: bool = False) -> PieSession:
-    """A PIE session on ``original`` ((H, W, 3) uint8) with the ROI ``roi_pixels`` ((H, W, 3) uint8)."""
+                roi_pixels: np.ndarray, prompt: str, negative_prompt: str = "", graphed: bool = False,
+                stepper: str = "auto") -> PieSession:
+    """A PIE session on ``original`` ((H, W, 3) uint8) with the ROI ``roi_pixels`` ((H, W, 3) uint8).
+
+    ``stepper`` is :class:`PieSession`'s (the bench forces ``scheduler`` to measure the table step's gain).
+    """
     mask = latent_mask(torch.from_numpy(roi_pixels), model.vae_scale_factor, model.latent_channels)
     session_type = GraphedPieSession if graphed else PieSession
     return session_type(backend, model, settings, torch.from_numpy(original).to(backend.device), mask, prompt,
-                        negative_prompt)
+                        negative_prompt, stepper=stepper)
 
 
 def transition_sampler(backend: Backend, model: ModelInfo, settings: TransitionSettings, prompt: str,

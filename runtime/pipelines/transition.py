@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from mvg_rt.errors import MvgError
+from mvg_rt.limits import check
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.pipelines.gaussian_schedule import MULTISTEP, SAMPLERS, StepTables, clip_schedule
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
@@ -68,10 +69,9 @@ class TransitionSettings:
     decode_batch: int = 4  # frames per VAE decode call: bounds memory for long videos
 
     def __post_init__(self) -> None:
-        if self.frames < 3:
-            raise MvgError(f"--frames must be at least 3 (two states and one frame between), got {self.frames}")
-        if not 1 <= self.steps <= 1000:
-            raise MvgError(f"--transition-steps must be in [1, 1000], got {self.steps}")
+        check("--frames", self.frames)  # at least 3: two states and one frame between
+        check("--transition-steps", self.steps)
+        check("--transition-guidance", self.guidance_scale)
         if self.sampler not in SAMPLERS:
             raise MvgError(f"--transition-sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.decode_batch < 1:

@@ -1,0 +1,270 @@
+"""INT8 (Q/DQ, export/int8.py) against FP32 on the ONNX Runtime CPU EP, side by side in one run.
+
+Three parts, each written to ``<out>.json`` and ``<out>.md``:
+
+1. ``sensitivity``: which layers stay FP32. The demo UNet (128 px, trained weights) is
+   quantized with each keep set of ``export.int8.SENSITIVE`` (calibrated on the demo
+   phantoms' PIE inputs) and compared with its FP32 graph on held-out inputs: the UNet
+   calls of a PIE run on the demo case (a patient the calibration never saw).
+2. ``demo_ctr``: the demo case's CTR trajectory (``mvg-rt simulate``'s defaults: 10 rounds,
+   strength 0.3, seed 0) with the FP32 and the INT8 UNet (other networks FP32 in both).
+3. ``full``: the full SD 1.4 architecture (random weights) at 256x256: the INT8 UNet
+   calibrated on a few phantom PIE inputs; UNet latency FP32 vs INT8 (batch 2, the CFG
+   pair; calls interleaved), error on held-out inputs, and the PSNR between one PIE round
+   run with each.
+
+Usage::
+
+    python benchmarks/int8.py --full-engines /tmp/sd14_engines --out benchmarks/results/cpu-2core/int8
+
+``--full-engines`` is an FP32 engines folder of the SD 1.4 architecture (PIE components;
+``mvg-rt make-tiny-model`` does not make it: ``build_models("sd14")`` + ``write_model_folder``,
+then ``mvg-rt export --no-seine``, once; it is copied, never changed). Leave it out to run
+parts 1-2 only; ``--skip-demo`` runs part 3 only (the JSON keeps the other parts' results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mvg_rt.calibration import CalibrationSettings, RecordingBackend, record_unet_feeds
+from mvg_rt.components import PIE_COMPONENTS
+from mvg_rt.demo.default import DEMO_CASE, DEMO_WEIGHTS
+from mvg_rt.eval.metrics import psnr
+from mvg_rt.eval.progression import evaluate_states
+from mvg_rt.export.build import ExportRequest, add_int8, export_engines
+from mvg_rt.export.int8 import DEFAULT_KEEP, SENSITIVE, quantize_int8
+from mvg_rt.io.images import read_image, resize_and_crop
+from mvg_rt.io.masks import choose_mask
+from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
+from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
+from mvg_rt.runtime.pipelines.roi import latent_mask
+
+DEMO_RESOLUTION = 128
+KEEP_SETS = ((), ("time_embedding",), ("conv_in_out",), ("attention_scores",), ("up_block_convs",),
+             ("time_embedding", "conv_in_out"), DEFAULT_KEEP, tuple(SENSITIVE))
+
+
+def demo_case(resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    image = read_image(DEMO_CASE.image).pixels
+    roi = choose_mask(image.shape, resolution, mask_path=str(DEMO_CASE.mask))
+    return resize_and_crop(image, resolution), roi.pixels
+
+
+def pie_states(runtime: Runtime, case: tuple[np.ndarray, np.ndarray], settings: PieSettings, seed: int = 0
+               ) -> list[np.ndarray]:
+    image, roi = case
+    model = runtime.model
+    mask = latent_mask(torch.from_numpy(roi), model.vae_scale_factor, model.latent_channels)
+    session = PieSession(runtime.backend, model, settings, torch.from_numpy(image), mask, DEMO_CASE.prompt)
+    with torch.inference_mode():
+        return [s.numpy() for s in run_pie(session, torch.Generator().manual_seed(seed))]
+
+
+def demo_settings(**overrides: Any) -> PieSettings:
+    case = {k: v for k, v in DEMO_CASE.settings.items() if k in ("rounds", "strength")}
+    return PieSettings(**(case | overrides))
+
+
+def held_out_feeds(runtime: Runtime, case: tuple[np.ndarray, np.ndarray], settings: PieSettings
+                   ) -> list[dict[str, np.ndarray]]:
+    """The UNet inputs of a PIE run on the demo case (never part of the calibration)."""
+    recorder = RecordingBackend(runtime.backend)
+    pie_states(Runtime(recorder, runtime.model, runtime.provenance), case, settings)
+    return recorder.recorded
+
+
+def session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def unet_error(fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Worst max abs error (relative to max(1, max|FP32|)) and worst cosine over the feeds."""
+    a, b = session(fp32), session(int8)
+    rel, cosines = [], []
+    for feed in feeds:
+        ref = a.run(None, feed)[0].astype(np.float64).ravel()
+        out = b.run(None, feed)[0].astype(np.float64).ravel()
+        rel.append(float(np.abs(ref - out).max() / max(1.0, np.abs(ref).max())))
+        cosines.append(float(ref @ out / (np.linalg.norm(ref) * np.linalg.norm(out))))
+    return {"max_abs_rel": max(rel), "mean_max_abs_rel": float(np.mean(rel)), "min_cosine": min(cosines),
+            "mean_cosine": float(np.mean(cosines)), "feeds": len(feeds)}
+
+
+def latency(paths: dict[str, Path], feed: dict[str, np.ndarray], repeat: int) -> dict[str, dict[str, float]]:
+    """Calls interleaved (a, b, a, b, ...) after one warm-up each, so load on the shared machine hits both."""
+    sessions = {k: session(p) for k, p in paths.items()}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for s in sessions.values():
+        s.run(None, feed)
+    for _ in range(repeat):
+        for k, s in sessions.items():
+            started = time.perf_counter()
+            s.run(None, feed)
+            times[k].append(time.perf_counter() - started)
+    return {k: {"min_s": min(v), "median_s": float(np.median(v)), "calls": len(v)} for k, v in times.items()}
+
+
+def ort_runtime(engines: Path, precision: str) -> Runtime:
+    return open_runtime(RuntimeSpec(backend="ort", engines_dir=engines, precision=precision))
+
+
+def part_sensitivity_and_ctr(work: Path) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    reference = open_runtime(RuntimeSpec(model_dir=DEMO_WEIGHTS, with_seine=False))
+    calibration = CalibrationSettings(count=4)
+    started = time.perf_counter()
+    feeds = record_unet_feeds(reference, calibration)
+    record_s = time.perf_counter() - started
+    case = demo_case(DEMO_RESOLUTION)
+    held_out = held_out_feeds(reference, case, demo_settings(rounds=2))
+    engines = work / "demo"
+    export_engines(ExportRequest(model_dir=DEMO_WEIGHTS, out=engines, with_seine=False, components=PIE_COMPONENTS,
+                                 fp16=True, int8=True, calibration_feeds=feeds,
+                                 calibration_source=calibration.describe()))
+    fp32 = engines / "unet" / "model.onnx"
+    rows = []
+    for keep in KEEP_SETS:
+        out = work / f"unet_int8_{'_'.join(keep) or 'none'}.onnx"
+        details = quantize_int8(fp32, out, feeds, keep)
+        rows.append({"fp32_groups": list(keep) or ["(none)"], "fp32_nodes": len(details["fp32_nodes"]),
+                     "default": keep == DEFAULT_KEEP} | unet_error(fp32, out, held_out))
+        print(rows[-1], flush=True)
+    sessions = {}
+    ctr = {}
+    for precision in ("fp32", "fp16", "int8"):
+        started = time.perf_counter()
+        states = pie_states(ort_runtime(engines, precision), case, demo_settings())
+        sessions[precision] = round(time.perf_counter() - started, 1)
+        ctr[precision] = evaluate_states(states, case[1][..., 0] / 255.0)["ctr"]
+    gap = float(np.abs(np.array(ctr["int8"]) - np.array(ctr["fp32"])).max())
+    fp16_gap = float(np.abs(np.array(ctr["fp16"]) - np.array(ctr["fp32"])).max())
+    return {"sensitivity": {"model": "demo UNet (trained, 128 px)", "calibration": calibration.describe(),
+                            "calibration_feeds": len(feeds), "record_seconds": round(record_s, 1),
+                            "held_out": "UNet inputs of 2 PIE rounds on the demo case", "rows": rows},
+            "demo_ctr": {"settings": demo_settings().to_dict(), "seed": 0, "ctr": ctr, "max_abs_gap": gap, "fp16_max_abs_gap": fp16_gap,
+                         "seconds": sessions}}
+
+
+def part_full(engines_src: Path, work: Path, repeat: int) -> dict[str, Any]:
+    torch.set_num_threads(2)
+    engines = work / "sd14"
+    shutil.copytree(engines_src, engines)  # the INT8 graph is added to a copy; the source folder stays FP32
+    resolution = 256
+    fp32_runtime = ort_runtime(engines, "fp32")
+    calibration = CalibrationSettings(count=2, steps=10, strength=0.3, resolution=resolution)
+    started = time.perf_counter()
+    feeds = record_unet_feeds(fp32_runtime, calibration)
+    record_s = time.perf_counter() - started
+    case = demo_case(resolution)
+    round_settings = PieSettings(rounds=1, steps=10, strength=0.6)
+    held_out = held_out_feeds(fp32_runtime, case, round_settings)
+    started = time.perf_counter()
+    artifact = add_int8(engines, feeds, calibration_source=calibration.describe())
+    quantize_s = time.perf_counter() - started
+    fp32, int8 = engines / "unet" / "model.onnx", engines / artifact.file
+    error = unet_error(fp32, int8, held_out)
+    timing = latency({"fp32": fp32, "int8": int8}, held_out[0], repeat)
+    states = {p: pie_states(ort_runtime(engines, p), case, round_settings) for p in ("fp32", "int8")}
+    round_psnr = float(psnr(states["fp32"][1], states["int8"][1]))
+    return {"model": "SD 1.4 architecture, random weights (seed 0)", "resolution": resolution,
+            "batch": 2, "calibration": calibration.describe(), "calibration_feeds": len(feeds),
+            "record_seconds": round(record_s, 1), "quantize_seconds": round(quantize_s, 1),
+            "unet_mib": {"fp32": round(_size(engines, "fp32") / 2**20), "int8": round(artifact.size / 2**20)},
+            "error": error, "latency": timing,
+            "speedup_median": timing["fp32"]["median_s"] / timing["int8"]["median_s"],
+            "speedup_min": timing["fp32"]["min_s"] / timing["int8"]["min_s"],
+            "pie_round": {"settings": round_settings.to_dict(), "psnr_db": round_psnr}}
+
+
+def _size(engines: Path, precision: str) -> int:
+    from mvg_rt.artifacts.manifest import Manifest
+
+    return Manifest.read(engines).require("unet", "onnx", precision).size
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# INT8 (Q/DQ) vs FP32, ONNX Runtime {report['onnxruntime']} CPU EP ({report['machine']})", ""]
+    if "sensitivity" in report:
+        s = report["sensitivity"]
+        lines += [f"## Which layers stay FP32 ({s['model']})", "",
+                  (f"Calibrated on {s['calibration_feeds']} UNet inputs (4 demo phantoms, one PIE round each); errors "
+                  f"on {s['held_out']} ({s['rows'][0]['feeds']} calls), relative to max(1, max|FP32|)."), "",
+                  "| kept FP32 | FP32 nodes | max abs (worst) | max abs (mean) | cosine (worst) | default |",
+                  "|---|---:|---:|---:|---:|:---:|"]
+        for r in s["rows"]:
+            lines.append(f"| {', '.join(r['fp32_groups'])} | {r['fp32_nodes']} | {r['max_abs_rel']:.4f} | "
+                         f"{r['mean_max_abs_rel']:.4f} | {r['min_cosine']:.5f} | {'yes' if r['default'] else ''} |")
+        c = report["demo_ctr"]
+        lines += ["", "## Demo CTR trajectory (10 rounds, strength 0.3, seed 0)", "",
+                  "| round | " + " | ".join(str(i) for i in range(len(c["ctr"]["fp32"]))) + " |",
+                  "|---|" + "---:|" * len(c["ctr"]["fp32"])]
+        for p in ("fp32", "fp16", "int8"):
+            lines.append(f"| {p} | " + " | ".join(f"{v:.3f}" for v in c["ctr"][p]) + " |")
+        lines += ["", (f"Largest gap to FP32: INT8 **{c['max_abs_gap']:.4f}** (target <= 0.02), FP16 "
+                       f"{c['fp16_max_abs_gap']:.4f}. Run time (ORT CPU, whole PIE run): FP32 {c['seconds']['fp32']} "
+                       f"s, FP16 {c['seconds']['fp16']} s, INT8 {c['seconds']['int8']} s."), ""]
+    if "full" in report:
+        f = report["full"]
+        t = f["latency"]
+        lines += [f"## Full SD 1.4 UNet at {f['resolution']}x{f['resolution']} ({f['model']})", "",
+                  (f"Calibrated on {f['calibration_feeds']} UNet inputs (2 phantoms, one PIE round of 10 steps at "
+                  f"strength 0.3 each) in {f['record_seconds']} s; quantized in {f['quantize_seconds']} s. "
+                  f"UNet file: FP32 {f['unet_mib']['fp32']} MiB, INT8 {f['unet_mib']['int8']} MiB."), "",
+                  "| UNet call (batch 2) | min s | median s |", "|---|---:|---:|",
+                  f"| FP32 | {t['fp32']['min_s']:.2f} | {t['fp32']['median_s']:.2f} |",
+                  f"| INT8 | {t['int8']['min_s']:.2f} | {t['int8']['median_s']:.2f} |", "",
+                  (f"Speed-up (median): **{f['speedup_median']:.2f}x** (min: {f['speedup_min']:.2f}x), "
+                  f"{t['fp32']['calls']} interleaved calls each."), "",
+                  (f"Error on {f['error']['feeds']} held-out UNet inputs (one PIE round on the demo case): max abs "
+                  f"{f['error']['max_abs_rel']:.4f} of max(1, max|FP32|) (mean {f['error']['mean_max_abs_rel']:.4f}), "
+                  f"cosine >= {f['error']['min_cosine']:.5f}."), "",
+                  (f"One PIE round (10 steps, strength 0.6, same seed), INT8 vs FP32 UNet: "
+                  f"**{f['pie_round']['psnr_db']:.2f} dB** PSNR. Random weights: the images are not meaningful, the "
+                  "agreement is."), ""]
+    lines += [f"Note: {n}\n" for n in report.get("notes", [])]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import onnxruntime
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full-engines", type=Path)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core/int8"))
+    args = parser.parse_args()
+    report: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+                              "machine": f"{platform.machine()}, 2 shared cores"}
+    previous = args.out.with_suffix(".json")
+    if previous.is_file():  # parts not rerun keep their last results
+        report = json.loads(previous.read_text()) | report
+    with tempfile.TemporaryDirectory(prefix="mvg-int8-") as scratch:
+        work = Path(scratch)
+        if not args.skip_demo:
+            report |= part_sensitivity_and_ctr(work)
+        if args.full_engines:
+            report["full"] = part_full(args.full_engines, work, args.repeat)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
