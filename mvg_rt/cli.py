@@ -90,6 +90,10 @@ def _default_out() -> Path:
               help="CUDA only: replay the denoisers as CUDA graphs (torch/trt: captured per call; ort: its own).")
 @click.option("--low-memory", is_flag=True,
               help="CUDA only (Jetson-class): load engines one stage at a time, decode one frame per call.")
+@click.option("--tf32", is_flag=True, help="CUDA only: let FP32 matmuls/convolutions run as TF32 (faster, ~1e-3 "
+              "relative). Off: --precision fp32 means FP32. Recorded in run.json.")
+@click.option("--channels-last", is_flag=True,
+              help="CUDA, --backend torch: run UNet and VAE in NHWC (cuDNN's native layout; same results).")
 def simulate(**opts: object) -> None:
     """Simulate disease progression: N PIE rounds from IMAGE towards PROMPT inside the ROI, then SEINE
     transition clips between consecutive states, written as a video plus the state images."""

@@ -38,7 +38,8 @@ def runtime_spec(opts: dict[str, Any]) -> RuntimeSpec:
     """The backend options of ``simulate`` (shared by every verb that runs the pipelines)."""
     return RuntimeSpec(backend=opts.get("backend") or "torch", device=opts.get("device") or "cpu",
                        precision=opts.get("precision") or "fp32", cuda_graphs=bool(opts.get("cuda_graphs")),
-                       low_memory=bool(opts.get("low_memory")), model_dir=opts.get("model_dir"),
+                       low_memory=bool(opts.get("low_memory")), tf32=bool(opts.get("tf32")),
+                       channels_last=bool(opts.get("channels_last")), model_dir=opts.get("model_dir"),
                        unet_dir=opts.get("unet_dir"), seine=opts.get("seine"), engines_dir=opts.get("engines_dir"),
                        with_seine=not opts.get("no_transition"))
 
