@@ -58,13 +58,15 @@ class BatchReport:
 
 
 def runtime_identity(spec: RuntimeSpec) -> dict[str, Any]:
-    """What of the runtime determines a case's outputs (hashed with its settings); the device by type."""
-    def where(path: Any) -> str | None:
-        return str(Path(path).resolve()) if path else None
-
-    return {"backend": spec.backend, "precision": spec.precision, "device": spec.device.split(":")[0],
-            "model_dir": where(spec.model_dir), "unet_dir": where(spec.unet_dir), "seine": where(spec.seine),
-            "engines_dir": where(spec.engines_dir)}
+    """What of the runtime determines a case's outputs (hashed with its settings): the whole spec, its paths
+    resolved, its device by type (``cuda:1`` and ``cuda`` run the same), without ``with_seine`` (set per run)."""
+    identity = spec.to_dict()
+    for name in ("model_dir", "unet_dir", "seine", "engines_dir"):
+        if identity[name]:
+            identity[name] = str(Path(identity[name]).resolve())
+    identity["device"] = spec.device.split(":")[0]
+    del identity["with_seine"]
+    return identity
 
 
 class _Driver:

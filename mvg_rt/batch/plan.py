@@ -7,7 +7,7 @@ everything that determines the outputs, resolved (shared settings with the row's
     sha256(json({"prompt", "negative_prompt", "image_sha256",
                  "roi" (box / ellipse text, feather, or the mask file's sha256),
                  "options" (PIE and transition settings, seed, resolution, fps), "record_paths",
-                 "runtime" (backend, precision, device type, model / engines locations)}))
+                 "runtime" (the runtime spec: backend, precision, device type, switches, model locations)}))
 
 Input paths are not hashed (moving a worklist keeps its results valid); input bytes are. A complete
 folder with another hash, or a folder batch did not write, is a *changed* case: refused (exit 2, naming
