@@ -275,8 +275,8 @@ _PER_CASE = {"image", "prompt", "mask_path", "roi_box", "roi_ellipse", "out", "o
               "inputs (each replaced only once its new run is complete).")
 @click.option("--ray", metavar="local|auto|ADDRESS", help="Run the cases on Ray: local (start one here), auto "
               "(the running cluster) or a cluster address. Needs pip install mvg-rt[cluster].")
-@click.option("--workers", type=int, help="With --ray: actors to start (one per GPU or CPU slot). Default: all.")
-@click.option("--retries", type=int, default=1, show_default=True,
+@click.option("--workers", type=INT, help="With --ray: actors to start (one per GPU or CPU slot). Default: all.")
+@click.option("--retries", type=INT, default=1, show_default=True,
               help="With --ray: times a case lost with its worker is retried on another.")
 def batch(**opts: object) -> None:
     """Simulate every case of a worklist (CSV or JSON Lines) into OUT/<case_id>/, resumably; the simulate

@@ -73,6 +73,8 @@ LIMITS: dict[str, Limit] = {
     "--workspace": Limit(1, 1 << 24, integer=True),
     "--builder-level": Limit(0, 5, integer=True),
     "--calibration-count": Limit(1, 10_000, integer=True),
+    "--workers": Limit(1, 4096, integer=True),
+    "--retries": Limit(0, 100, integer=True),
     "--scale": Limit(0, 100, low_open=True),
     "--repeat": _REPEAT,
     "--warmup": Limit(0, 10_000, integer=True),

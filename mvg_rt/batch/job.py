@@ -27,7 +27,7 @@ from mvg_rt.batch.case import CaseOutcome
 from mvg_rt.batch.plan import CaseRequest, Plan, plan_batch
 from mvg_rt.batch.progress import BatchProgress
 from mvg_rt.batch.summary import Summary
-from mvg_rt.errors import MvgError
+from mvg_rt.limits import check
 from mvg_rt.io.output_dir import claim_output_dir
 from mvg_rt.runtime.factory import RuntimeSpec
 
@@ -105,8 +105,7 @@ def _summarise_complete(plan: Plan, summary: Summary) -> None:
 
 
 def run_batch(request: BatchRequest, console: Console) -> BatchReport:
-    if request.retries < 0:
-        raise MvgError(f"--retries must be >= 0 (got {request.retries})")
+    check("--retries", request.retries)  # the CLI's own range, for callers that skip the CLI
     with claim_output_dir(request.out, overwrite=True):  # one batch per --out; dead runs' leftovers removed
         request.out.mkdir(exist_ok=True)
         plan = plan_batch(request.cases, runtime_identity(request.runtime), request.out, request.redo)
