@@ -88,6 +88,17 @@ def compare_with(rows: list[Row], reference: Callable[[Row], bool], speedup_key:
             row.metrics[diff_key] = differences(row, ref)
 
 
+def paper_projection(rows: list[Row]) -> list[str]:
+    """The paper-default simulation per variant from its measured denoiser calls (CFG batch 2): 10 rounds x 30
+    UNet steps + 10 clips x 250 SEINE steps at the bench's frames; networks only (the VAE calls add ~1%)."""
+    calls = {r.label: {} for r in rows if r.kind == "component" and r.error is None}
+    for r in (r for r in rows if r.kind == "component" and r.error is None):
+        calls[r.label][r.component] = r.metrics["median_s"]
+    return [f"projected paper-default simulation on {label}: PIE {300 * t['unet']:.0f} s"
+            + (f" + transitions {2500 * t['seine']:.0f} s = {300 * t['unet'] + 2500 * t['seine']:.0f} s"
+               if "seine" in t else " (SEINE not measured)") for label, t in calls.items() if "unet" in t]
+
+
 # ------------------------------------------------------------------ targets
 
 

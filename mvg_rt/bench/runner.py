@@ -21,7 +21,7 @@ from mvg_rt.bench.config import BenchConfig
 from mvg_rt.bench.machine import load_average, machine_info, matmul_peak
 from mvg_rt.bench.measure import measure_variant
 from mvg_rt.bench.profiling import profile_unet
-from mvg_rt.bench.rows import KINDS, TARGETS, Row, attempt, compare_with, evaluate
+from mvg_rt.bench.rows import KINDS, TARGETS, Row, attempt, compare_with, evaluate, paper_projection
 from mvg_rt.components import PIE_COMPONENTS
 from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
@@ -81,6 +81,7 @@ def run_bench(config: BenchConfig, progress: Progress = lambda _: None) -> dict[
         rows += peer_rows(c, source, cache, engines, say, report["notes"])
     compare_with(rows, lambda r: r.is_reference, "speedup_vs_torch", "diff_vs_reference")
     compare_with(rows, lambda r: r.metrics.get("peer") == "diffusers", "speedup_vs_diffusers", "diff_vs_diffusers")
+    report["notes"] += paper_projection(rows)
     report["targets"] = [t for t in (evaluate(target, [r.to_dict() for r in rows]) for target in TARGETS) if t]
     for t in report["targets"]:
         say(f"target {t['id']}: {t['name']}: {t['value_text']} (threshold {t['threshold_text']}) {t['status']}")
