@@ -94,7 +94,8 @@ def paper_projection(rows: list[Row]) -> list[str]:
     calls = {r.label: {} for r in rows if r.kind == "component" and r.error is None}
     for r in (r for r in rows if r.kind == "component" and r.error is None):
         calls[r.label][r.component] = r.metrics["median_s"]
-    return [f"projected paper-default simulation on {label}: PIE {300 * t['unet']:.0f} s"
+    return [f"projected paper-default simulation on {label} (SEINE at the frames measured): "
+            f"PIE {300 * t['unet']:.0f} s"
             + (f" + transitions {2500 * t['seine']:.0f} s = {300 * t['unet'] + 2500 * t['seine']:.0f} s"
                if "seine" in t else " (SEINE not measured)") for label, t in calls.items() if "unet" in t]
 
