@@ -121,6 +121,9 @@ class RuntimeSpec:
                                "--model-dir DIR --out engines/NAME)")
             if self.channels_last:
                 raise MvgError("--channels-last applies to --backend torch; engines choose their own layout")
+            if self.backend == "trt" and not self.cuda:
+                raise MvgError(f"--backend trt runs TensorRT engines on an NVIDIA GPU: pass --device cuda (got "
+                               f"--device {self.device}), or use --backend ort on this device")
 
 
 @dataclass

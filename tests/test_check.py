@@ -146,5 +146,5 @@ def test_trt_cases_are_filtered_by_engine_profile():
 
 def test_check_trt_without_tensorrt_is_one_line(tiny_engines, tiny_model_dir, run_cli):
     code, _, err = run_cli(["check", "--engines", str(tiny_engines), "--model-dir", str(tiny_model_dir),
-                            "--backend", "trt", "--precision", "fp16", "--skip-end-to-end"])
+                            "--backend", "trt", "--precision", "fp16", "--device", "cuda", "--skip-end-to-end"])
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err

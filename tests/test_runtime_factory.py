@@ -55,6 +55,7 @@ def test_without_seine_the_torch_runtime_loads_no_seine(tiny_model_dir: Path):
     (RuntimeSpec(model_dir=Path("m"), precision="fp16"), "runs on a GPU"),
     (RuntimeSpec(model_dir=Path("m"), cuda_graphs=True), "--cuda-graphs needs a CUDA device"),
     (RuntimeSpec(model_dir=Path("m"), tf32=True), "--tf32 needs a CUDA device"),
+    (RuntimeSpec(backend="trt", engines_dir=Path("e")), "--backend trt runs TensorRT engines on an NVIDIA GPU"),
 ])
 def test_impossible_specs_are_refused_in_one_line_before_loading(spec: RuntimeSpec, words: str):
     with pytest.raises(MvgError, match=words) as err:
