@@ -57,8 +57,11 @@ def test_channels_last_gives_the_same_outputs(tiny_models):
 def test_freed_cpu_memory_is_reused_without_page_faults():
     """After ``retain_freed_memory`` (what TorchBackend does on a CPU), a network's activations come back
     from the heap on the next call: no page faults, where glibc's defaults map 32 MiB blocks afresh
-    every call (~33,000 faults per call of this net, measured)."""
+    every call (~33,000 faults per call of this net, measured). The median over several calls is what is
+    asserted: the kernel itself now and then faults a settled block back in (NUMA balancing, page
+    compaction), measured here as one call in ten or so with 8,192 faults (one 32 MiB block) even single-threaded."""
     import resource
+    import statistics
 
     from mvg_rt.runtime.backends.cpu_memory import retain_freed_memory
 
@@ -78,4 +81,4 @@ def test_freed_cpu_memory_is_reused_without_page_faults():
 
     for _ in range(4):  # the heap settles into the call's allocation pattern
         faults_of_one_call()
-    assert max(faults_of_one_call() for _ in range(3)) < 256
+    assert statistics.median(faults_of_one_call() for _ in range(9)) < 256
