@@ -8,7 +8,12 @@ Three parts, each written to ``<out>.json`` and ``<out>.md``:
    calls of a PIE run on the demo case (a patient the calibration never saw).
 2. ``demo_ctr``: the demo case's CTR trajectory (``mvg-rt simulate``'s defaults: 10 rounds,
    strength 0.3, seed 0) with the FP32 and the INT8 UNet (other networks FP32 in both).
-3. ``full``: the full SD 1.4 architecture (random weights) at 256x256: the INT8 UNet
+3. ``ctr_seeds``: the same CTR comparison over 8 seeds, for FP16, the INT8 UNet and its
+   weight-only variant (the INT8 graph with the activation Q/DQ pairs removed: INT8
+   per-channel weights, float activations, the error floor of any INT8 scheme with these
+   weights), and the readout's own resolution: how far the CTR of each FP32 state moves
+   when ±1 grey level of random noise (the PNG's rounding quantum) is added to it.
+4. ``full``: the full SD 1.4 architecture (random weights) at 256x256: the INT8 UNet
    calibrated on a few phantom PIE inputs; UNet latency FP32 vs INT8 (batch 2, the CFG
    pair; calls interleaved), error on held-out inputs, and the PSNR between one PIE round
    run with each.
@@ -20,7 +25,7 @@ Usage::
 ``--full-engines`` is an FP32 engines folder of the SD 1.4 architecture (PIE components;
 ``mvg-rt make-tiny-model`` does not make it: ``build_models("sd14")`` + ``write_model_folder``,
 then ``mvg-rt export --no-seine``, once; it is copied, never changed). Leave it out to run
-parts 1-2 only; ``--skip-demo`` runs part 3 only (the JSON keeps the other parts' results).
+parts 1-3 only; ``--skip-demo`` runs part 4 only (the JSON keeps the other parts' results).
 """
 
 from __future__ import annotations
@@ -37,20 +42,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from mvg_rt.artifacts.manifest import Manifest
 from mvg_rt.calibration import CalibrationSettings, RecordingBackend, record_unet_feeds
 from mvg_rt.components import PIE_COMPONENTS
 from mvg_rt.demo.default import DEMO_CASE, DEMO_WEIGHTS
+from mvg_rt.eval.ctr import measure_ctr
 from mvg_rt.eval.metrics import psnr
 from mvg_rt.eval.progression import evaluate_states
 from mvg_rt.export.build import ExportRequest, add_int8, export_engines
 from mvg_rt.export.int8 import DEFAULT_KEEP, SENSITIVE, quantize_int8
 from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import choose_mask
+from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
 from mvg_rt.runtime.pipelines.roi import latent_mask
 
 DEMO_RESOLUTION = 128
+SEEDS = tuple(range(8))
+JITTER_DRAWS = 16
 KEEP_SETS = ((), ("time_embedding",), ("conv_in_out",), ("attention_scores",), ("up_block_convs",),
              ("time_embedding", "conv_in_out"), DEFAULT_KEEP, tuple(SENSITIVE))
 
@@ -160,6 +170,77 @@ def part_sensitivity_and_ctr(work: Path) -> dict[str, Any]:
                          "seconds": sessions}}
 
 
+class UnetFromFile(Backend):
+    """``inner`` with its UNet replaced by an ONNX file outside any manifest (a bench-only graph variant)."""
+
+    def __init__(self, inner: Backend, path: Path) -> None:
+        super().__init__(inner.device)
+        self.inner, self.name, self.unet = inner, inner.name, session(path)
+
+    @property
+    def components(self) -> frozenset[str]:
+        return self.inner.components
+
+    def infer(self, component: Any, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if component.name != "unet":
+            return self.inner.infer(component, feeds)
+        out = self.unet.run(None, {k: v.cpu().numpy() for k, v in feeds.items()})[0]
+        return {component.output_names[0]: torch.from_numpy(out)}
+
+
+def weight_only(int8: Path, out: Path) -> Path:
+    """The Q/DQ graph with every activation Q/DQ pair bypassed: INT8 weights, float activations."""
+    import onnx
+
+    model = onnx.load(str(int8))
+    weights = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    bypass, dropped = {}, set()
+    for node in model.graph.node:
+        quant = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if quant is not None and quant.op_type == "QuantizeLinear" and quant.input[0] not in weights:
+            bypass[node.output[0]] = quant.input[0]
+            dropped |= {id(node), id(quant)}
+    kept = [n for n in model.graph.node if id(n) not in dropped]
+    for node in kept:
+        node.input[:] = [bypass.get(name, name) for name in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    onnx.save(model, str(out))
+    return out
+
+
+def readout_jitter(state: np.ndarray, rng: np.random.Generator) -> float:
+    """Largest CTR change when ±1 grey level of uniform noise is added to ``state``."""
+    ctr = measure_ctr(state).ctr
+    moved = [measure_ctr(np.clip(state.astype(np.int16) + rng.integers(-1, 2, state.shape), 0, 255)
+                         .astype(np.uint8)).ctr for _ in range(JITTER_DRAWS)]
+    return float(max(abs(m - ctr) for m in moved))
+
+
+def part_ctr_seeds(engines: Path, work: Path) -> dict[str, Any]:
+    """Max CTR gap to FP32 per seed for FP16, INT8 and INT8 weight-only; the FP32 readout's jitter."""
+    case = demo_case(DEMO_RESOLUTION)
+    fp32 = ort_runtime(engines, "fp32")
+    int8_file = engines / Manifest.read(engines).require("unet", "onnx", "int8").file
+    variants = {"fp16": ort_runtime(engines, "fp16"), "int8": ort_runtime(engines, "int8"),
+                "int8_weight_only": Runtime(UnetFromFile(fp32.backend, weight_only(int8_file, work / "wo.onnx")),
+                                            fp32.model, fp32.provenance)}
+    rng = np.random.default_rng(0)
+    gaps: dict[str, list[float]] = {k: [] for k in variants}
+    jitter = []
+    for seed in SEEDS:
+        states = pie_states(fp32, case, demo_settings(), seed)
+        reference = np.array(evaluate_states(states, case[1][..., 0] / 255.0)["ctr"])
+        jitter.append(max(readout_jitter(s, rng) for s in states))
+        for name, runtime in variants.items():
+            ctr = evaluate_states(pie_states(runtime, case, demo_settings(), seed), case[1][..., 0] / 255.0)["ctr"]
+            gaps[name].append(round(float(np.abs(np.array(ctr) - reference).max()), 4))
+        print(seed, {k: v[-1] for k, v in gaps.items()}, "jitter", jitter[-1], flush=True)
+    return {"seeds": list(SEEDS), "max_abs_gap": gaps, "fp32_readout_jitter": [round(j, 4) for j in jitter],
+            "jitter_draws": JITTER_DRAWS}
+
+
 def part_full(engines_src: Path, work: Path, repeat: int) -> dict[str, Any]:
     torch.set_num_threads(2)
     engines = work / "sd14"
@@ -192,8 +273,6 @@ def part_full(engines_src: Path, work: Path, repeat: int) -> dict[str, Any]:
 
 
 def _size(engines: Path, precision: str) -> int:
-    from mvg_rt.artifacts.manifest import Manifest
-
     return Manifest.read(engines).require("unet", "onnx", precision).size
 
 
@@ -218,6 +297,18 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", (f"Largest gap to FP32: INT8 **{c['max_abs_gap']:.4f}** (target <= 0.02), FP16 "
                        f"{c['fp16_max_abs_gap']:.4f}. Run time (ORT CPU, whole PIE run): FP32 {c['seconds']['fp32']} "
                        f"s, FP16 {c['seconds']['fp16']} s, INT8 {c['seconds']['int8']} s."), ""]
+    if "ctr_seeds" in report:
+        c = report["ctr_seeds"]
+        lines += ["## Demo CTR gap to FP32 over seeds (largest gap of the 11 states, per seed)", "",
+                  "| UNet | " + " | ".join(f"seed {s}" for s in c["seeds"]) + " | seeds within 0.02 | median |",
+                  "|---|" + "---:|" * (len(c["seeds"]) + 2)]
+        rows = c["max_abs_gap"] | {"FP32 readout, ±1 grey noise": c["fp32_readout_jitter"]}
+        for name, gaps in rows.items():
+            lines.append(f"| {name} | " + " | ".join(f"{g:.3f}" for g in gaps) +
+                         f" | {sum(g <= 0.02 for g in gaps)}/{len(gaps)} | {float(np.median(gaps)):.3f} |")
+        lines += ["", ("The last row is no model: the largest CTR change of an FP32 state when uniform noise of ±1 "
+                       f"grey level is added to it ({c['jitter_draws']} draws per state), i.e. the readout's own "
+                       "resolution at that seed."), ""]
     if "full" in report:
         f = report["full"]
         t = f["latency"]
@@ -258,6 +349,7 @@ def main() -> None:
         work = Path(scratch)
         if not args.skip_demo:
             report |= part_sensitivity_and_ctr(work)
+            report["ctr_seeds"] = part_ctr_seeds(work / "demo", work)
         if args.full_engines:
             report["full"] = part_full(args.full_engines, work, args.repeat)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,23 +19,20 @@ from mvg_rt.bench.config import BenchConfig, E2ESettings
 from mvg_rt.bench.machine import clocked, timed
 from mvg_rt.bench.rows import Row, attempt
 from mvg_rt.components import COMPONENTS
+from mvg_rt.demo.default import DEMO_CASE
+from mvg_rt.io.images import read_image, resize_and_crop
+from mvg_rt.io.masks import RoiRequest
+from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
 
 
 def demo_original(resolution: int) -> np.ndarray:
     """The demo image, (H, W, 3) uint8 at ``resolution``."""
-    from mvg_rt.demo.default import DEMO_CASE
-    from mvg_rt.io.images import read_image, resize_and_crop
-
     return resize_and_crop(read_image(DEMO_CASE.image).pixels, resolution)
 
 
 def run_demo_simulation(runtime: Runtime, settings: E2ESettings, transitions: bool, out: Path) -> dict[str, Any]:
     """``simulate`` on the demo case (its heart ROI) into ``out``; returns its run.json."""
-    from mvg_rt.demo.default import DEMO_CASE
-    from mvg_rt.io.masks import RoiRequest
-    from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
-
     inputs = load_inputs(str(DEMO_CASE.image), settings.prompt, settings.negative_prompt)
     inputs.roi = RoiRequest(str(DEMO_CASE.mask))
     simulate(runtime, inputs, SimulationOptions(pie=settings.pie(), resolution=settings.resolution, seed=settings.seed,

@@ -48,9 +48,6 @@ def attempt(row: Row, measure: Callable[[], Row]) -> Row:
         return row
 
 
-# ------------------------------------------------------------------ comparisons
-
-
 def difference(output: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     """uint8 images: max abs (levels) and PSNR (dB); network outputs: max abs, scaled by max|ref|, cosine."""
     if output.shape != reference.shape:
@@ -70,37 +67,31 @@ def differences(row: Row, reference: Row) -> dict[str, Any]:
     return diffs.get("output", diffs) if list(diffs) == ["output"] else diffs
 
 
-def ratio(baseline: float | None, value: float | None) -> float | None:
-    """How many times faster ``value`` is than ``baseline`` (both seconds)."""
-    return baseline / value if baseline and value else None
-
-
 TIME_KEY = {"component": "median_s", "pie_round": "median_s", "simulation": "simulation_s"}
 
 
 def compare_with(rows: list[Row], reference: Callable[[Row], bool], speedup_key: str, diff_key: str) -> None:
-    """Speed-up and output difference of every row against the reference row of its kind and component."""
+    """Speed-up (reference seconds / row seconds) and output difference of every row against the reference
+    row of its kind and component."""
     ok = [r for r in rows if r.error is None and r.kind in TIME_KEY]
     for row in ok:
         ref = next((r for r in ok if r.kind == row.kind and r.component == row.component and reference(r)), None)
         if ref is not None:
-            row.metrics[speedup_key] = ratio(ref.metrics[TIME_KEY[row.kind]], row.metrics[TIME_KEY[row.kind]])
+            base, value = ref.metrics[TIME_KEY[row.kind]], row.metrics[TIME_KEY[row.kind]]
+            row.metrics[speedup_key] = base / value if base and value else None
             row.metrics[diff_key] = differences(row, ref)
 
 
 def paper_projection(rows: list[Row]) -> list[str]:
     """The paper-default simulation per variant from its measured denoiser calls (CFG batch 2): 10 rounds x 30
     UNet steps + 10 clips x 250 SEINE steps at the bench's frames; networks only (the VAE calls add ~1%)."""
-    calls = {r.label: {} for r in rows if r.kind == "component" and r.error is None}
+    calls: dict[str, dict[str, float]] = {}
     for r in (r for r in rows if r.kind == "component" and r.error is None):
-        calls[r.label][r.component] = r.metrics["median_s"]
+        calls.setdefault(r.label, {})[r.component] = r.metrics["median_s"]
     return [f"projected paper-default simulation on {label} (SEINE at the frames measured): "
             f"PIE {300 * t['unet']:.0f} s"
             + (f" + transitions {2500 * t['seine']:.0f} s = {300 * t['unet'] + 2500 * t['seine']:.0f} s"
                if "seine" in t else " (SEINE not measured)") for label, t in calls.items() if "unet" in t]
-
-
-# ------------------------------------------------------------------ targets
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import torch
 from mvg_rt.bench import models
 from mvg_rt.bench.config import BenchConfig
 from mvg_rt.bench.machine import load_average, machine_info, matmul_peak
-from mvg_rt.bench.measure import measure_variant
+from mvg_rt.bench.measure import diffusers_row, load_diffusers_img2img, measure_variant
+from mvg_rt.bench.overhead import overhead_rows, stub_rows
 from mvg_rt.bench.profiling import profile_unet
 from mvg_rt.bench.rows import KINDS, TARGETS, Row, attempt, compare_with, evaluate, paper_projection
 from mvg_rt.components import PIE_COMPONENTS
@@ -116,9 +117,6 @@ def prepare_engines(c: BenchConfig, source: models.ModelSource, with_seine: bool
 def peer_rows(c: BenchConfig, source: models.ModelSource, cache: Path, engines: Path | None, say: Progress,
               notes: list[str]) -> list[Row]:
     """diffusers img2img rows (fp32, + fp16 on CUDA), then the tiny model's overhead rows."""
-    from mvg_rt.bench.measure import diffusers_row, load_diffusers_img2img
-    from mvg_rt.bench.overhead import overhead_rows, stub_rows
-
     rows = []
     for precision in ("fp32", "fp16") if c.cuda else ("fp32",):
         say(f"peer: diffusers StableDiffusionImg2ImgPipeline, PyTorch eager {precision}")
