@@ -1,6 +1,6 @@
 """INT8 (Q/DQ, export/int8.py) against FP32 on the ONNX Runtime CPU EP, side by side in one run.
 
-Three parts, each written to ``<out>.json`` and ``<out>.md``:
+Five parts, each written to ``<out>.json`` and ``<out>.md``:
 
 1. ``sensitivity``: which layers stay FP32. The demo UNet (128 px, trained weights) is
    quantized with each keep set of ``export.int8.SENSITIVE`` (calibrated on the demo
@@ -13,7 +13,11 @@ Three parts, each written to ``<out>.json`` and ``<out>.md``:
    per-channel weights, float activations, the error floor of any INT8 scheme with these
    weights), and the readout's own resolution: how far the CTR of each FP32 state moves
    when ±1 grey level of random noise (the PNG's rounding quantum) is added to it.
-4. ``full``: the full SD 1.4 architecture (random weights) at 256x256: the INT8 UNet
+4. ``seine``: whether SEINE holds up in INT8 (demo model): quantized with the UNet's keep
+   sets (calibrated on clips of the demo phantoms), its error on held-out inputs, and its
+   clips' frames inside the ROI against FP32's at the demo's sampler (DDIM-25) and the fast
+   preset (DPM-Solver++(2M)-10), with FP16 SEINE as the yardstick.
+5. ``full``: the full SD 1.4 architecture (random weights) at 256x256: the INT8 UNet
    calibrated on a few phantom PIE inputs; UNet latency FP32 vs INT8 (batch 2, the CFG
    pair; calls interleaved), error on held-out inputs, and the PSNR between one PIE round
    run with each.
@@ -25,7 +29,8 @@ Usage::
 ``--full-engines`` is an FP32 engines folder of the SD 1.4 architecture (PIE components;
 ``mvg-rt make-tiny-model`` does not make it: ``build_models("sd14")`` + ``write_model_folder``,
 then ``mvg-rt export --no-seine``, once; it is copied, never changed). Leave it out to run
-parts 1-3 only; ``--skip-demo`` runs part 4 only (the JSON keeps the other parts' results).
+parts 1-4 only; ``--skip-demo`` runs part 5 only, ``--seine-only`` part 4 only (the JSON
+keeps the other parts' results).
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ import numpy as np
 import torch
 
 from mvg_rt.artifacts.manifest import Manifest
-from mvg_rt.calibration import CalibrationSettings, RecordingBackend, record_unet_feeds
-from mvg_rt.components import PIE_COMPONENTS
+from mvg_rt.calibration import CalibrationSettings, RecordingBackend, calibration_cases, record_unet_feeds
+from mvg_rt.components import PIE_COMPONENTS, SEINE
 from mvg_rt.demo.default import DEMO_CASE, DEMO_WEIGHTS
 from mvg_rt.eval.ctr import measure_ctr
 from mvg_rt.eval.metrics import psnr
@@ -57,6 +62,8 @@ from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
 from mvg_rt.runtime.pipelines.roi import latent_mask
+from mvg_rt.runtime.pipelines.sessions import run_transitions, transition_sampler
+from mvg_rt.runtime.pipelines.transition import TransitionSettings
 
 DEMO_RESOLUTION = 128
 SEEDS = tuple(range(8))
@@ -102,7 +109,7 @@ def session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def unet_error(fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
+def graph_error(fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Worst max abs error (relative to max(1, max|FP32|)) and worst cosine over the feeds."""
     a, b = session(fp32), session(int8)
     rel, cosines = [], []
@@ -152,7 +159,7 @@ def part_sensitivity_and_ctr(work: Path) -> dict[str, Any]:
         out = work / f"unet_int8_{'_'.join(keep) or 'none'}.onnx"
         details = quantize_int8(fp32, out, feeds, keep)
         rows.append({"fp32_groups": list(keep) or ["(none)"], "fp32_nodes": len(details["fp32_nodes"]),
-                     "default": keep == DEFAULT_KEEP} | unet_error(fp32, out, held_out))
+                     "default": keep == DEFAULT_KEEP} | graph_error(fp32, out, held_out))
         print(rows[-1], flush=True)
     sessions = {}
     ctr = {}
@@ -170,22 +177,26 @@ def part_sensitivity_and_ctr(work: Path) -> dict[str, Any]:
                          "seconds": sessions}}
 
 
-class UnetFromFile(Backend):
-    """``inner`` with its UNet replaced by an ONNX file outside any manifest (a bench-only graph variant)."""
+class GraphFromFile(Backend):
+    """``inner`` with one component replaced by an ONNX file outside any manifest (a bench-only graph variant)."""
 
-    def __init__(self, inner: Backend, path: Path) -> None:
+    def __init__(self, inner: Backend, component: str, path: Path) -> None:
         super().__init__(inner.device)
-        self.inner, self.name, self.unet = inner, inner.name, session(path)
+        self.inner, self.name, self.component, self.graph = inner, inner.name, component, session(path)
 
     @property
     def components(self) -> frozenset[str]:
         return self.inner.components
 
     def infer(self, component: Any, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if component.name != "unet":
+        if component.name != self.component:
             return self.inner.infer(component, feeds)
-        out = self.unet.run(None, {k: v.cpu().numpy() for k, v in feeds.items()})[0]
+        out = self.graph.run(None, {k: v.cpu().numpy() for k, v in feeds.items()})[0]
         return {component.output_names[0]: torch.from_numpy(out)}
+
+
+def with_graph(runtime: Runtime, component: str, path: Path) -> Runtime:
+    return Runtime(GraphFromFile(runtime.backend, component, path), runtime.model, runtime.provenance)
 
 
 def weight_only(int8: Path, out: Path) -> Path:
@@ -224,8 +235,7 @@ def part_ctr_seeds(engines: Path, work: Path) -> dict[str, Any]:
     fp32 = ort_runtime(engines, "fp32")
     int8_file = engines / Manifest.read(engines).require("unet", "onnx", "int8").file
     variants = {"fp16": ort_runtime(engines, "fp16"), "int8": ort_runtime(engines, "int8"),
-                "int8_weight_only": Runtime(UnetFromFile(fp32.backend, weight_only(int8_file, work / "wo.onnx")),
-                                            fp32.model, fp32.provenance)}
+                "int8_weight_only": with_graph(fp32, "unet", weight_only(int8_file, work / "wo.onnx"))}
     rng = np.random.default_rng(0)
     gaps: dict[str, list[float]] = {k: [] for k in variants}
     jitter = []
@@ -239,6 +249,72 @@ def part_ctr_seeds(engines: Path, work: Path) -> dict[str, Any]:
         print(seed, {k: v[-1] for k, v in gaps.items()}, "jitter", jitter[-1], flush=True)
     return {"seeds": list(SEEDS), "max_abs_gap": gaps, "fp32_readout_jitter": [round(j, 4) for j in jitter],
             "jitter_draws": JITTER_DRAWS}
+
+
+SEINE_KEEP_SETS = (DEFAULT_KEEP, tuple(SENSITIVE))
+SEINE_SAMPLERS = {"ddim-25 (demo)": ("ddim", 25), "dpm++2m-10 (--transitions fast)": ("dpm++2m", 10)}
+
+
+def clip_frames(runtime: Runtime, states: list[np.ndarray], roi: np.ndarray, sampler: str, steps: int
+                ) -> np.ndarray:
+    """The transition clips between consecutive ``states`` (8 frames each, seed 0), joined."""
+    settings = TransitionSettings(frames=8, steps=steps, sampler=sampler)
+    clips = transition_sampler(runtime.backend, runtime.model, settings, DEMO_CASE.prompt)
+    with torch.inference_mode():
+        return run_transitions(clips, [torch.from_numpy(s) for s in states], torch.from_numpy(roi[..., 0] / 255.0)
+                               .float(), torch.Generator().manual_seed(0)).numpy()
+
+
+def seine_feeds(runtime: Runtime, pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], sampler: str, steps: int
+                ) -> list[dict[str, np.ndarray]]:
+    """SEINE's inputs while the clips of ``pairs`` ((start, end, roi) each) are sampled."""
+    recorder = RecordingBackend(runtime.backend, SEINE)
+    recording = Runtime(recorder, runtime.model, runtime.provenance)
+    for start, end, roi in pairs:
+        clip_frames(recording, [start, end], roi, sampler, steps)
+    return recorder.recorded
+
+
+def part_seine(work: Path) -> dict[str, Any]:
+    """SEINE quantized like the UNet: error on held-out inputs and the clips' frames inside the ROI vs FP32."""
+    torch.set_num_threads(2)
+    engines = work / "demo_seine"
+    export_engines(ExportRequest(model_dir=DEMO_WEIGHTS, out=engines, components=("text_encoder", "vae_encoder",
+                                 "vae_decoder", "unet", "seine"), fp16=True))
+    fp32 = ort_runtime(engines, "fp32")
+    manifest = Manifest.read(engines)
+    fp32_file, fp16_file = (engines / manifest.require("seine", "onnx", p).file for p in ("fp32", "fp16"))
+    phantoms = calibration_cases(CalibrationSettings(count=4), DEMO_RESOLUTION)
+    full = np.full((DEMO_RESOLUTION, DEMO_RESOLUTION, 3), 255, np.uint8)
+    edited = [pie_states(fp32, (image, full), PieSettings(rounds=1, strength=0.6), seed=1)[1] for image, _ in phantoms]
+    calibration = seine_feeds(fp32, [(image, e, full) for (image, _), e in zip(phantoms, edited)], "ddim", 10)
+    case = demo_case(DEMO_RESOLUTION)
+    states = pie_states(fp32, case, demo_settings(rounds=3))
+    held_out = seine_feeds(fp32, [(a, b, case[1]) for a, b in zip(states[:-1], states[1:])], "ddim", 25)
+    inside = case[1][..., 0] > 127
+    reference = {name: clip_frames(fp32, states, case[1], *how) for name, how in SEINE_SAMPLERS.items()}
+
+    def row(label: str, graph: Path, fp32_nodes: int | None) -> dict[str, Any]:
+        runtime = with_graph(fp32, "seine", graph)
+        frames = {}
+        for name, how in SEINE_SAMPLERS.items():
+            db = [psnr(a[inside], b[inside]) for a, b in zip(reference[name], clip_frames(runtime, states, case[1], *how))]
+            frames[name] = {"min_db": float(min(db)), "median_db": float(np.median(db))}
+        result = {"seine": label, "fp32_nodes": fp32_nodes, "frames_inside_roi": frames} | graph_error(
+            fp32_file, graph, held_out)
+        print(result, flush=True)
+        return result
+
+    rows = [row("FP16 (all of SEINE)", fp16_file, None)]
+    for keep in SEINE_KEEP_SETS:
+        out = work / f"seine_int8_{len(keep)}.onnx"
+        details = quantize_int8(fp32_file, out, calibration, keep)
+        rows.append(row(f"INT8, FP32 kept: {', '.join(keep)}", out, len(details["fp32_nodes"])))
+    rows.append(row("INT8 weights only (first INT8 row, activations float)", weight_only(
+        work / f"seine_int8_{len(DEFAULT_KEEP)}.onnx", work / "seine_wo.onnx"), None))
+    return {"model": "demo SEINE (trained, 128 px, 8 frames)", "calibration_feeds": len(calibration),
+            "calibration": "4 demo phantoms: one PIE round each, then the DDIM-10 clip from the phantom to it",
+            "held_out": f"SEINE inputs of the demo case's 3 DDIM-25 clips ({len(held_out)} calls)", "rows": rows}
 
 
 def part_full(engines_src: Path, work: Path, repeat: int) -> dict[str, Any]:
@@ -258,7 +334,7 @@ def part_full(engines_src: Path, work: Path, repeat: int) -> dict[str, Any]:
     artifact = add_int8(engines, feeds, calibration_source=calibration.describe())
     quantize_s = time.perf_counter() - started
     fp32, int8 = engines / "unet" / "model.onnx", engines / artifact.file
-    error = unet_error(fp32, int8, held_out)
+    error = graph_error(fp32, int8, held_out)
     timing = latency({"fp32": fp32, "int8": int8}, held_out[0], repeat)
     states = {p: pie_states(ort_runtime(engines, p), case, round_settings) for p in ("fp32", "int8")}
     round_psnr = float(psnr(states["fp32"][1], states["int8"][1]))
@@ -309,6 +385,21 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", ("The last row is no model: the largest CTR change of an FP32 state when uniform noise of ±1 "
                        f"grey level is added to it ({c['jitter_draws']} draws per state), i.e. the readout's own "
                        "resolution at that seed."), ""]
+    if "seine" in report:
+        s = report["seine"]
+        names = list(SEINE_SAMPLERS)
+        lines += [f"## SEINE in INT8? ({s['model']})", "",
+                  (f"Calibrated on {s['calibration_feeds']} SEINE inputs ({s['calibration']}); error on {s['held_out']}, "
+                   "relative to max(1, max|FP32|). Frames: PSNR inside the ROI of every frame of the demo case's 3 "
+                   "clips against FP32's (seed 0; outside the ROI the frames are the endpoints')."), "",
+                  "| SEINE | FP32 nodes | max abs (worst) | cosine (worst) | " +
+                  " | ".join(f"{n}: min / median dB" for n in names) + " |", "|---|---:|---:|---:|" + "---:|" * len(names)]
+        for r in s["rows"]:
+            lines.append(f"| {r['seine']} | {r['fp32_nodes'] if r['fp32_nodes'] is not None else '-'} | "
+                         f"{r['max_abs_rel']:.4f} | {r['min_cosine']:.5f} | " + " | ".join(
+                             f"{r['frames_inside_roi'][n]['min_db']:.1f} / {r['frames_inside_roi'][n]['median_db']:.1f}"
+                             for n in names) + " |")
+        lines.append("")
     if "full" in report:
         f = report["full"]
         t = f["latency"]
@@ -338,6 +429,7 @@ def main() -> None:
     parser.add_argument("--full-engines", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--seine-only", action="store_true", help="run part 4 (SEINE) only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core/int8"))
     args = parser.parse_args()
     report: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
@@ -347,10 +439,12 @@ def main() -> None:
         report = json.loads(previous.read_text()) | report
     with tempfile.TemporaryDirectory(prefix="mvg-int8-") as scratch:
         work = Path(scratch)
-        if not args.skip_demo:
+        if not (args.skip_demo or args.seine_only):
             report |= part_sensitivity_and_ctr(work)
             report["ctr_seeds"] = part_ctr_seeds(work / "demo", work)
-        if args.full_engines:
+        if not args.skip_demo or args.seine_only:
+            report["seine"] = part_seine(work)
+        if args.full_engines and not args.seine_only:
             report["full"] = part_full(args.full_engines, work, args.repeat)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -26,6 +26,11 @@ memory grows with the number of feeds, about 1 GB per feed for the full SD 1.4 U
 Layers kept in FP32 (:data:`SENSITIVE`, default :data:`DEFAULT_KEEP`) were chosen by
 measurement on the demo UNet and the full-size SD 1.4 UNet; ``benchmarks/int8.py``
 re-measures every group and writes the table to ``benchmarks/results/``.
+
+SEINE is not quantized: measured on the demo model (``benchmarks/int8.py``, part
+``seine``), no FP32 keep set holds its clips near FP32's (a multistep sampler amplifies
+the error of even a handful of INT8 layers), where FP16 does. Its node names follow the
+UNet's, so the groups above select the same kinds of layer there.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ SENSITIVE: dict[str, str] = {
     "time_embedding": r"/time_embedding/|/time_emb_proj/",
     # the first and last convolutions: the input is the noisy latent, the output is the noise prediction itself
     "conv_in_out": r"/conv_in/|/conv_out/",
-    # Q.K^T and softmax(.).V: both inputs are activations, the scores span a wide range before the softmax
-    "attention_scores": r"/attn\d+/MatMul(_\d+)?$",
+    # Q.K^T and softmax(.).V (spatial, cross and SEINE's temporal attention): both inputs are activations, the
+    # scores span a wide range before the softmax
+    "attention_scores": r"/attn(\d+|_temp)/MatMul(_\d+)?$",
     # the decoder's convolutions: their inputs concatenate the skip connections (encoder features of another
     # range) with the upsampled path, so one per-tensor scale fits neither; measured the most sensitive group
     "up_block_convs": r"/up_blocks\.\d+/.*/Conv$",
