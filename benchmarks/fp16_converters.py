@@ -195,6 +195,7 @@ def markdown(report: dict[str, Any]) -> str:
     notes = [("The CPU EP computes most FP16 nodes in FP32 behind Casts: these errors are FP16 *storage* rounding; "
              "FP16 arithmetic (and its overflow in normalisation reductions) shows only on a GPU."), "",
              "Default kept: ort-transformers (export/fp16.py says why)."]
+    notes += [n for note in report.get("notes", []) for n in ("", f"Note: {note}")]
     for r in report["rows"]:
         if "error" in r:
             lines.append(f"| {r['component']} | {r['converter']} | {r['error']} | | | | | |")
