@@ -278,6 +278,8 @@ _PER_CASE = {"image", "prompt", "mask_path", "roi_box", "roi_ellipse", "out", "o
 @click.option("--workers", type=INT, help="With --ray: actors to start (one per GPU or CPU slot). Default: all.")
 @click.option("--retries", type=INT, default=1, show_default=True,
               help="With --ray: times a case lost with its worker is retried on another.")
+@click.option("--case-timeout", type=FLOAT, metavar="SECONDS", help="With --ray: a case still running after "
+              "this long has its worker killed and replaced, and is retried (--retries) or failed. Default: none.")
 def batch(**opts: object) -> None:
     """Simulate every case of a worklist (CSV or JSON Lines) into OUT/<case_id>/, resumably; the simulate
     options below are shared by every case, and a row may override its settings. Exit 0: every case

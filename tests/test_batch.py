@@ -219,3 +219,41 @@ def test_ray_gives_the_local_bits_and_survives_a_lost_actor(local_run: tuple[int
     assert not [p for p in out.iterdir() if "partial" in p.name]
     for case in GOOD:
         assert _images(out / case) == _images(reference / case), case
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason="Ray is not installed (pip install mvg-rt[cluster])")
+def test_ray_case_timeout_kills_a_hung_case_and_the_rest_completes(cohort: Path, tiny_model_dir: Path,
+                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A case that overruns ``--case-timeout`` (here: 20 rounds of 999 steps, minutes of work) has its actor
+    killed and replaced, is retried once, then failed with the reason; the quick case completes beside it and
+    no staging folder is left behind."""
+    import ray
+
+    image = cohort.parent / "images" / "p2.png"
+    worklist = tmp_path / "hang.csv"
+    worklist.write_text("case_id,image,prompt,rounds,steps,strength\n"
+                        f"quick,{image},severe cardiomegaly,,,\n"
+                        f"slow,{image},severe cardiomegaly,20,999,1.0\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parents[1]),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "batch"
+        assert _cli(_args(worklist, out, tiny_model_dir, "--ray", "auto", "--case-timeout", "4")) == 3
+    finally:
+        ray.shutdown()
+    rows = _summary(out)
+    assert rows["quick"]["status"] == "ok" and (out / "quick" / "run.json").is_file()
+    assert rows["slow"]["status"] == "failed" and rows["slow"]["attempts"] == "2"
+    assert rows["slow"]["error"] == "timed out after 4 s on every one of 2 attempts"
+    assert sorted(p.name for p in out.iterdir()) == ["quick", "summary.csv", "summary.json"]
+
+
+def test_case_timeout_without_ray_is_one_line(cohort: Path, tiny_model_dir: Path, tmp_path: Path, capsys):
+    code = _cli(_args(cohort, tmp_path / "b", tiny_model_dir, "--case-timeout", "10"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--case-timeout needs --ray" in err and len(err.strip().splitlines()) == 1
+    code = _cli(_args(cohort, tmp_path / "b", tiny_model_dir, "--ray", "local", "--case-timeout", "0"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--case-timeout must be a finite number in (0, 2592000]" in err

@@ -82,6 +82,8 @@ BAD_NUMBERS = [
     (["--rounds", "2.5"], "--rounds takes an integer"),
     (["--resolution", "8", "--roi-box", "0,0,20,20"], "--resolution must be an integer in [32, 4096]"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    # in range, but past the model's scheduler (PNDM, steps_offset 1): was an IndexError mid-round
+    (["--steps", "1000"], "--steps 1000 is more than this model's PNDMScheduler can take"),
 ]
 
 

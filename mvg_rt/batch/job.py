@@ -28,10 +28,11 @@ from mvg_rt.batch.plan import CaseRequest, Plan, plan_batch
 from mvg_rt.batch.progress import BatchProgress
 from mvg_rt.batch.summary import Summary
 from mvg_rt.limits import check
-from mvg_rt.io.output_dir import claim_output_dir
+from mvg_rt.io.output_dir import claim_output_dir, recover
 from mvg_rt.runtime.factory import RuntimeSpec
 
 EXIT_SOME_FAILED = 3  # some cases failed (or were lost); the others are complete
+KILLED_WORKER_EXIT_S = 10.0  # how long the end-of-batch clean-up waits for killed workers' locks
 
 
 @dataclass
@@ -44,6 +45,7 @@ class BatchRequest:
     ray: str | None = None  # None: local; "local", "auto" or a cluster address
     workers: int | None = None
     retries: int = 1
+    case_timeout: float | None = None  # with Ray: seconds before a running case's actor is killed and replaced
 
 
 @dataclass
@@ -106,6 +108,8 @@ def _summarise_complete(plan: Plan, summary: Summary) -> None:
 
 def run_batch(request: BatchRequest, console: Console) -> BatchReport:
     check("--retries", request.retries)  # the CLI's own range, for callers that skip the CLI
+    if request.case_timeout is not None:
+        check("--case-timeout", request.case_timeout)
     with claim_output_dir(request.out, overwrite=True):  # one batch per --out; dead runs' leftovers removed
         request.out.mkdir(exist_ok=True)
         plan = plan_batch(request.cases, runtime_identity(request.runtime), request.out, request.redo)
@@ -124,10 +128,14 @@ def run_batch(request: BatchRequest, console: Console) -> BatchReport:
                 if request.ray:
                     from mvg_rt.batch.ray_executor import run_on_ray
 
-                    run_on_ray(request.ray, request.workers, request.retries, spec, request.notice, to_run, driver)
+                    run_on_ray(request.ray, request.workers, request.retries, spec, request.notice, to_run, driver,
+                               request.case_timeout)
                 else:
                     from mvg_rt.batch.local import run_local
 
                     run_local(spec, request.notice, to_run, driver)
+            # staging left by Ray workers killed mid-case (lost, timed out) whose case then failed; a killed
+            # worker frees its case's lock only once its process has exited, hence the patience
+            recover(request.out, patience_s=KILLED_WORKER_EXIT_S)
         report.counts = summary.counts()
     return report

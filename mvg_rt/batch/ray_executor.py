@@ -13,6 +13,10 @@
   killed, node gone, Ray's out-of-memory monitor) is replaced by a fresh one, and its case is resubmitted,
   at most ``retries`` times more; after that the case is recorded as failed with the reason. The killed
   worker's staging folder is removed when the retry claims the case folder (``staged_output_dir``).
+- **Hangs.** With ``case_timeout`` (``--case-timeout``), a case still running that many seconds after it
+  was handed out is treated like a lost actor: the actor is killed (a hung CUDA call or a deadlock cannot
+  be interrupted from inside the process, only ended with it), replaced, and the case retried or failed
+  ("timed out after N s"). Without it the driver waits as long as the case takes.
 
 Ray is imported here only, so a batch without ``--ray`` never imports it.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections import deque
 from typing import Any
 
@@ -30,6 +35,7 @@ from mvg_rt.errors import MvgError
 from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
 READY_TIMEOUT_S = 900.0  # opening a full-size runtime (SD 1.4 + SEINE from disk) on a slow node
+KILL_WAIT_S = 30.0  # how long a killed actor's last call may take to report the actor's death
 
 
 class CaseActor:
@@ -103,7 +109,7 @@ def _actor_options(spec: RuntimeSpec, workers: int | None) -> tuple[int, dict[st
 
 
 def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpec, notice: str | None,
-               cases: list[PlannedCase], events: BatchEvents) -> None:
+               cases: list[PlannedCase], events: BatchEvents, case_timeout: float | None = None) -> None:
     import ray
     from ray.exceptions import GetTimeoutError, RayError
 
@@ -137,26 +143,43 @@ def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpe
         pending = deque(cases)
         attempts: dict[str, int] = {}
         in_flight: dict[Any, tuple[Any, PlannedCase]] = {}
+        deadlines: dict[Any, float] = {}  # with case_timeout: when each in-flight case is given up
+
+        def lose(ref: Any, actor: Any, case: PlannedCase, reason: str) -> None:
+            """The actor is gone or given up: kill it, give its slot a fresh one, retry or fail the case."""
+            ray.kill(actor)
+            ray.wait([ref], timeout=KILL_WAIT_S)  # resolves once the actor is dead: its case folder lock is free
+            idle.append(new_actor())
+            if attempts[case.case_id] <= retries:
+                events.retried(case.case_id, reason)
+                pending.appendleft(case)
+            else:
+                events.finished(CaseOutcome(case.case_id, "failed", 0.0, f"{reason} on every one of "
+                                            f"{attempts[case.case_id]} attempts"), attempts[case.case_id])
+
         while pending or in_flight:
             while pending and idle:
                 actor, case = idle.pop(), pending.popleft()
                 attempts[case.case_id] = attempts.get(case.case_id, 0) + 1
-                in_flight[actor.run.remote(case)] = (actor, case)
+                ref = actor.run.remote(case)
+                in_flight[ref] = (actor, case)
+                if case_timeout:
+                    deadlines[ref] = time.monotonic() + case_timeout
                 events.started(case.case_id, "ray")
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            wait_s = max(0.0, min(deadlines.values()) - time.monotonic()) if deadlines else None
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
+            if not ready:  # the oldest case's time is up
+                ref = min(deadlines, key=deadlines.__getitem__)
+                del deadlines[ref]
+                lose(ref, *in_flight.pop(ref), f"timed out after {case_timeout:g} s")
+                continue
+            (ref,) = ready
+            deadlines.pop(ref, None)
             actor, case = in_flight.pop(ref)
             try:
                 outcome = ray.get(ref)
             except RayError as err:  # the actor died (crash, kill, lost node, Ray's OOM monitor)
-                ray.kill(actor)
-                idle.append(new_actor())  # the lost actor's slot gets a fresh one
-                reason = f"worker lost ({type(err).__name__})"
-                if attempts[case.case_id] <= retries:
-                    events.retried(case.case_id, reason)
-                    pending.appendleft(case)
-                else:
-                    events.finished(CaseOutcome(case.case_id, "failed", 0.0, f"{reason} on every one of "
-                                                f"{attempts[case.case_id]} attempts"), attempts[case.case_id])
+                lose(ref, actor, case, f"worker lost ({type(err).__name__})")
                 continue
             idle.append(actor)
             events.finished(outcome, attempts[case.case_id])

@@ -66,6 +66,9 @@ def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path, params: d
 def run(params: dict[str, click.Parameter], explicit: set[str] | None = None, **opts: Any) -> None:
     if opts["workers"] is not None and not opts["ray"]:
         raise MvgError("--workers sets the Ray actor count: add --ray local (or auto / ADDRESS), or drop --workers")
+    if opts["case_timeout"] is not None and not opts["ray"]:
+        raise MvgError("--case-timeout needs --ray: a Ray actor that overruns is killed and replaced, a case in this "
+                       "process cannot be stopped safely mid-call; add --ray local, or drop --case-timeout")
     if opts["workers"] is not None and opts["workers"] < 1:
         raise MvgError(f"--workers must be at least 1 (got {opts['workers']})")
     if opts["ray"]:
@@ -77,7 +80,7 @@ def run(params: dict[str, click.Parameter], explicit: set[str] | None = None, **
     spec, notice = resolve_demo_model(runtime_spec(opts))
     spec.validate()  # a bad backend combination stops the batch before any case
     request = BatchRequest(cases, opts["out"], spec, notice, redo=opts["redo"], ray=opts["ray"],
-                           workers=opts["workers"], retries=opts["retries"])
+                           workers=opts["workers"], retries=opts["retries"], case_timeout=opts["case_timeout"])
     report = run_batch(request, Console(stderr=True))
     counts = report.counts
     click.echo(f"{counts['ok']} of {len(cases)} cases complete ({report.resumed} from earlier runs), "

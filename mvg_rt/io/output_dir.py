@@ -35,6 +35,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,17 +109,25 @@ def _recover_locked(out: Path, leftovers: list[Path]) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def recover(parent: Path) -> None:
-    """Remove what dead runs left in ``parent`` (names whose lock is free); live runs are left alone."""
+def recover(parent: Path, patience_s: float = 0.0) -> None:
+    """Remove what dead runs left in ``parent`` (names whose lock is free); live runs are left alone.
+
+    ``patience_s``: how long to wait for a held lock to be freed, for a caller that has just killed
+    the processes holding them (a process's locks are released only once it has fully exited).
+    """
     leftovers = _leftovers(parent)
     for lock_file in parent.glob(f".*{LOCK_SUFFIX}"):  # a lock file alone: its owner died after its commit
         leftovers.setdefault(lock_file.name[1:-len(LOCK_SUFFIX)], [])
+    give_up = time.monotonic() + patience_s
     for name, paths in leftovers.items():
         out = parent / name
         lock = _lock_path(out)
         if lock in _held:
             continue  # ours: removed by our own staging context
         fd = _try_lock(lock)
+        while fd is None and time.monotonic() < give_up:
+            time.sleep(0.05)
+            fd = _try_lock(lock)
         if fd is None:
             continue  # a live run owns it
         try:

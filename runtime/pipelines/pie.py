@@ -35,7 +35,7 @@ from mvg_rt.runtime.pipelines.model_info import ModelInfo
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
 from mvg_rt.runtime.pipelines.roi import blend_with_original, replace_outside_roi
 from mvg_rt.runtime.pipelines.linear_steps import SchedulerStepper, TableStepper, is_stochastic, pie_step_tables
-from mvg_rt.runtime.pipelines.schedulers import img2img_timesteps, make_scheduler
+from mvg_rt.runtime.pipelines.schedulers import check_steps, img2img_timesteps, make_scheduler
 from mvg_rt.runtime.pipelines.text import encode_texts
 
 StepCallback = Callable[[int, int, int], None]  # (round index from 1, step index from 1, steps in round)
@@ -98,6 +98,7 @@ class PieSession:
         self.mask = latent_mask.to(self.device)
         self.original_moments = backend.encode_images(images_to_model_range(original[None]).to(self.device))
         probe = make_scheduler(model.scheduler_config, settings.scheduler)
+        check_steps(probe, settings.steps)
         self.step_tables = None if is_stochastic(probe, settings.eta) else pie_step_tables(
             model.scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.eta)
         if stepper == "tables" and self.step_tables is None:

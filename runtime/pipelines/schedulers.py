@@ -51,6 +51,22 @@ def make_scheduler(config: dict[str, Any], name: str | None = None) -> Scheduler
     return SCHEDULERS[name].from_config(config)
 
 
+def check_steps(scheduler: SchedulerMixin, steps: int) -> None:
+    """Refuse a ``--steps`` that puts a timestep past the scheduler's last trained one.
+
+    With ``steps_offset`` (SD 1.x's PNDM: 1), ``steps`` equal to the training steps
+    shifts the top timestep to ``num_train_timesteps``, where diffusers' ``step`` then
+    fails with an IndexError mid-round.
+    """
+    scheduler.set_timesteps(steps)
+    trained = scheduler.config.num_train_timesteps
+    if int(scheduler.timesteps.max()) >= trained:
+        most = trained - int(scheduler.config.get("steps_offset", 0) or 0)
+        raise MvgError(f"--steps {steps} is more than this model's {type(scheduler).__name__} can take ({trained} "
+                       f"training steps, steps_offset {scheduler.config.get('steps_offset', 0)}): pass --steps "
+                       f"{most} or fewer")
+
+
 def img2img_timesteps(scheduler: SchedulerMixin, steps: int, strength: float) -> torch.Tensor:
     """The timesteps an img2img round denoises: the last ``int(steps * strength)`` of ``steps``.
 
