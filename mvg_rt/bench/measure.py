@@ -22,8 +22,8 @@ from mvg_rt.components import COMPONENTS
 from mvg_rt.demo.default import DEMO_CASE
 from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import RoiRequest
-from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
+from mvg_rt.simulation import SimulationOptions, load_inputs, simulate
 
 
 def demo_original(resolution: int) -> np.ndarray:
