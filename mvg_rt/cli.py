@@ -7,7 +7,6 @@ and exits 1, with the traceback only under ``--debug``.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 import warnings
@@ -18,6 +17,7 @@ from click.core import ParameterSource
 
 from mvg_rt.cli_types import DEVICE, FLOAT, INT, TEXT, Number
 from mvg_rt.errors import EXIT_USAGE, MvgError, user_errors
+from mvg_rt.io.stop_requests import INTERRUPTED, stop_requests
 
 
 def _quiet_libraries() -> None:
@@ -297,30 +297,20 @@ batch.params.extend(param for param in simulate.params if param.name not in _PER
 REPORT = "report it to the mvg-rt maintainers with the --debug output"
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (kill, a job scheduler, systemd) ends a run like Ctrl-C: staging removed, exit 130."""
-
-    def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line per error; exit 2 for problems the user or the machine can fix,
     130 when interrupted, 1 for bugs (with where to report them)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("MVG_RT_DEBUG") == "1"
-    _interrupt_on_sigterm()
     if not debug and not sys.warnoptions:
         warnings.simplefilter("ignore")  # library warnings (Pillow, torch) are not the user's business; --debug shows them
     try:
-        with user_errors():
+        with stop_requests(), user_errors():  # SIGTERM, SIGHUP, ... end a run like Ctrl-C, within seconds
             cli.main(args=argv, prog_name="mvg-rt", standalone_mode=False)
     except MvgError as err:
         click.echo(f"mvg-rt: error: {err}", err=True)
         sys.exit(EXIT_USAGE)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("mvg-rt: interrupted; no partial output was kept", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except click.ClickException as err:  # usage errors: one line, with where to look
         command = err.ctx.command_path if getattr(err, "ctx", None) else "mvg-rt"
