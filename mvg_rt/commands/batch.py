@@ -19,6 +19,7 @@ from mvg_rt.batch.plan import CaseRequest
 from mvg_rt.batch.worklist import CaseRow, Problem, Worklist, WorklistInvalid, read_worklist
 from mvg_rt.commands.simulate import runtime_spec, simulation_request
 from mvg_rt.errors import MvgError
+from mvg_rt.runtime.pipelines.schedulers import check_scheduler
 from mvg_rt.simulation import resolve_demo_model
 
 
@@ -28,6 +29,11 @@ _JSON_KINDS = {"boolean": ((bool, str), "true or false"), "integer": ((int, floa
                "number": ((int, float, str), "a number")}
 
 
+# Checks of a value that its option's click type does not make (simulate makes them in the settings dataclasses,
+# which stop at the first): made here per value too, so each bad value of a row is its own problem.
+_VALUE_CHECKS = {"scheduler": check_scheduler}
+
+
 def _convert(raw: Any, param: click.Parameter) -> Any:
     """One override through its option's click type, as the command line's value goes (same checks)."""
     option = max(param.opts, key=len)
@@ -35,7 +41,9 @@ def _convert(raw: Any, param: click.Parameter) -> Any:
     if not isinstance(raw, kinds):
         raise MvgError(f"{option} takes {kind} (got {type(raw).__name__} {str(raw)[:40]})")
     try:
-        return param.type.convert(raw, param, None)
+        value = param.type.convert(raw, param, None)
+        _VALUE_CHECKS.get(param.name or "", lambda _: None)(value)
+        return value
     except click.BadParameter as err:  # its message names the option
         raise MvgError(err.format_message()) from err
     except OverflowError as err:  # an integer too large for a float (JSON allows any number of digits)
