@@ -42,7 +42,8 @@ def _convert(raw: Any, param: click.Parameter) -> Any:
         raise MvgError(f"{option} takes {kind} (got {type(raw).__name__} {str(raw)[:40]})")
     try:
         value = param.type.convert(raw, param, None)
-        _VALUE_CHECKS.get(param.name or "", lambda _: None)(value)
+        if param.name in _VALUE_CHECKS:
+            _VALUE_CHECKS[param.name](value)
         return value
     except click.BadParameter as err:  # its message names the option
         raise MvgError(err.format_message()) from err
