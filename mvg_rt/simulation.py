@@ -31,7 +31,7 @@ from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
 from mvg_rt.io.output_dir import claim_output_dir, staged_output_dir
 from mvg_rt.io.video import write_gif, write_mp4
 from mvg_rt.versions import package_versions
-from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
+from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime, without_paths
 from mvg_rt.runtime.pipelines.latents import images_to_model_range
 from mvg_rt.runtime.pipelines.pie import PieSettings, StepCallback, run_pie
 from mvg_rt.runtime.pipelines.sessions import pie_session, run_transitions, transition_sampler
@@ -231,6 +231,9 @@ def _graphed(runtime: Runtime, options: SimulationOptions) -> bool:
 
 def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, resolution: int,
             roi: RoiMask, result: SimulationResult) -> dict[str, Any]:
+    """run.json. Paths (the input's, the model and engines folders') only where the user asked for them:
+    ``load_inputs`` keeps the input's path only with --record-paths, and that decides for all of them."""
+    record_paths = inputs.image_path is not None
     return {
         "mvg_rt_run": 1,
         "notice": runtime.notice,
@@ -252,8 +255,8 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "transition": options.transition.to_dict() if options.transition else None,
         "graphed_loops": _graphed(runtime, options),
         "video": {"frames": len(result.frames or result.states), "fps": options.fps},
-        "backend": runtime.describe(),
-        "model": runtime.provenance,
+        "backend": runtime.describe(record_paths),
+        "model": runtime.provenance if record_paths else without_paths(runtime.provenance),
         "versions": package_versions(),
         "timings": result.timings,
         "rounds": result.rounds,

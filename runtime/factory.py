@@ -126,6 +126,16 @@ class RuntimeSpec:
                                f"--device {self.device}), or use --backend ort on this device")
 
 
+PATH_KEYS = frozenset({"model_dir", "unet_dir", "seine", "engines_dir", "engines"})  # spec, backend, provenance
+
+
+def without_paths(described: dict[str, Any]) -> dict[str, Any]:
+    """A description (``Runtime.describe``, ``Runtime.provenance``) without its folder and file paths, nested
+    ``spec`` included: what run.json records unless the user asked for paths."""
+    return {key: without_paths(value) if isinstance(value, dict) else value for key, value in described.items()
+            if key not in PATH_KEYS}
+
+
 @dataclass
 class Runtime:
     """A backend ready to run, plus what describes the model it runs. Close it (or use ``with``)."""
@@ -146,9 +156,11 @@ class Runtime:
         """Whether the pipelines run whole denoising steps as static-buffer loops (CUDA-graph replays)."""
         return self.spec.cuda_graphs
 
-    def describe(self) -> dict[str, Any]:
-        """What ran, for run.json and reports."""
-        return {**self.backend.describe(), "spec": self.spec.to_dict(), "precision_policy": self.precision_policy}
+    def describe(self, record_paths: bool = False) -> dict[str, Any]:
+        """What ran, for run.json and reports; the model and engines folders' paths only with ``record_paths``
+        (a folder's name may identify a site or a cohort; ``provenance`` identifies the model by its hashes)."""
+        described = {**self.backend.describe(), "spec": self.spec.to_dict(), "precision_policy": self.precision_policy}
+        return described if record_paths else without_paths(described)
 
     def close(self) -> None:
         self.backend.close()

@@ -112,23 +112,70 @@ def test_bad_cases_are_recorded_and_the_batch_goes_on(local_run: tuple[int, Path
     assert "ray" not in sys.modules  # a batch without --ray never imports Ray
 
 
-def test_no_identifier_reaches_the_outputs(local_run: tuple[int, Path], cohort: Path):
-    """Case ids are the user's; no DICOM field, no input path or file name, in any text the batch wrote."""
+def test_no_identifier_reaches_the_outputs(local_run: tuple[int, Path], cohort: Path, tiny_model_dir: Path):
+    """Case ids are the user's; no DICOM field, no input path or file name, in any text the batch wrote; and
+    no model folder path in run.json without --record-paths (today's main recorded backend.spec.model_dir)."""
     _, out = local_run
     texts = [p.read_text() for p in out.rglob("*.json")] + [(out / "summary.csv").read_text()]
     for text in texts:
-        assert str(cohort.parent) not in text
+        assert str(cohort.parent) not in text and str(tiny_model_dir) not in text
         for identifier in IDENTIFIERS:
             assert identifier not in text, identifier
+    record = json.loads((out / "c1" / "run.json").read_text())
+    assert "model_dir" not in record["backend"]["spec"] and record["model"]["model_dir_sha256"]
 
 
-def test_record_paths_keeps_paths_in_run_json_only(cohort: Path, tiny_model_dir: Path, tmp_path: Path):
+def test_record_paths_keeps_paths_in_run_json_only(cohort: Path, tiny_model_dir: Path, tmp_path: Path, capsys):
+    """With --record-paths, paths go to run.json; a failing file's name still never reaches the summary or
+    stderr (today's main put SECRET_trunc_Doe.dcm in both)."""
+    images = cohort.parent / "images"
+    (images / "SECRET_trunc_Doe.dcm").write_bytes((images / "Doe_Jane.dcm").read_bytes()[:400])
     worklist = cohort.parent / "one.jsonl"
-    worklist.write_text(json.dumps({"case_id": "x", "image": "images/p2.png", "prompt": "severe cardiomegaly"}))
+    worklist.write_text(json.dumps({"case_id": "x", "image": "images/p2.png", "prompt": "severe cardiomegaly"}) + "\n"
+                        + json.dumps({"case_id": "y", "image": "images/SECRET_trunc_Doe.dcm", "prompt": "effusion"}))
     out = tmp_path / "batch"
-    assert _cli(_args(worklist, out, tiny_model_dir, "--record-paths")) == 0
-    assert json.loads((out / "x" / "run.json").read_text())["input"]["path"] == str(cohort.parent / "images/p2.png")
-    assert str(cohort.parent) not in (out / "summary.csv").read_text() + (out / "summary.json").read_text()
+    capsys.readouterr()
+    assert _cli(_args(worklist, out, tiny_model_dir, "--record-paths")) == 3
+    err = capsys.readouterr().err
+    record = json.loads((out / "x" / "run.json").read_text())
+    assert record["input"]["path"] == str(images / "p2.png")
+    assert record["backend"]["spec"]["model_dir"] == str(tiny_model_dir)  # asked for: recorded
+    summary = (out / "summary.csv").read_text() + (out / "summary.json").read_text()
+    assert _summary(out)["y"]["error"].startswith("cannot read DICOM <image>:")
+    for text in (summary, err):
+        assert str(cohort.parent) not in text and "SECRET" not in text and "Doe" not in text
+
+
+def _full_disk(folder: Path, free: int) -> Path:
+    """A real file system with ``free`` bytes left: a 1 MiB tmpfs at ``folder`` (unmount it after)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    stats = os.statvfs(folder)
+    (folder / "filler").write_bytes(bytes(stats.f_bavail * stats.f_frsize - free))
+    return folder
+
+
+def test_a_full_disk_in_a_case_is_the_one_line_user_error(cohort: Path, tiny_model_dir: Path, tmp_path: Path):
+    """16 KiB free: the summary fits, the case's outputs do not. The case fails with simulate's line for a full
+    disk (today's main: ``internal error: OSError: [Errno 28] ...``), leaves nothing, and the batch goes on."""
+    worklist = cohort.parent / "full.csv"
+    worklist.write_text("case_id,image,prompt\nc1,images/p2.png,severe cardiomegaly\n")
+    disk = _full_disk(tmp_path / "disk", free=16 * 1024)
+    try:
+        out = disk / "batch"
+        assert _cli(_args(worklist, out, tiny_model_dir)) == 3
+        row = _summary(out)["c1"]
+        assert row["status"] == "failed" and row["error"].startswith("no space left on the device"), row["error"]
+        assert "internal error" not in row["error"] and "nothing partial was kept" in row["error"]
+        assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.json"]  # no staging left
+        assert sorted(p.name for p in disk.iterdir()) == ["batch", "filler"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_resume_after_kill_9_recomputes_only_the_rest(local_run: tuple[int, Path], cohort: Path,
@@ -179,7 +226,9 @@ def test_an_invalid_worklist_runs_nothing(cohort: Path, tiny_model_dir: Path, tm
     out = tmp_path / "batch"
     assert _cli(_args(worklist, out, tiny_model_dir)) == 2
     err = capsys.readouterr().err
-    assert "row 3 (ok): case_id 'ok' repeats row 2" in err and "row 4 (a/b)" in err and "none.png not found" in err
+    assert "line 3 (ok): case_id 'ok' repeats line 2" in err and "line 4 (a/b): case_id 'a/b' is not" in err
+    assert "line 4 (a/b): image: no such file" in err and "line 4 (a/b): --steps must be" in err  # one pass
+    assert "none.png" not in err and "(4 problems" in err
     assert not out.exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from mvg_rt.components import SEINE, UNET
 from mvg_rt.errors import MvgError
-from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
+from mvg_rt.runtime.factory import RuntimeSpec, open_runtime, without_paths
 
 
 def _unet_feeds() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -24,7 +25,10 @@ def test_torch_and_ort_open_from_one_spec_type_and_agree(tiny_model_dir: Path, t
         assert {UNET.name, SEINE.name} <= reference.backend.components <= ort.backend.components
         feeds = _unet_feeds()
         assert torch.allclose(reference.backend.predict_noise(*feeds), ort.backend.predict_noise(*feeds), atol=1e-4)
-        assert ort.describe()["spec"]["engines_dir"] == str(tiny_engines)
+        assert ort.describe(record_paths=True)["spec"]["engines_dir"] == str(tiny_engines)
+        assert str(tiny_engines) not in json.dumps(ort.describe())  # run.json's without --record-paths
+        assert str(tiny_engines) not in json.dumps(without_paths(ort.provenance))
+        assert without_paths(ort.provenance)["model_dir_sha256"] == ort.provenance["model_dir_sha256"]
         assert ort.provenance["model_dir_sha256"] == reference.provenance["model_dir_sha256"]  # same source
         assert not ort.graphed_loops
         policy = reference.describe()["precision_policy"]  # recorded in run.json: FP32 means FP32

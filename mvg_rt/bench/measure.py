@@ -48,7 +48,7 @@ def measure_variant(spec: RuntimeSpec, config: BenchConfig, inputs: dict[str, di
     def open_() -> Row:
         nonlocal runtime
         runtime, opened.metrics["open_s"] = clocked(lambda: open_runtime(spec))
-        opened.metrics["backend"] = runtime.describe()
+        opened.metrics["backend"] = runtime.describe(record_paths=True)  # a bench report names what it measured
         return opened
 
     rows = [attempt(opened, open_)]

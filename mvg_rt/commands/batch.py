@@ -3,7 +3,7 @@
 The shared settings are ``simulate``'s own options (the same click options); a row overrides some of them
 (:data:`mvg_rt.batch.worklist.OVERRIDES`), its values converted and range-checked by those options' click
 types, and supplies the image, prompt and ROI. Every row is resolved here, before anything runs, so a bad
-value anywhere stops the batch with every bad row named (exit 2).
+value anywhere stops the batch with every problem of every row named in one pass (exit 2).
 """
 
 from __future__ import annotations
@@ -16,48 +16,78 @@ from rich.console import Console
 
 from mvg_rt.batch.job import BatchRequest, run_batch
 from mvg_rt.batch.plan import CaseRequest
-from mvg_rt.batch.worklist import CaseRow, Worklist, WorklistInvalid, read_worklist
+from mvg_rt.batch.worklist import CaseRow, Problem, Worklist, WorklistInvalid, read_worklist
 from mvg_rt.commands.simulate import runtime_spec, simulation_request
 from mvg_rt.errors import MvgError
+from mvg_rt.runtime.pipelines.schedulers import check_scheduler
 from mvg_rt.simulation import resolve_demo_model
 
 
-def _overrides(row: CaseRow, params: dict[str, click.Parameter], problems: list[str]) -> dict[str, Any]:
-    """The row's overrides converted by the click types of the options they override (same checks)."""
+# What a JSON value of each kind of option may be (CSV cells are always text, converted by the option's
+# type); any other option takes text. JSON ``1`` for a flag or ``123`` for a prompt is refused, not coerced.
+_JSON_KINDS = {"boolean": ((bool, str), "true or false"), "integer": ((int, float, str), "an integer"),
+               "number": ((int, float, str), "a number")}
+
+
+# Checks of a value that its option's click type does not make (simulate makes them in the settings dataclasses,
+# which stop at the first): made here per value too, so each bad value of a row is its own problem.
+_VALUE_CHECKS = {"scheduler": check_scheduler}
+
+
+def _convert(raw: Any, param: click.Parameter) -> Any:
+    """One override through its option's click type, as the command line's value goes (same checks)."""
+    option = max(param.opts, key=len)
+    kinds, kind = _JSON_KINDS.get(param.type.name, ((str,), "text"))
+    if not isinstance(raw, kinds):
+        raise MvgError(f"{option} takes {kind} (got {type(raw).__name__} {str(raw)[:40]})")
+    try:
+        value = param.type.convert(raw, param, None)
+        if param.name in _VALUE_CHECKS:
+            _VALUE_CHECKS[param.name](value)
+        return value
+    except click.BadParameter as err:  # its message names the option
+        raise MvgError(err.format_message()) from err
+    except OverflowError as err:  # an integer too large for a float (JSON allows any number of digits)
+        raise MvgError(f"{option} is out of range (got a {len(str(raw))}-digit number)") from err
+
+
+def _overrides(row: CaseRow, params: dict[str, click.Parameter], problems: list[Problem]) -> dict[str, Any]:
+    """The row's overrides converted by the click types of the options they override; a problem per bad one."""
     values = {}
     for name, raw in row.overrides.items():
-        param = params[name]
         try:
-            values[name] = param.type.convert(raw, param, None)
-        except click.BadParameter as err:  # its message names the option
-            problems.append(f"row {row.row} ({row.case_id}): {err.format_message()}")
+            values[name] = _convert(raw, params[name])
         except MvgError as err:
-            problems.append(f"row {row.row} ({row.case_id}): {err}")
+            problems.append((row.row, f"{row.where}: {err}"))
     return values
 
 
 def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path, params: dict[str, click.Parameter],
                   explicit: set[str] | None = None) -> list[CaseRequest]:
-    """One simulate request per row (shared options, the row's overrides and inputs); all problems at once.
+    """One simulate request per row (shared options, the row's overrides and inputs); every problem at once.
 
-    ``params`` are the batch command's click options by name (simulate's own, shared); ``explicit`` the
-    options given on the command line (on the demo model, the demo case's settings fill in the rest, as for
-    simulate, and a row's overrides count as given).
+    Every row is checked, also one with problems of its own (a missing image does not hide a bad ``steps``):
+    its overrides one by one, then, when they all converted, the settings they make together (the settings
+    dataclasses check themselves, as for simulate). ``params`` are the batch command's click options by name
+    (simulate's own, shared); ``explicit`` the options given on the command line (on the demo model, the demo
+    case's settings fill in the rest, as for simulate, and a row's overrides count as given).
     """
-    cases, problems = [], []
-    for row in worklist.cases:
+    cases, problems = [], list(worklist.problems)
+    for row in worklist.rows:
         before = len(problems)
         overrides = _overrides(row, params, problems)
         if len(problems) > before:
             continue
-        case_opts = {**opts, **overrides, "image": str(row.image), "prompt": row.prompt,
+        case_opts = {**opts, **overrides, "image": str(row.image or ""), "prompt": row.prompt,
                      "mask_path": str(row.mask) if row.mask else None, "roi_box": row.roi_box,
                      "roi_ellipse": row.roi_ellipse, "out": out / row.case_id, "overwrite": False}
         try:
             request = simulation_request(case_opts, explicit=(explicit or set()) | set(overrides))
-            cases.append(CaseRequest(row, request))
         except MvgError as err:
-            problems.append(f"row {row.row} ({row.case_id}): {err}")
+            problems.append((row.row, f"{row.where}: {err}"))
+            continue
+        if not row.problems:
+            cases.append(CaseRequest(row, request))
     if problems:
         raise WorklistInvalid(worklist.path, problems)
     return cases

@@ -35,7 +35,7 @@ from mvg_rt.runtime.pipelines.model_info import ModelInfo
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
 from mvg_rt.runtime.pipelines.roi import blend_with_original, replace_outside_roi
 from mvg_rt.runtime.pipelines.linear_steps import SchedulerStepper, TableStepper, is_stochastic, pie_step_tables
-from mvg_rt.runtime.pipelines.schedulers import check_steps, img2img_timesteps, make_scheduler
+from mvg_rt.runtime.pipelines.schedulers import check_scheduler, check_steps, img2img_timesteps, make_scheduler
 from mvg_rt.runtime.pipelines.text import encode_texts
 
 StepCallback = Callable[[int, int, int], None]  # (round index from 1, step index from 1, steps in round)
@@ -58,6 +58,7 @@ class PieSettings:
         for option, name in (("--rounds", "rounds"), ("--strength", "strength"), ("--steps", "steps"),
                              ("--guidance", "guidance_scale"), ("--beta1", "beta1"), ("--beta2", "beta2")):
             check(option, getattr(self, name))
+        check_scheduler(self.scheduler)
         if int(self.steps * self.strength) < 1:
             raise MvgError(
                 f"--steps {self.steps} x --strength {self.strength} leaves no denoising step: raise either"

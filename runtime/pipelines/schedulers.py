@@ -46,9 +46,15 @@ def make_scheduler(config: dict[str, Any], name: str | None = None) -> Scheduler
                 f"{', '.join(SCHEDULERS)}"
             )
         return by_class[class_name].from_config(config)
-    if name not in SCHEDULERS:
-        raise MvgError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
+    check_scheduler(name)
     return SCHEDULERS[name].from_config(config)
+
+
+def check_scheduler(name: str | None) -> None:
+    """``--scheduler`` is one of :data:`SCHEDULERS` (None: the model's own); checked by the PIE settings, so a
+    bad name stops simulate and a worklist row before any model loads."""
+    if name is not None and name not in SCHEDULERS:
+        raise MvgError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
 
 
 def check_steps(scheduler: SchedulerMixin, steps: int) -> None:
