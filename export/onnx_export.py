@@ -23,6 +23,7 @@ external data file next to the graph (``<name>.onnx.data``).
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 import warnings
@@ -164,8 +165,15 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> str | None:
 
 
 def infer_shapes(path: Path) -> None:
-    """ONNX shape inference in place (the path-based variant works for graphs with external data)."""
+    """ONNX shape inference in place (the path-based variant works for graphs with external data).
+
+    Its native writer reports no failed write: on a full disk it leaves a short (often 0-byte) file and
+    returns. Inference only adds to a graph, so a file shorter than before is such a write.
+    """
+    before = path.stat().st_size
     onnx.shape_inference.infer_shapes_path(str(path), str(path))
+    if path.stat().st_size < before:
+        raise OSError(errno.ENOSPC, "ONNX shape inference could not write the whole graph", str(path))
 
 
 def external_data_of(path: Path) -> str | None:
