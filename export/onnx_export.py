@@ -164,8 +164,22 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> str | None:
 
 
 def infer_shapes(path: Path) -> None:
-    """ONNX shape inference in place (the path-based variant works for graphs with external data)."""
+    """ONNX shape inference in place.
+
+    The path-based variant (needed for graphs with external data) writes in native code that reports no
+    failed write: on a full disk it leaves a truncated graph and returns. So a self-contained graph is
+    inferred in memory and saved by Python (a full disk is then the OSError it is), and a graph with
+    external data is read back after inference.
+    """
+    if external_data_of(path) is None:
+        onnx.save_model(onnx.shape_inference.infer_shapes(onnx.load(str(path))), str(path))
+        return
     onnx.shape_inference.infer_shapes_path(str(path), str(path))
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and onnx's own: the file is not whole
+        raise MvgError(f"ONNX shape inference could not write {path.name} whole (is the disk full?): free space "
+                       "or choose another --out, then export again; nothing partial was kept") from err
 
 
 def external_data_of(path: Path) -> str | None:

@@ -312,6 +312,12 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except BrokenPipeError:  # the reader of stdout left (| head): nothing to tell it; exit 1 as rich and Python do
+        try:  # no second error when the exit flushes stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file descriptor (an in-process caller's buffer)
+            pass
+        sys.exit(1)
     except click.ClickException as err:  # usage errors: one line, with where to look
         command = err.ctx.command_path if getattr(err, "ctx", None) else "mvg-rt"
         click.echo(f"mvg-rt: error: {' '.join(err.format_message().split())} (see {command} --help)", err=True)

@@ -9,6 +9,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,6 +34,24 @@ _ENVIRONMENT_ERRNOS = {
 }
 
 
+# Libraries that write files in native code report a full disk in their own exception types, not OSError.
+_RUST_IO_ERRNO = re.compile(r"\(os error (\d+)\)")  # Rust's io::Error text (safetensors' SafetensorError)
+_TORCH_SHORT_WRITE = re.compile(r"inline_container\.cc.*(unexpected pos|failed writing file)")  # torch.save
+
+
+def _environment_reason(err: BaseException) -> str | None:
+    """What of the machine failed, for an OSError or a library's wrapped one; None: not the machine's doing."""
+    if isinstance(err, OSError):
+        return _ENVIRONMENT_ERRNOS.get(err.errno or 0)
+    text = str(err)
+    rust = _RUST_IO_ERRNO.search(text)
+    if rust:
+        return _ENVIRONMENT_ERRNOS.get(int(rust.group(1)))
+    if isinstance(err, RuntimeError) and _TORCH_SHORT_WRITE.search(text):
+        return "a file could not be written whole (the disk is probably full)"  # torch names no errno
+    return None
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn errors the machine causes (full disk, no permission, out of memory) into one-line MvgErrors.
@@ -41,12 +60,14 @@ def user_errors() -> Iterator[None]:
     """
     try:
         yield
-    except OSError as err:
-        reason = _ENVIRONMENT_ERRNOS.get(err.errno or 0)
-        if reason is None:
-            raise
-        where = f" writing {err.filename}" if err.filename else ""
-        raise MvgError(f"{reason}{where} ({err.strerror or err}); free space or fix the permissions, or choose "
-                       "another --out; nothing partial was kept") from err
     except MemoryError as err:
         raise MvgError("out of memory: lower --resolution or --frames, or close other programs") from err
+    except Exception as err:
+        reason = _environment_reason(err)
+        if reason is None or isinstance(err, MvgError):
+            raise
+        filename = getattr(err, "filename", None)
+        where = f" writing {filename}" if filename else ""
+        detail = (err.strerror if isinstance(err, OSError) else None) or type(err).__name__
+        raise MvgError(f"{reason}{where} ({detail}); free space or fix the permissions, or choose "
+                       "another output path; nothing partial was kept") from err

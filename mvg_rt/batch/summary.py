@@ -17,11 +17,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from mvg_rt.io.files import write_text_atomic
 
 COLUMNS = ("case_id", "status", "error", "seconds", "attempts", "resumed", "ctr_first", "ctr_last",
            "ctr_monotone", "ssim_outside_roi_min", "identity_similarity_min", "settings_sha256", "worker")
@@ -43,16 +43,7 @@ def eval_columns(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 class Summary:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mvg_rt.check.job import CheckRequest, CheckResult, run_check
+from mvg_rt.io.files import check_output_file, write_text_atomic
 
 EXIT_TOLERANCE = 1
 
@@ -59,10 +60,12 @@ def _print(result: CheckResult) -> None:
 
 
 def run(**opts: Any) -> None:
+    """The --json path is checked before the check runs (minutes), and written whole or not at all."""
+    json_path = check_output_file(opts["json_path"], "--json") if opts.get("json_path") else None
     result = run_check(check_request(opts))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     _print(result)
-    if opts.get("json_path"):
-        Path(opts["json_path"]).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     precision = result.request.precision
     if not result.passed:
         click.echo(f"mvg-rt: check failed: {', '.join(result.failed)} exceeded the {precision} tolerance "

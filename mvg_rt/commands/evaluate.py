@@ -8,15 +8,34 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from mvg_rt.eval.progression import evaluate_run, write_report
+from mvg_rt.errors import MvgError
+from mvg_rt.eval.progression import RunFolder, evaluate_run, read_run, write_report
+from mvg_rt.io.files import check_output_file
 
 
 def _fmt(values: list | None, index: int, digits: int = 3) -> str:
     return "-" if not values else f"{values[index]:.{digits}f}"
 
 
-def run(run_dir: Path, against: Path | None, json_path: Path | None, figure: Path | None = None) -> None:
-    report = evaluate_run(run_dir, against)
+def _check_outputs(outputs: dict[str, Path], runs: list[RunFolder]) -> None:
+    """Every output writable, none the same file as another or as a file of the runs it reads."""
+    read = {path.resolve() for run in runs for path in run.files}
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        check_output_file(path, option)
+        target = path.resolve()
+        if target in read:
+            raise MvgError(f"{option} {path} is a file of the run being evaluated: write the report elsewhere")
+        if target in seen:
+            raise MvgError(f"{option} and {seen[target]} are the same file: give each its own path")
+        seen[target] = option
+    if "--figure" in outputs:
+        from mvg_rt.eval.figure import figure_format
+
+        figure_format(outputs["--figure"])
+
+
+def _print(report: dict, run_dir: Path, against: Path | None) -> None:
     table = Table(title=f"progression of {run_dir}")
     for column in ("state", "CTR", "SSIM outside ROI", "identity (VAE-I)", "change inside", "change outside"):
         table.add_column(column, justify="right")
@@ -37,13 +56,21 @@ def run(run_dir: Path, against: Path | None, json_path: Path | None, figure: Pat
         other = report["against"]
         console.print(f"against {against}: min state PSNR {other['min_states_psnr_db']} dB"
                       + (f", min frame PSNR {other['min_frames_psnr_db']} dB" if "min_frames_psnr_db" in other else ""))
+
+
+def run(run_dir: Path, against: Path | None, json_path: Path | None, figure: Path | None = None) -> None:
+    """Every input read and checked and every output path checked before anything is computed; the files
+    are written before the table is printed, so a closed pipe (``| head``) never costs them."""
+    runs = [read_run(run_dir)] + ([read_run(against)] if against is not None else [])
+    outputs = {option: path for option, path in (("--json", json_path), ("--figure", figure)) if path is not None}
+    _check_outputs(outputs, runs)
+    report = evaluate_run(*runs)
     if json_path is not None:
         write_report(report, json_path)
-        click.echo(f"wrote {json_path}")
     if figure is not None:
         from mvg_rt.eval.figure import progression_figure
-        from mvg_rt.eval.progression import read_run
 
-        states, _, _ = read_run(run_dir)
-        progression_figure(states, report, figure, title=f"{run_dir.name}: PIE states and CTR")
-        click.echo(f"wrote {figure}")
+        progression_figure(runs[0].states, report, figure, title=f"{run_dir.name}: PIE states and CTR")
+    _print(report, run_dir, against)
+    for path in outputs.values():
+        click.echo(f"wrote {path}")

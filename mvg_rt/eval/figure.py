@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mvg_rt.errors import MvgError
+from mvg_rt.io.files import write_bytes_atomic
 
-def progression_figure(states: list[np.ndarray], report: dict[str, Any], path: str | Path, title: str = "") -> None:
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_format(path: str | Path) -> str:
+    """The image format ``path``'s suffix asks for (no suffix: PNG); a one-line MvgError for one matplotlib
+    cannot write, checked before the work."""
+    suffix = Path(path).suffix.lower().lstrip(".") or "png"
+    formats = _pyplot().figure().canvas.get_supported_filetypes()
+    _pyplot().close("all")
+    if suffix not in formats:
+        raise MvgError(f"--figure {path}: .{suffix} is not an image format it can write: name it .png "
+                       f"(or one of {', '.join('.' + f for f in sorted(formats))})")
+    return suffix
+
+
+def progression_figure(states: list[np.ndarray], report: dict[str, Any], path: str | Path, title: str = "") -> None:
+    """Draw the figure and write it to ``path`` whole or not at all (a full disk leaves no half image)."""
+    plt = _pyplot()
 
     count = len(states)
     figure = plt.figure(figsize=(1.6 * count, 4.6), dpi=110)
@@ -43,6 +66,9 @@ def progression_figure(states: list[np.ndarray], report: dict[str, Any], path: s
         curve.legend(loc="upper left", fontsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, bbox_inches="tight")
-    plt.close(figure)
+    image = io.BytesIO()
+    try:
+        figure.savefig(image, format=figure_format(path), bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    write_bytes_atomic(path, image.getvalue())

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import torch
 from PIL import Image
 
 from mvg_rt.errors import MvgError
+from mvg_rt.io.files import write_text_atomic
 from mvg_rt.io.jsonio import finite_json
 from mvg_rt.eval.ctr import measure_ctr
 from mvg_rt.eval.metrics import psnr, ssim
@@ -143,25 +146,116 @@ def evaluate_states(states: list[np.ndarray], roi: np.ndarray, embed: Embedding 
     return report
 
 
-def _read_pngs(folder: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]
+RERUN = "rerun mvg-rt simulate to write the run again"
 
 
-def read_run(run_dir: str | Path) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
-    """(states, roi in [0, 1], frames) of a run folder written by ``mvg-rt simulate``."""
+@dataclass(frozen=True)
+class RunFolder:
+    """What eval reads of a run folder, every part checked: damage is found before anything is computed."""
+
+    path: Path
+    record: dict[str, Any]
+    states: list[np.ndarray]
+    roi: np.ndarray  # (H, W) in [0, 1]
+    frames: list[np.ndarray]
+    files: tuple[Path, ...]  # every file read, so that no output replaces one
+
+
+@contextmanager
+def _reading(run: Path, name: str) -> Iterator[None]:
+    """Any failure reading ``name`` (relative to ``run``) is one line naming it; files of a run are
+    only damaged by something outside mvg-rt, so the fix is always a new run."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise MvgError(f"run {run}: {name} is missing (the run folder is incomplete); {RERUN}") from err
+    except PermissionError as err:
+        raise MvgError(f"run {run}: {name} cannot be read (permission denied); fix its permissions") from err
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise MvgError(f"run {run}: {name} is damaged (not a readable PNG); {RERUN}") from err
+
+
+def _read_rgb(run: Path, name: str, size: tuple[int, int] | None) -> np.ndarray:
+    with _reading(run, name), Image.open(run / name) as image:
+        if size is not None and image.size != size:
+            raise MvgError(f"run {run}: {name} is {image.size[0]}x{image.size[1]}, the run's other images "
+                           f"{size[0]}x{size[1]} (a file was replaced); {RERUN}")
+        return np.asarray(image.convert("RGB"))
+
+
+def _read_pngs(run: Path, folder: str, size: tuple[int, int] | None) -> tuple[list[np.ndarray], list[str]]:
+    names = [f"{folder}/{p.name}" for p in sorted((run / folder).glob("*.png"))]
+    images = []
+    for name in names:
+        images.append(_read_rgb(run, name, size))
+        size = size or (images[0].shape[1], images[0].shape[0])
+    return images, names
+
+
+def _read_record(run: Path) -> dict[str, Any]:
+    """run.json as eval needs it: a mvg-rt run record whose recorded rounds and measures have their types."""
+    with _reading(run, "run.json"):
+        data = (run / "run.json").read_bytes()
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, nested past the parser's limit
+        raise MvgError(f"run {run}: run.json is not valid JSON ({type(err).__name__}); {RERUN}") from err
+    problem = _record_problem(record)
+    if problem:
+        raise MvgError(f"run {run}: run.json {problem} (it was edited or damaged); {RERUN}")
+    return record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with the parts of run.json eval uses; None when nothing is."""
+    if not isinstance(record, dict) or record.get("mvg_rt_run") != 1:
+        return "is not a mvg-rt run record (no \"mvg_rt_run\": 1)"
+    pie = record.get("pie")
+    if not isinstance(pie, dict) or not _is_count(pie.get("rounds")):
+        return "has no pie.rounds count"
+    evaluation = record.get("eval")
+    if evaluation is None:
+        return None
+    if not isinstance(evaluation, dict):
+        return "has an eval entry that is not an object"
+    identity = evaluation.get("identity_similarity")
+    if identity is not None and not (isinstance(identity, list) and len(identity) == pie["rounds"] + 1 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in identity)):
+        return "has an eval.identity_similarity that is not one number per state"
+    if not isinstance(evaluation.get("identity_embedding"), (str, type(None))):
+        return "has an eval.identity_embedding that is not text"
+    return None
+
+
+def read_run(run_dir: str | Path) -> RunFolder:
+    """Every file eval uses of a run folder written by ``mvg-rt simulate``, read and checked."""
     run = Path(run_dir)
     if not (run / "run.json").is_file() or not (run / "states").is_dir():
         raise MvgError(f"{run} is not a run folder (no run.json/states/): pass a folder written by mvg-rt simulate")
-    states = _read_pngs(run / "states")
-    roi = np.asarray(Image.open(run / "mask.png").convert("L"), dtype=np.float64) / 255.0
-    frames = _read_pngs(run / "frames") if (run / "frames").is_dir() else []
-    return states, roi, frames
+    record = _read_record(run)
+    states, state_names = _read_pngs(run, "states", None)
+    expected = record["pie"]["rounds"] + 1
+    if len(states) != expected:
+        raise MvgError(f"run {run}: states/ holds {len(states)} state images, run.json records {expected} "
+                       f"(the input and {expected - 1} rounds); {RERUN}")
+    size = (states[0].shape[1], states[0].shape[0])
+    with _reading(run, "mask.png"):
+        roi = np.asarray(Image.open(run / "mask.png").convert("L"), dtype=np.float64) / 255.0
+    if roi.shape != states[0].shape[:2]:
+        raise MvgError(f"run {run}: mask.png is {roi.shape[1]}x{roi.shape[0]}, the states {size[0]}x{size[1]} "
+                       f"(a file was replaced); {RERUN}")
+    frames, frame_names = _read_pngs(run, "frames", size) if (run / "frames").is_dir() else ([], [])
+    files = tuple(run / name for name in ("run.json", "mask.png", *state_names, *frame_names))
+    return RunFolder(run, record, states, roi, frames, files)
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
+def compare_runs(run_a: RunFolder, run_b: RunFolder) -> dict[str, Any]:
     """PSNR/SSIM between two runs' states (and frames), e.g. ONNX Runtime vs PyTorch."""
-    states_a, _, frames_a = read_run(run_a)
-    states_b, _, frames_b = read_run(run_b)
+    states_a, frames_a, states_b, frames_b = run_a.states, run_a.frames, run_b.states, run_b.frames
     if len(states_a) != len(states_b) or states_a[0].shape != states_b[0].shape:
         raise MvgError(f"runs differ in shape ({len(states_a)} vs {len(states_b)} states of "
                        f"{states_a[0].shape} vs {states_b[0].shape}): compare runs of the same settings")
@@ -175,26 +269,16 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
     return out
 
 
-def evaluate_run(run_dir: str | Path, against: str | Path | None = None) -> dict[str, Any]:
+def evaluate_run(run: RunFolder, against: RunFolder | None = None) -> dict[str, Any]:
     """The measures of a run folder; the embedding similarity is the one simulate recorded with the run's model."""
-    states, roi, _ = read_run(run_dir)
-    report = {"run": str(run_dir), **evaluate_states(states, roi)}
-    recorded = _recorded_eval(Path(run_dir))
+    report = {"run": str(run.path), **evaluate_states(run.states, run.roi)}
+    recorded = run.record.get("eval") or {}
     for key in ("identity_similarity", "identity_embedding"):
         report[key] = recorded.get(key)
     if against is not None:
-        report["against"] = {"run": str(against), **compare_runs(run_dir, against)}
+        report["against"] = {"run": str(against.path), **compare_runs(run, against)}
     return report
 
 
-def _recorded_eval(run: Path) -> dict[str, Any]:
-    try:
-        record = json.loads((run / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    evaluation = record.get("eval") if isinstance(record, dict) else None
-    return evaluation if isinstance(evaluation, dict) else {}
-
-
 def write_report(report: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(finite_json(report))
+    write_text_atomic(path, finite_json(report))
