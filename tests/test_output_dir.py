@@ -385,9 +385,8 @@ def test_data_loss_3_a_case_id_naming_a_users_folder_is_refused_with_redo(tmp_pa
                                                                            image_64: np.ndarray, run_cli):
     """An earlier batch folder (marked) into which a folder of input images was put, and a case of that name."""
     batch = tmp_path / "batch"
-    with claim_output_dir(batch, overwrite=True, kind="batch"):
-        pass
-    (batch / "imgs").mkdir()
+    (batch / "imgs").mkdir(parents=True)
+    mark_output(batch, "batch")
     Image.fromarray(image_64).save(batch / "imgs" / "SECRET_Doe.png")
     Image.fromarray(image_64).save(tmp_path / "p1.png")
     worklist = _worklist(tmp_path / "list.csv", [("imgs", tmp_path / "p1.png")])
