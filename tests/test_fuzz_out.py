@@ -20,7 +20,8 @@ After each case:
 
 Most cases are refusals, or stop right after the claim (an unreadable image, an export option pair
 the export refuses), so the claim, its checks and the recovery next to ``--out`` run every time; a few are real tiny
-runs (1 round, 2 steps at strength 0.5, 32 px, no transitions) so that success, the commit and ``--overwrite`` are covered.
+runs (1 round, 2 steps at strength 0.5, 32 px, no transitions) so that success, the commit and
+``--overwrite`` are covered.
 Profiles as in tests/test_fuzz_cli.py: ``MVG_FUZZ_PROFILE=ci`` (default, derandomized, 1,000 cases) or
 ``long`` (10,000, random seeds).
 """
@@ -224,7 +225,8 @@ def test_fuzz_out_never_loses_a_file(fuzz_root: Path, model: Path, data: st.Data
             args = ["export", "--model-dir", str(model), "--fp16-converter", "modelopt"] + (
                 ["--overwrite"] if overwrite else [])
         else:
-            args = ["batch", str(tree["worklist"]), "--model-dir", str(model), *FAST] + (["--redo"] if overwrite else [])
+            args = ["batch", str(tree["worklist"]), "--model-dir", str(model), *FAST]
+            args += ["--redo"] if overwrite else []
         os.environ["HOME"] = str(root / "home")
         os.chdir(cwd)
         before, model_before = _snapshot(root), _signature(model)

@@ -4,10 +4,12 @@ Order of events, and what a crash at any point costs:
 
 1. (At the CLI edge) the worklist is read and every case resolved into a simulate request, exactly as
    ``simulate`` resolves its options. Any problem in any row: exit 2, naming every row, nothing run.
-2. ``--out`` is claimed (``claim_output_dir``: a lock beside it that the kernel releases when the process
-   dies, and what dead runs left there removed; each case folder gets its own lock the same way), the
-   plan compares each case with its folder (complete / changed / to run), and the summary is written
-   with every complete case already in it.
+2. ``--out`` is claimed (``claim_output_dir``: refused if it is, or holds, the worklist or any case's input,
+   or holds files mvg-rt did not write; marked as batch's; a lock beside it that the kernel releases when
+   the process dies, and what dead runs left there removed; each case folder gets its own lock the same
+   way), the plan compares each case with its folder (complete / changed / to run; a case id naming a
+   folder mvg-rt did not write is refused, with --redo too), and the summary is written with every
+   complete case already in it.
 3. The executor (local or Ray) runs the remaining cases. Each case folder appears all-or-nothing, and the
    summary is rewritten atomically after each case, so ``kill -9`` loses at most the cases in flight: a
    rerun of the same command finds the complete folders by their settings hash and runs only the rest.

@@ -182,9 +182,9 @@ def _check_name_length(out: Path, given: str | Path) -> None:
         name_max = 255
     length = len(os.fsencode(out.name))
     if length + _ADDED_BYTES > name_max:
-        raise MvgError(f"--out {given}: its last name is {length} bytes, and with mvg-rt's staging prefix and suffix "
-                       f"({_ADDED_BYTES} bytes) it exceeds this file system's {name_max}-byte limit: choose a name of at "
-                       f"most {name_max - _ADDED_BYTES} bytes")
+        raise MvgError(f"--out {given}: its last name is {length} bytes, and with mvg-rt's staging prefix and "
+                       f"suffix ({_ADDED_BYTES} bytes) it exceeds this file system's {name_max}-byte limit: choose a "
+                       f"name of at most {name_max - _ADDED_BYTES} bytes")
 
 
 def _check_inputs(out: Path, given: str | Path, inputs: Inputs | None) -> None:
@@ -231,13 +231,13 @@ def _check_destination(out: Path, given: str | Path, overwrite: bool, kind: str 
                        "(the old results are replaced only after the new run succeeds)")
 
 
-def _checked(out: str | Path, overwrite: bool, inputs: Inputs | None, kind: str | None) -> Path:
-    """The resolved ``out`` after every check that needs no lock (the parent folder is created)."""
+def _checked_path(out: str | Path, inputs: Inputs | None) -> Path:
+    """The resolved ``out`` after the checks of its path (the parent folder is created); what is at ``out`` is
+    checked by :func:`_check_destination`, after recovery (which may put a stranded old run back there)."""
     path = resolve_out(out)
     _check_name_length(path, out)
     _check_inputs(path, out, inputs)
     _prepare_parent(path, out)
-    _check_destination(path, out, overwrite, kind)
     return path
 
 
@@ -247,7 +247,7 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: Inputs | None = N
     ``inputs``: the run's input paths by the option that names them ({"--model-dir": ...}); ``out`` may be
     none of them nor a folder above one.
     """
-    _checked(out, overwrite, inputs, kind)
+    _check_destination(_checked_path(out, inputs), out, overwrite, kind)
 
 
 # ---- locks and recovery --------------------------------------------------------------------------------------
@@ -388,12 +388,12 @@ def _locked(out: Path, wait: bool) -> Iterator[bool]:
 @contextmanager
 def _claim(out: str | Path, overwrite: bool, wait: bool, inputs: Inputs | None, kind: str | None) -> Iterator[Path]:
     """Check ``out``, lock it (re-entrant within this process), recover dead runs' leftovers, check again."""
-    path = _checked(out, overwrite, inputs, kind)
+    path = _checked_path(out, inputs)
     with _locked(path, wait) as took:
         if took:
             _recover_locked(path, _leftovers(path.parent, path.name).get(path.name, []))
-            recover(path.parent)
-        _check_destination(path, out, overwrite, kind)  # again, under the lock: a run that just finished is kept
+            recover(path.parent)  # also when the claim is then refused: any run in the folder cleans up
+        _check_destination(path, out, overwrite, kind)  # under the lock: a run that just finished is kept
         yield path
 
 
