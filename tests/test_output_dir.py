@@ -516,3 +516,13 @@ def test_hangup_and_quit_wait_for_the_commit_like_sigterm(name: str):
         assert seen == [number]
     finally:
         signal.signal(number, previous)
+
+
+def test_a_users_file_named_like_the_marker_does_not_make_a_folder_replaceable(tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text("my own notes")
+    with pytest.raises(MvgError, match="holds files mvg-rt did not write"):
+        with staged_output_dir(out, overwrite=True, kind="run"):
+            pass
+    assert _snapshot(tmp_path) == {"out": None, f"out/{MARKER}": b"my own notes"}

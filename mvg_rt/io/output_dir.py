@@ -122,11 +122,17 @@ def foreign(folder: Path) -> bool:
 
 
 def _is_empty(folder: Path) -> bool:
-    """No entry but (perhaps) the marker: a folder just made, or one whose marker write was cut short."""
+    """No entry but (perhaps) the marker, valid or empty: a folder just made, or one whose marker write was cut
+    short (a user's file of that name with other data in it makes the folder not empty)."""
     try:
-        return all(entry.name == MARKER for entry in folder.iterdir())
+        entries = list(folder.iterdir())
     except OSError:
         return False
+    if not entries:
+        return True
+    marker = entries[0]
+    return (len(entries) == 1 and marker.name == MARKER and not marker.is_symlink() and marker.is_file()
+            and (marker.stat().st_size == 0 or output_kind(folder) is not None))
 
 
 def _remove(folder: Path) -> None:
