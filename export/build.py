@@ -113,6 +113,15 @@ def resolve_seine_config(checkpoint: Path, name_or_path: str | None) -> Any:
     return load_builtin_config("full")
 
 
+def export_inputs(model_dir: str | Path, unet_dir: str | Path | None = None, seine: str | Path | None = None,
+                  seine_config: str | None = None) -> dict[str, str | Path | None]:
+    """What an export reads, by the option that names it: its ``--out`` may be none of these nor hold one."""
+    return {"the model folder (--model-dir)": model_dir, "the UNet folder (--unet)": unet_dir,
+            "the SEINE checkpoint (--seine)": seine,
+            "the SEINE config (--seine-config)": seine_config if seine_config and Path(seine_config).is_file()
+            else None}
+
+
 def seine_checkpoint(request: ExportRequest) -> Path | None:
     """The SEINE checkpoint to export: --seine, else the model folder's seine/ (unless --no-seine)."""
     from mvg_rt.models.builders import SEINE_FILE
@@ -205,7 +214,8 @@ def export_engines(request: ExportRequest, progress: Progress = lambda _: None) 
     from mvg_rt.models.component_modules import component_modules
     from mvg_rt.models.diffusers_folder import load_diffusers_folder
 
-    check_output_dir(request.out, request.overwrite)
+    inputs = export_inputs(request.model_dir, request.unet_dir, request.seine, request.seine_config)
+    check_output_dir(request.out, request.overwrite, inputs=inputs, kind="engines")
     models = load_diffusers_folder(request.model_dir, request.unet_dir)
     seine_path = seine_checkpoint(request)
     seine_config = seine = None
@@ -241,7 +251,7 @@ def export_engines(request: ExportRequest, progress: Progress = lambda _: None) 
                      scale=models.vae_scale_factor).of()
     vocab = int(models.text_encoder.config.vocab_size)
 
-    with staged_output_dir(request.out, request.overwrite) as staging:
+    with staged_output_dir(request.out, request.overwrite, kind="engines", inputs=inputs) as staging:
         hashes = HashCache(staging)  # renaming the folder keeps each file's stamp, so the cache stays valid
         shutil.copytree(Path(request.model_dir) / "tokenizer", staging / "tokenizer")
         (staging / "scheduler").mkdir()

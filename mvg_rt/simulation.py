@@ -112,6 +112,18 @@ def resolve_demo(request: SimulationRequest) -> tuple[SimulationRequest, str | N
                    roi=roi), notice
 
 
+def runtime_inputs(spec: RuntimeSpec) -> dict[str, str | Path | None]:
+    """What the runtime reads, by the option that names it: an ``--out`` may be none of these nor hold one."""
+    return {"the model folder (--model-dir)": spec.model_dir, "the UNet folder (--unet)": spec.unet_dir,
+            "the SEINE checkpoint (--seine)": spec.seine, "the engines folder (--engines)": spec.engines_dir}
+
+
+def request_inputs(request: SimulationRequest) -> dict[str, str | Path | None]:
+    """What the run reads, by the option that names it: its ``--out`` may be none of these nor hold one."""
+    return {"the image (--image)": request.image, "the mask (--mask)": request.roi.mask_path,
+            **runtime_inputs(request.runtime)}
+
+
 def run_simulation(request: SimulationRequest, on_step: StepCallback | None = None,
                    on_round: Callable[[int], None] | None = None, on_clip_step: ClipStepCallback | None = None,
                    on_clip: Callable[[int], None] | None = None,
@@ -122,7 +134,8 @@ def run_simulation(request: SimulationRequest, on_step: StepCallback | None = No
         raise MvgError("--prompt is required with --image: describe the disease state, e.g. 'severe cardiomegaly'")
     assert request.image is not None
     options = request.options
-    with claim_output_dir(options.out, options.overwrite):  # a second run on this --out fails here, at once
+    # a second run on this --out, or an --out that is or holds an input, fails here, at once
+    with claim_output_dir(options.out, options.overwrite, inputs=request_inputs(request)):
         inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
         inputs.roi = request.roi
         if options.resolution is not None and request.roi.given:  # a bad mask fails before the model loads
@@ -312,7 +325,7 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     original = resize_and_crop(inputs.image.pixels, resolution)
     roi = inputs.roi.resolve(inputs.image.pixels.shape, resolution) if isinstance(inputs.roi, RoiRequest) \
         else inputs.roi or full_mask(resolution)
-    with staged_output_dir(options.out, options.overwrite) as staging:
+    with staged_output_dir(options.out, options.overwrite, kind="run") as staging:
         generator = torch.Generator().manual_seed(options.seed)
         result = _run_pie(runtime, inputs, options, original, roi, generator, on_step, on_round)
         if options.transition is not None:

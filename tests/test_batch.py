@@ -296,7 +296,7 @@ def test_ray_case_timeout_kills_a_hung_case_and_the_rest_completes(cohort: Path,
     assert rows["quick"]["status"] == "ok" and (out / "quick" / "run.json").is_file()
     assert rows["slow"]["status"] == "failed" and rows["slow"]["attempts"] == "2"
     assert rows["slow"]["error"] == "timed out after 4 s on every one of 2 attempts"
-    assert sorted(p.name for p in out.iterdir()) == ["quick", "summary.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".mvg-rt-output", "quick", "summary.csv", "summary.json"]
 
 
 def test_case_timeout_without_ray_is_one_line(cohort: Path, tiny_model_dir: Path, tmp_path: Path, capsys):

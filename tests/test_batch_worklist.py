@@ -253,12 +253,15 @@ def test_every_override_is_a_simulate_option():
 
 
 def test_plan_resumes_complete_folders_and_refuses_changed_ones(folder: Path, tmp_path: Path):
+    from mvg_rt.io.output_dir import mark_output
+
     path = _csv(folder, "case_id,image,prompt\np1,images/a.png,x\np2,images/a.png,x\np3,images/a.png,x\n")
     out = tmp_path / "out"
     plan = _plan(path, out)
     assert [c.case_id for c in plan.to_run] == ["p1", "p2", "p3"]
-    for case in plan.cases[:2]:  # what a finished case leaves: run.json with its hash
+    for case in plan.cases[:2]:  # what a finished case leaves: run.json with its hash, and the output marker
         (out / case.case_id).mkdir(parents=True)
+        mark_output(out / case.case_id, "run")
         (out / case.case_id / "run.json").write_text(json.dumps({"batch": {"settings_sha256": case.settings_sha256}}))
     again = _plan(path, out)
     assert [c.case_id for c in again.to_run] == ["p3"] and again.complete == {"p1", "p2"}

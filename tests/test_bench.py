@@ -17,7 +17,7 @@ def test_bench_tiny_writes_json_markdown_and_chart(tmp_path: Path, tiny_model_di
         "--e2e", "--peers", "--steppers", "auto,scheduler", "--steps", "4", "--rounds", "1",
         "--transition-frames", "3", "--transition-steps", "2", "--e2e-repeat", "1", "--overhead-repeat", "1"])
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]  # work/ removed
+    assert sorted(p.name for p in out.iterdir()) == [".mvg-rt-output", "bench.json", "bench.md", "bench.png"]
     report = json.loads((out / "bench.json").read_text())
     assert report["mvg_rt_bench"] == 2
 

@@ -42,11 +42,16 @@ def test_simulate_writes_every_output(tmp_path: Path, tiny_model_dir: Path, xray
 
 
 def test_existing_results_are_kept_unless_overwrite(tmp_path: Path, tiny_model_dir: Path, xray: Path, run_cli):
+    from mvg_rt.io.output_dir import mark_output
+
     out = tmp_path / "run"
     out.mkdir()
     (out / "earlier.txt").write_text("keep me")
     args = ["simulate", "--model-dir", str(tiny_model_dir), "--image", str(xray), "--prompt", "x", "--out", str(out),
             "--rounds", "1", "--steps", "2", "--strength", "0.5", "--no-transition"]
+    code, _, err = run_cli([*args, "--overwrite"])  # not an mvg-rt output (no marker): never replaced
+    assert code == 2 and "holds files mvg-rt did not write" in err
+    mark_output(out, "run")  # an earlier run's folder
     code, _, err = run_cli(args)
     assert code == 2 and "already holds results" in err
     assert (out / "earlier.txt").read_text() == "keep me"

@@ -125,7 +125,7 @@ def test_missing_parent_folders_of_out_are_created(tmp_path):
     from mvg_rt.io.output_dir import staged_output_dir
 
     out = tmp_path / "runs" / "p1"
-    with staged_output_dir(out) as staging:
+    with staged_output_dir(out, kind="run") as staging:
         (staging / "state.png").write_text("1")
     assert (out / "state.png").read_text() == "1"
     assert sorted(p.name for p in out.parent.iterdir()) == ["p1"]  # no staging folder left behind

@@ -22,7 +22,7 @@ from PIL import Image
 
 from mvg_rt.errors import MvgError
 from mvg_rt.io import output_dir
-from mvg_rt.io.output_dir import claim_output_dir, staged_output_dir
+from mvg_rt.io.output_dir import MARKER, claim_output_dir, mark_output, staged_output_dir
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -37,11 +37,13 @@ def _env() -> dict[str, str]:
 
 
 def _files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    """The files of an output, without its marker (checked on its own)."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MARKER}
 
 
 def _old_run(out: Path) -> None:
     (out / "states").mkdir(parents=True)
+    mark_output(out, "run")  # an earlier mvg-rt run: --overwrite may replace it
     (out / "run.json").write_text('{"old": true}')
     (out / "states" / "state_00.png").write_bytes(b"old state")
 
@@ -186,7 +188,7 @@ def test_second_claim_on_one_folder_fails_at_once_and_waits_when_asked(tmp_path:
 def test_claims_are_reentrant_within_a_process(tmp_path: Path):
     out = tmp_path / "out"
     with claim_output_dir(out):
-        with staged_output_dir(out) as staging:
+        with staged_output_dir(out, kind="run") as staging:
             (staging / "a.txt").write_text("a")
     assert (out / "a.txt").read_text() == "a" and _hidden(tmp_path) == []
 
@@ -195,11 +197,11 @@ def test_overwrite_swaps_in_one_step_and_an_error_keeps_the_old_run(tmp_path: Pa
     out = tmp_path / "out"
     _old_run(out)
     with pytest.raises(RuntimeError):
-        with staged_output_dir(out, overwrite=True) as staging:
+        with staged_output_dir(out, overwrite=True, kind="run") as staging:
             (staging / "half").write_text("x")
             raise RuntimeError("boom")
     assert _state(out) == "old" and _hidden(tmp_path) == []
-    with staged_output_dir(out, overwrite=True) as staging:
+    with staged_output_dir(out, overwrite=True, kind="run") as staging:
         (staging / "new.txt").write_text("new")
     assert _files(out) == {"new.txt"} and _hidden(tmp_path) == []
 
@@ -208,12 +210,15 @@ def test_two_rename_fallback_and_its_recovery(tmp_path: Path, monkeypatch: pytes
     out = tmp_path / "out"
     _old_run(out)
     monkeypatch.setattr(output_dir, "exchange", lambda a, b: False)  # a file system without RENAME_EXCHANGE
-    with staged_output_dir(out, overwrite=True) as staging:
+    with staged_output_dir(out, overwrite=True, kind="run") as staging:
         (staging / "new.txt").write_text("new")
     assert _files(out) == {"new.txt"} and _hidden(tmp_path) == []
-    # a crash between the fallback's two renames, and leftovers of the earlier layout: the next claim repairs
-    out.rename(tmp_path / ".out.mvg-old-abc123")
-    (tmp_path / ".out.partial-abcd1234").mkdir()
+    # a crash between the fallback's two renames, and a dead run's marked staging folder: the next claim repairs
+    out.rename(tmp_path / ".out.mvg-old-abc_1234")
+    staging = tmp_path / ".out.mvg-partial-abcd1234"
+    staging.mkdir()
+    mark_output(staging, "run")
+    (staging / "half.png").write_bytes(b"half")
     (tmp_path / ".out.mvg-lock").write_text("")
     with claim_output_dir(tmp_path / "other"):
         pass
@@ -233,10 +238,291 @@ def test_renameat2_exchange_is_available_here(tmp_path: Path):
 def test_final_folders_honour_the_umask(tmp_path: Path, umask: int, mode: int):
     previous = os.umask(umask)
     try:
-        with staged_output_dir(tmp_path / "out") as staging:
+        with staged_output_dir(tmp_path / "out", kind="run") as staging:
             assert staging.stat().st_mode & 0o777 == 0o700  # nobody reads a half-written run
             (staging / "sub").mkdir()
     finally:
         os.umask(previous)
     assert (tmp_path / "out").stat().st_mode & 0o777 == mode
     assert (tmp_path / "out" / "sub").stat().st_mode & 0o777 == mode
+
+
+# ---- issue 18: nothing of the user's is ever destroyed -----------------------------------------------------
+
+def _snapshot(root: Path) -> dict[str, bytes | str | None]:
+    """Every entry under ``root``: a file's bytes, a link's target, None for a folder."""
+    entries: dict[str, bytes | str | None] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        entries[key] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else None
+    return entries
+
+
+def _one_line_refusal(code: int, err: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("mvg-rt: error: ") and "Traceback" not in err, err
+
+
+def _simulate(model_dir: Path, image: str | Path, out: str, *extra: str) -> list[str]:
+    return ["simulate", "--model-dir", str(model_dir), "--image", str(image), *RUN, "--out", out, *extra]
+
+
+@pytest.fixture
+def nested_cwd(tmp_path: Path, image_64: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The issue's layout: a/precious.txt, the working folder a/b with the input image and other work."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (tmp_path / "a" / "precious.txt").write_text("precious")
+    (work / "notes.txt").write_text("notes")
+    Image.fromarray(image_64).save(work / "img.png")
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
+@pytest.mark.parametrize("out", [".", "", "./", "..", "../..", "../b", "../../a", "./.", "x/.."])
+def test_data_loss_1_out_dot_and_the_working_folders_ancestors_are_refused(
+        nested_cwd: Path, tiny_model_dir: Path, run_cli, out: str):
+    """Issue 18 case 1: `--out .` (also "", ./, ..) resolved to the parent and --overwrite replaced it."""
+    before = _snapshot(nested_cwd)
+    code, _, err = run_cli(_simulate(tiny_model_dir, "img.png", out, "--overwrite"))
+    _one_line_refusal(code, err)
+    assert _snapshot(nested_cwd) == before
+
+
+def test_data_loss_1_the_home_folder_and_the_root_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    for out in (home, "/", "~/..", Path("/").joinpath(*tmp_path.parts[1:2])):
+        with pytest.raises(MvgError, match="--out"):
+            output_dir.check_output_dir(out, overwrite=True)
+
+
+LOOK_ALIKES = [".notes.partial-abcdefgh", ".config.old-backup01", ".photos.old-20240101", ".thesis.mvg-old-v2",
+               # the exact shape of mvg-rt's own staging names, but without its marker: a user's folders too
+               ".run.mvg-partial-abcd1234", ".run.mvg-old-abcd1234"]
+
+
+def test_data_loss_2_hidden_look_alike_folders_survive_a_run_next_to_them(tmp_path: Path, tiny_model_dir: Path,
+                                                                           xray: Path, run_cli):
+    """Issue 18 case 2: a run "recovered" hidden folders whose names merely looked like its leftovers."""
+    parent = tmp_path / "runs"
+    for name in LOOK_ALIKES:
+        (parent / name).mkdir(parents=True)
+        (parent / name / "mine.txt").write_text(name)
+    before = _snapshot(parent)
+    code, _, err = run_cli(_simulate(tiny_model_dir, xray, str(parent / "run")))
+    assert code == 0, err
+    after = _snapshot(parent)
+    assert {k: v for k, v in after.items() if k.split("/")[0] != "run"} == before  # untouched, not renamed
+    assert _files(parent / "run") == NEW_RUN_FILES and output_dir.output_kind(parent / "run") == "run"
+
+
+@pytest.fixture
+def marked_model(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A model folder as make-tiny-model writes it (so it carries the marker: only the inputs rule guards it)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    mark_output(model, "model")
+    return model
+
+
+def test_data_loss_3_the_model_folder_is_not_an_output(marked_model: Path, xray: Path, run_cli):
+    before = _snapshot(marked_model)
+    code, _, err = run_cli(_simulate(marked_model, xray, str(marked_model), "--overwrite"))
+    _one_line_refusal(code, err)
+    assert "the model folder (--model-dir)" in err
+    assert _snapshot(marked_model) == before
+
+
+def test_data_loss_3_export_keeps_its_source_model(marked_model: Path, run_cli):
+    before = _snapshot(marked_model)
+    code, _, err = run_cli(["export", "--model-dir", str(marked_model), "--out", str(marked_model), "--overwrite"])
+    _one_line_refusal(code, err)
+    assert "the model folder (--model-dir)" in err
+    assert _snapshot(marked_model) == before
+
+
+@pytest.mark.parametrize("marked", [False, True])
+def test_data_loss_3_a_folder_holding_the_input_image_is_not_an_output(tmp_path: Path, tiny_model_dir: Path,
+                                                                        image_64: np.ndarray, run_cli, marked: bool):
+    work = tmp_path / "d"
+    work.mkdir()
+    Image.fromarray(image_64).save(work / "SECRET_Doe.png")
+    (work / "draft.txt").write_text("other work")
+    if marked:  # even an earlier run's folder, once the input was put into it
+        mark_output(work, "run")
+    before = _snapshot(tmp_path)
+    code, _, err = run_cli(_simulate(tiny_model_dir, work / "SECRET_Doe.png", str(work), "--overwrite"))
+    _one_line_refusal(code, err)
+    assert "SECRET" not in err  # the input's name is not echoed (it may identify the patient)
+    assert _snapshot(tmp_path) == before
+
+
+def _worklist(path: Path, rows: list[tuple[str, Path]]) -> Path:
+    path.write_text("case_id,image,prompt\n" + "".join(f"{case},{image},severe cardiomegaly\n" for case, image in rows))
+    return path
+
+
+def test_data_loss_3_batch_out_dot_redo_in_a_folder_of_images(tmp_path: Path, tiny_model_dir: Path,
+                                                               image_64: np.ndarray, run_cli,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(image_64).save(images / "p1.png")
+    _worklist(images / "list.csv", [("images", images / "p1.png")])
+    monkeypatch.chdir(images)
+    before = _snapshot(tmp_path)
+    code, _, err = run_cli(["batch", "list.csv", "--out", ".", "--redo", "--model-dir", str(tiny_model_dir), *RUN[2:]])
+    _one_line_refusal(code, err)
+    assert _snapshot(tmp_path) == before
+
+
+def test_data_loss_3_a_case_id_naming_a_users_folder_is_refused_with_redo(tmp_path: Path, tiny_model_dir: Path,
+                                                                           image_64: np.ndarray, run_cli):
+    """An earlier batch folder (marked) into which a folder of input images was put, and a case of that name."""
+    batch = tmp_path / "batch"
+    (batch / "imgs").mkdir(parents=True)
+    mark_output(batch, "batch")
+    Image.fromarray(image_64).save(batch / "imgs" / "SECRET_Doe.png")
+    Image.fromarray(image_64).save(tmp_path / "p1.png")
+    worklist = _worklist(tmp_path / "list.csv", [("imgs", tmp_path / "p1.png")])
+    before = _snapshot(tmp_path)
+    code, _, err = run_cli(["batch", str(worklist), "--out", str(batch), "--redo", "--model-dir", str(tiny_model_dir),
+                            *RUN[2:]])
+    _one_line_refusal(code, err)
+    assert "imgs" in err and "SECRET" not in err  # the case id, never a file name
+    assert _snapshot(tmp_path) == before
+    # and a case whose input lies inside --out: the batch folder holds an input, refused before any case
+    worklist = _worklist(tmp_path / "list.csv", [("c1", batch / "imgs" / "SECRET_Doe.png")])
+    before = _snapshot(tmp_path)
+    code, _, err = run_cli(["batch", str(worklist), "--out", str(batch), "--model-dir", str(tiny_model_dir), *RUN[2:]])
+    _one_line_refusal(code, err)
+    assert "case c1" in err and "SECRET" not in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_only_what_mvg_rt_wrote(tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(MvgError, match="holds files mvg-rt did not write"):
+        with staged_output_dir(out, overwrite=True, kind="run"):
+            pass
+    assert _snapshot(tmp_path) == {"out": None, "out/thesis.tex": b"years of work"}
+    mark_output(out, "run")  # an mvg-rt run's folder: --overwrite replaces it
+    with staged_output_dir(out, overwrite=True, kind="engines") as staging:
+        (staging / "new.txt").write_text("new")
+    assert _files(out) == {"new.txt"} and output_dir.output_kind(out) == "engines"
+
+
+def test_a_symbolic_link_is_refused_naming_its_folder(tmp_path: Path):
+    target = tmp_path / "real"
+    _old_run(target)
+    (tmp_path / "link").symlink_to(target)
+    before = _snapshot(tmp_path)
+    with pytest.raises(MvgError, match=f"symbolic link to {target}: pass --out {target}"):
+        with staged_output_dir(tmp_path / "link", overwrite=True, kind="run"):
+            pass
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(MvgError, match="symbolic link"):
+        output_dir.check_output_dir(tmp_path / "dangling", overwrite=False)
+    assert {k: v for k, v in _snapshot(tmp_path).items() if k != "dangling"} == before
+
+
+def test_an_out_name_too_long_for_the_staging_name_is_refused_before_any_work(tmp_path: Path, xray: Path,
+                                                                               tiny_model_dir: Path, run_cli):
+    """Issue 18: a 255-byte limit that the name passes alone but not with `.` and `.mvg-partial-XXXXXXXX`."""
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    longest = name_max - len(".") - len(output_dir.PARTIAL) - 8
+    code, _, err = run_cli(_simulate(tiny_model_dir, xray, str(tmp_path / ("r" * (longest + 1)))))
+    _one_line_refusal(code, err)
+    assert f"at most {longest} bytes" in err
+    output_dir.check_output_dir(tmp_path / "deep" / ("é" * (longest // 2)), overwrite=False)  # bytes, not letters
+    with pytest.raises(MvgError, match="bytes"):
+        output_dir.check_output_dir(tmp_path / ("é" * (longest // 2 + 1)), overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "xray.png"]
+
+
+def test_a_lock_name_holding_a_users_file_is_refused_and_kept(tmp_path: Path):
+    (tmp_path / ".out.mvg-lock").write_text("my notes")
+    with pytest.raises(MvgError, match="not mvg-rt's lock|did not write"):
+        with claim_output_dir(tmp_path / "out"):
+            pass
+    with claim_output_dir(tmp_path / "other"):  # recovery next to it leaves it alone too
+        pass
+    assert _snapshot(tmp_path) == {".out.mvg-lock": b"my notes"}
+
+
+def test_bench_replaces_only_its_own_report(tmp_path: Path, run_cli):
+    """The guard bench had of its own ("not a bench report") is now the one marker rule."""
+    user, run = tmp_path / "user", tmp_path / "run"
+    user.mkdir()
+    (user / "data.csv").write_text("1,2")
+    _old_run(run)
+    before = _snapshot(tmp_path)
+    for out, words in ((user, "holds files mvg-rt did not write"), (run, "not a bench report")):
+        code, _, err = run_cli(["bench", "--size", "tiny", "--out", str(out), "--in-process"])
+        _one_line_refusal(code, err)
+        assert words in err
+    assert _snapshot(tmp_path) == before
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    mark_output(bench, "bench")
+    output_dir.check_output_dir(bench, overwrite=False, kind="bench")  # an earlier report: replaced
+
+
+def test_build_locks_an_engines_folder_without_the_marker_rules(tmp_path: Path):
+    """build updates an export's folder in place: it takes the lock only (even an export made before markers)."""
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    (engines / "manifest.json").write_text("{}")
+    with output_dir.lock_dir(engines):
+        assert output_dir._try_lock(tmp_path / ".engines.mvg-lock") is None  # what another process's claim meets
+    assert _snapshot(tmp_path) == {"engines": None, "engines/manifest.json": b"{}"}
+
+
+def test_an_old_demo_cache_without_the_marker_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from mvg_rt.demo.default import tiny_model_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    stale = tmp_path / "mvg-rt" / "tiny-random-v2"
+    (stale / "unet").mkdir(parents=True)  # an incomplete cache of an earlier mvg-rt: no model_index.json, no marker
+    (stale / "unet" / "config.json").write_text("{}")
+    folder = tiny_model_dir()
+    assert folder == stale and (folder / "model_index.json").is_file() and output_dir.output_kind(folder) == "model"
+
+
+def test_live_staging_lists_this_process_staging_and_locks(tmp_path: Path):
+    with staged_output_dir(tmp_path / "out", kind="run") as staging:
+        assert output_dir.live_staging() == [staging, tmp_path / ".out.mvg-lock"]
+        assert output_dir.output_kind(staging) == "run"  # marked from the start: a kill leaves it recognisable
+    assert output_dir.live_staging() == []
+
+
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGQUIT", "SIGTERM"])
+def test_hangup_and_quit_wait_for_the_commit_like_sigterm(name: str):
+    number = getattr(signal, name)
+    seen: list[int] = []
+    previous = signal.signal(number, lambda sig, _frame: seen.append(sig))
+    try:
+        with output_dir._signals_deferred():
+            os.kill(os.getpid(), number)
+            time.sleep(0.01)
+            assert seen == []  # held until the commit is done
+        assert seen == [number]
+    finally:
+        signal.signal(number, previous)
+
+
+def test_a_users_file_named_like_the_marker_does_not_make_a_folder_replaceable(tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text("my own notes")
+    with pytest.raises(MvgError, match="holds files mvg-rt did not write"):
+        with staged_output_dir(out, overwrite=True, kind="run"):
+            pass
+    assert _snapshot(tmp_path) == {"out": None, f"out/{MARKER}": b"my own notes"}

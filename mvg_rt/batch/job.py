@@ -4,10 +4,12 @@ Order of events, and what a crash at any point costs:
 
 1. (At the CLI edge) the worklist is read and every case resolved into a simulate request, exactly as
    ``simulate`` resolves its options. Any problem in any row: exit 2, naming every row, nothing run.
-2. ``--out`` is claimed (``claim_output_dir``: a lock beside it that the kernel releases when the process
-   dies, and what dead runs left there removed; each case folder gets its own lock the same way), the
-   plan compares each case with its folder (complete / changed / to run), and the summary is written
-   with every complete case already in it.
+2. ``--out`` is claimed (``claim_output_dir``: refused if it is, or holds, the worklist or any case's input,
+   or holds files mvg-rt did not write; marked as batch's; a lock beside it that the kernel releases when
+   the process dies, and what dead runs left there removed; each case folder gets its own lock the same
+   way), the plan compares each case with its folder (complete / changed / to run; a case id naming a
+   folder mvg-rt did not write is refused, with --redo too), and the summary is written with every
+   complete case already in it.
 3. The executor (local or Ray) runs the remaining cases. Each case folder appears all-or-nothing, and the
    summary is rewritten atomically after each case, so ``kill -9`` loses at most the cases in flight: a
    rerun of the same command finds the complete folders by their settings hash and runs only the rest.
@@ -30,6 +32,7 @@ from mvg_rt.batch.summary import Summary
 from mvg_rt.limits import check
 from mvg_rt.io.output_dir import claim_output_dir, recover
 from mvg_rt.runtime.factory import RuntimeSpec
+from mvg_rt.simulation import request_inputs, runtime_inputs
 
 EXIT_SOME_FAILED = 3  # some cases failed (or were lost); the others are complete
 KILLED_WORKER_EXIT_S = 10.0  # how long the end-of-batch clean-up waits for killed workers' locks
@@ -46,6 +49,7 @@ class BatchRequest:
     workers: int | None = None
     retries: int = 1
     case_timeout: float | None = None  # with Ray: seconds before a running case's actor is killed and replaced
+    worklist: Path | None = None  # the worklist file: --out may not be, nor hold, it
 
 
 @dataclass
@@ -69,6 +73,15 @@ def runtime_identity(spec: RuntimeSpec) -> dict[str, Any]:
     identity["device"] = spec.device.split(":")[0]
     del identity["with_seine"]
     return identity
+
+
+def batch_inputs(request: BatchRequest) -> dict[str, Any]:
+    """Everything the batch reads, by what it is (case ids, never file names: they may identify a patient)."""
+    inputs: dict[str, Any] = {"the worklist": request.worklist, **runtime_inputs(request.runtime)}
+    for case in request.cases:
+        inputs.update({f"{label} of case {case.case_id}": path
+                       for label, path in request_inputs(case.request).items()})
+    return inputs
 
 
 class _Driver:
@@ -110,8 +123,8 @@ def run_batch(request: BatchRequest, console: Console) -> BatchReport:
     check("--retries", request.retries)  # the CLI's own range, for callers that skip the CLI
     if request.case_timeout is not None:
         check("--case-timeout", request.case_timeout)
-    with claim_output_dir(request.out, overwrite=True):  # one batch per --out; dead runs' leftovers removed
-        request.out.mkdir(exist_ok=True)
+    # one batch per --out, a folder of batch's own (marked) holding none of the inputs; dead runs' leftovers removed
+    with claim_output_dir(request.out, overwrite=True, inputs=batch_inputs(request), kind="batch"):
         plan = plan_batch(request.cases, runtime_identity(request.runtime), request.out, request.redo)
         summary = Summary(request.out, [case.case_id for case in plan.cases])
         _summarise_complete(plan, summary)

@@ -10,9 +10,10 @@ everything that determines the outputs, resolved (shared settings with the row's
                  "runtime" (the runtime spec: backend, precision, device type, switches, model locations)}))
 
 Input paths are not hashed (moving a worklist keeps its results valid); input bytes are. A complete
-folder with another hash, or a folder batch did not write, is a *changed* case: refused (exit 2, naming
-the cases) unless ``redo`` is set, when it is recomputed and replaces the old folder only once the new
-one is complete.
+folder with another hash, or a case folder of mvg-rt's without batch's hash, is a *changed* case: refused
+(exit 2, naming the cases) unless ``redo`` is set, when it is recomputed and replaces the old folder only
+once the new one is complete. A file or folder at a case's place that mvg-rt did not write (no output
+marker, see :mod:`mvg_rt.io.output_dir`) is refused even with ``redo``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from mvg_rt.batch.worklist import CaseRow
 from mvg_rt.errors import MvgError
+from mvg_rt.io.output_dir import foreign
 from mvg_rt.simulation import SimulationRequest
 
 HASH_FORMAT = 1
@@ -99,6 +101,11 @@ def recorded_hash(folder: Path) -> str | None:
 
 def plan_batch(cases: list[CaseRequest], runtime: dict[str, Any], out: Path, redo: bool = False) -> Plan:
     """Hash every case and compare it with its folder in ``out``: complete, changed or to run."""
+    unwritten = [case.case_id for case in cases if foreign(out / case.case_id)]
+    if unwritten:  # with --redo too: mvg-rt replaces only what it wrote (case ids named, never file names)
+        raise MvgError(f"{len(unwritten)} case id(s) in {out} name a file or folder mvg-rt did not write: "
+                       f"{', '.join(unwritten)}; rename those cases (or move the folders away), or choose another "
+                       "--out")
     plan = Plan([])
     changed = []
     for case in cases:

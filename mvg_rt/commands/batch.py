@@ -110,7 +110,8 @@ def run(params: dict[str, click.Parameter], explicit: set[str] | None = None, **
     spec, notice = resolve_demo_model(runtime_spec(opts))
     spec.validate()  # a bad backend combination stops the batch before any case
     request = BatchRequest(cases, opts["out"], spec, notice, redo=opts["redo"], ray=opts["ray"],
-                           workers=opts["workers"], retries=opts["retries"], case_timeout=opts["case_timeout"])
+                           workers=opts["workers"], retries=opts["retries"], case_timeout=opts["case_timeout"],
+                           worklist=worklist.path)
     report = run_batch(request, Console(stderr=True))
     counts = report.counts
     click.echo(f"{counts['ok']} of {len(cases)} cases complete ({report.resumed} from earlier runs), "

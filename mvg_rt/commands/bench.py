@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from mvg_rt.errors import MvgError
 from mvg_rt.io.output_dir import staged_output_dir
 
 # End-to-end defaults per device: the paper's settings on a GPU, a run that fits a 2-core CPU otherwise.
@@ -61,11 +60,11 @@ def run(**opts: Any) -> None:
 
     config = config_from_options(opts)
     out = config.out
-    if out.is_dir() and any(out.iterdir()) and not (out / "bench.json").is_file():
-        raise MvgError(f"--out {out} holds files that are not a bench report: choose an empty or new folder "
-                       "(an earlier report there is replaced once the new one is complete)")
+    inputs = {"the model folder (--model-dir)": config.model_dir, "the engines folder (--engines)": config.engines,
+              "the cache (--cache)": config.cache}
     console = Console(stderr=True, highlight=False)
-    with staged_output_dir(out, overwrite=True) as staging:  # locked; the old report stays until the new one is done
+    # locked; only an earlier bench report is replaced (see output_dir), and only once the new one is done
+    with staged_output_dir(out, kind="bench", inputs=inputs) as staging:
         report = run_bench(dataclasses.replace(config, out=staging),
                            progress=lambda line: console.print(line, markup=False))
         paths = write_all(report, staging)

@@ -9,7 +9,7 @@ import click
 
 from mvg_rt.artifacts.profiles import AxisOverride, ProfileSettings, parse_resolution
 from mvg_rt.export.tensorrt_build import BuildSettings
-from mvg_rt.io.output_dir import claim_output_dir
+from mvg_rt.io.output_dir import lock_dir
 
 
 def settings_from_options(opts: dict[str, Any], default_resolution: int) -> BuildSettings:
@@ -40,7 +40,7 @@ def run(**opts: Any) -> None:
     settings = settings_from_options(opts, manifest.model.resolution)
     # The engines folder is updated in place (each .plan renamed in whole, the manifest after each one),
     # so it is locked for the build: a second build or export on it fails at once.
-    with claim_output_dir(opts["engines_dir"], overwrite=True):
+    with lock_dir(opts["engines_dir"]):
         built = build_engines(opts["engines_dir"], settings, progress=lambda line: click.echo(line, err=True))
     names = ", ".join(a.component for a in built)
     click.echo(f"wrote {len(built)} {settings.precision} TensorRT engines ({names}) to {opts['engines_dir']}; run "

@@ -28,13 +28,27 @@ def calibration_feeds(opts: dict[str, Any]) -> tuple[list[dict[str, Any]] | None
 
 
 def run(**opts: Any) -> None:
+    from mvg_rt.export.build import export_inputs
+
+    out = Path(opts["out"])
+    inputs = {**export_inputs(opts["model_dir"], opts["unet_dir"], opts["seine"], opts["seine_config"]),
+              "the calibration images (--calibration)": opts.get("calibration_dir")}
+    # held from before the calibration run and the model load to the commit; a bad --out fails here, at once
+    with claim_output_dir(out, opts["overwrite"], inputs=inputs):
+        manifest = _export(opts, out)
+    files = ", ".join(f"{a.component}/{a.precision}" for a in manifest.artifacts)
+    click.echo(f"wrote {len(manifest.artifacts)} ONNX artifacts ({files}) and manifest.json to {out}")
+
+
+def _export(opts: dict[str, Any], out: Path) -> Any:
+    """Calibrate (with --int8), then export into ``out`` (claimed by the caller)."""
     from mvg_rt.export.build import ExportRequest, export_engines
 
     feeds, calibration = calibration_feeds(opts)
     if feeds is not None:
         click.echo(f"int8: recorded {len(feeds)} UNet inputs for calibration", err=True)
     request = ExportRequest(
-        model_dir=Path(opts["model_dir"]), out=Path(opts["out"]),
+        model_dir=Path(opts["model_dir"]), out=out,
         unet_dir=Path(opts["unet_dir"]) if opts["unet_dir"] else None,
         seine=Path(opts["seine"]) if opts["seine"] else None, seine_config=opts["seine_config"],
         with_seine=not opts.get("no_seine"),
@@ -42,7 +56,4 @@ def run(**opts: Any) -> None:
         calibration_feeds=feeds, calibration_source=calibration, opset=opts["opset"], slim=opts["slim"],
         exporter=opts["exporter"],
         overwrite=opts["overwrite"])
-    with claim_output_dir(request.out, request.overwrite):  # held from before the model loads to the commit
-        manifest = export_engines(request, progress=lambda line: click.echo(line, err=True))
-    files = ", ".join(f"{a.component}/{a.precision}" for a in manifest.artifacts)
-    click.echo(f"wrote {len(manifest.artifacts)} ONNX artifacts ({files}) and manifest.json to {request.out}")
+    return export_engines(request, progress=lambda line: click.echo(line, err=True))

@@ -28,7 +28,7 @@ def run(out: Path, seed: int, scale: float, overwrite: bool) -> None:
         click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
 
     log(f"training the demo model (seed {seed}, budget x{scale}) from {started}")
-    with staged_output_dir(out, overwrite) as staging:
+    with staged_output_dir(out, overwrite, kind="model") as staging:
         summary = train_demo(config, staging, log)
         (staging / "metrics.json").write_text(json.dumps(summary, indent=2))
     click.echo(f"wrote the demo model to {out} in {summary['timings']['total_seconds']:.0f} s")

@@ -52,13 +52,17 @@ def _cache_dir() -> Path:
 
 def tiny_model_dir() -> Path:
     """A tiny random-init model folder, built once into the user cache."""
-    from mvg_rt.io.output_dir import staged_output_dir
+    from mvg_rt.io.output_dir import mark_output, output_kind, staged_output_dir
     from mvg_rt.models.builders import build_models, build_seine, write_model_folder
 
     folder = _cache_dir() / "tiny-random-v2"
     if not (folder / "model_index.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with staged_output_dir(folder, overwrite=True, wait=True) as staging:  # a concurrent build: wait for it
+        if folder.is_dir() and not folder.is_symlink() and output_kind(folder) is None:
+            # an incomplete cache from before output markers: this folder is mvg-rt's own (its name, in mvg-rt's
+            # cache folder), so it is marked as such and rebuilt like any incomplete cache
+            mark_output(folder, "model")
+        with staged_output_dir(folder, overwrite=True, wait=True, kind="model") as staging:  # a concurrent build waits
             models = build_models("tiny", seed=0)
             write_model_folder(models, staging, seine=build_seine(models.unet, "tiny", seed=0))
     return folder
