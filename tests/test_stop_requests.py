@@ -71,3 +71,39 @@ def test_a_request_outside_a_long_call_unwinds_normally(tmp_path: Path):
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert out.split() == ["unwound", "after"]
+
+
+STUCK_SIMULATE = """
+import sys, torch
+import mvg_rt.simulation as simulation
+from mvg_rt.cli import main
+
+def stuck_in_one_call(*args, **kwargs):  # a PIE round whose first network call never returns in time
+    torch.set_num_threads(1)
+    a = torch.ones(6144, 6144, dtype=torch.float64)
+    print("computing", flush=True)
+    (a @ a).sum()
+
+simulation._run_pie = stuck_in_one_call
+main(sys.argv[1:])
+"""
+
+
+def test_simulate_stopped_inside_a_long_call_leaves_no_staging_and_no_lock(tmp_path: Path, tiny_model_dir: Path):
+    """The CLI end to end: SIGTERM while a network call holds the main thread -> exit 130 within the grace,
+    the staging folder and the lock file removed, an earlier run in --out untouched."""
+    out = tmp_path / "run"
+    args = ["simulate", "--model-dir", str(tiny_model_dir), "--rounds", "1", "--steps", "2", "--resolution", "32",
+            "--no-transition", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-c", STUCK_SIMULATE, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "computing"
+    assert [p.name for p in tmp_path.glob(".run.mvg-partial-*")]  # staging exists while it computes
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert time.monotonic() - sent < 3.0 + 4.0
+    assert "interrupted; no partial output was kept" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no staging, no lock, no --out

@@ -56,6 +56,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mvg_rt.errors import MvgError
+from mvg_rt.io.stop_requests import STOP_SIGNALS, critical_section, on_forced_exit
 
 MARKER = ".mvg-rt-output"
 LOCK_SUFFIX = ".mvg-lock"
@@ -68,8 +69,7 @@ _MARKER_MAX_BYTES = 4096
 _SELF_REPLACING = frozenset({"bench"})  # jobs whose folder is replaced without --overwrite, by their own kind only
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
-_DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
-                          if hasattr(signal, name))
+_DEFERRED_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)  # every stop request waits for a commit
 
 Inputs = Mapping[str, "str | Path | None"]  # what the run reads, by the option that names it
 _held: dict[Path, int] = {}  # lock path -> fd, for the locks this process holds (re-entrant claims)
@@ -83,6 +83,19 @@ def live_staging() -> list[Path]:
     releases the locks themselves when the process dies.
     """
     return sorted(_staging) + sorted(_held)
+
+
+def _remove_live_staging() -> None:
+    """The forced exit's clean-up (see :mod:`mvg_rt.io.stop_requests`): staging folders, then lock files."""
+    for path in live_staging():
+        if path in _staging:
+            _remove(path)
+        else:
+            with suppress(OSError):
+                path.unlink()
+
+
+on_forced_exit(_remove_live_staging)
 
 
 # ---- the marker ---------------------------------------------------------------------------------------------
@@ -484,17 +497,19 @@ def _commit(staging: Path, out: Path) -> None:
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Ctrl-C, SIGTERM, SIGHUP and SIGQUIT wait until the commit is done (then take effect): no commit is
-    left half-way."""
+    """Ctrl-C and every other stop request wait until the commit is done (then take effect): no commit is
+    left half-way, and the stop watchdog waits for it too."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        with critical_section():
+            yield
         return
     caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda number, _frame: caught.append(number)) for sig in _DEFERRED_SIGNALS}
     try:
-        yield
+        with critical_section():
+            yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
