@@ -261,7 +261,7 @@ def clip_frames(runtime: Runtime, states: list[np.ndarray], roi: np.ndarray, sam
     settings = TransitionSettings(frames=8, steps=steps, sampler=sampler)
     clips = transition_sampler(runtime.backend, runtime.model, settings, DEMO_CASE.prompt)
     with torch.inference_mode():
-        return run_transitions(clips, [torch.from_numpy(s) for s in states], torch.from_numpy(roi[..., 0] / 255.0)
+        return run_transitions(clips, [torch.from_numpy(s) for s in states], torch.from_numpy(roi / 255.0)
                                .float(), torch.Generator().manual_seed(0)).numpy()
 
 

@@ -55,7 +55,7 @@ def _label(sampler: str, steps: int) -> str:
 
 
 def demo_states(runtime: Any, rounds: int) -> tuple[list[np.ndarray], np.ndarray, str]:
-    """The demo case's PIE states (seed 0, demo settings), its ROI (H, W, 3) uint8 and prompt."""
+    """The demo case's PIE states (seed 0, demo settings), its ROI (H, W) uint8 gray and prompt."""
     from mvg_rt.bench.e2e import demo_inputs
     from mvg_rt.demo.default import DEMO_CASE
     from mvg_rt.runtime.pipelines.pie import PieSettings, run_pie
@@ -114,7 +114,7 @@ def _study(runtime: Any, notice: str, seeds: list[int], grid: tuple[tuple[str, i
     pie_seconds = time.perf_counter() - started
     pair, state_ctr = pick_pair(states)
     start, end = states[pair], states[pair + 1]
-    weight = torch.from_numpy(roi[..., 0].astype(np.float32) / 255.0)
+    weight = torch.from_numpy(roi.astype(np.float32) / 255.0)
     samplers = {setting: TransitionSampler(runtime.backend, runtime.model,
                                            TransitionSettings(frames=frames, steps=setting[1], sampler=setting[0]),
                                            prompt) for setting in grid}
@@ -128,7 +128,7 @@ def _study(runtime: Any, notice: str, seeds: list[int], grid: tuple[tuple[str, i
                 clip = samplers[setting].clip(torch.from_numpy(start), torch.from_numpy(end), weight,
                                               torch.Generator().manual_seed(seed))
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                quality = transition_quality(clip.numpy(), roi[..., 0], start, end).to_dict()
+                quality = transition_quality(clip.numpy(), roi, start, end).to_dict()
                 results[setting].append({"seed": seed, "clip_s": wall, "clip_cpu_s": cpu, **quality})
                 print(f"seed {seed} {_label(*setting):>12}: {wall:6.2f} s wall {cpu:6.2f} s cpu  "
                       + "  ".join(f"{k}={quality[k]:.4g}" for k in PRIMARY if quality[k] is not None), flush=True)

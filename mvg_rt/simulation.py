@@ -195,7 +195,7 @@ def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     started = time.perf_counter()
     session = pie_session(runtime.backend, runtime.model, options.pie, original, roi.pixels, inputs.prompt,
                           inputs.negative_prompt, _graphed(runtime, options))
-    weight = roi.pixels[..., 0].astype(np.float64) / 255.0
+    weight = roi.weight
     result = SimulationResult(states=[original], rounds=[],
                               timings={"pie_setup_seconds": round(time.perf_counter() - started, 4)})
     round_start = time.perf_counter()
@@ -232,7 +232,7 @@ def _run_transitions(runtime: Runtime, inputs: SimulationInputs, options: Simula
             on_clip(index)
 
     states = [torch.from_numpy(state) for state in result.states]
-    frames = run_transitions(sampler, states, torch.from_numpy(roi.pixels[..., 0].astype(np.float32) / 255.0),
+    frames = run_transitions(sampler, states, torch.from_numpy(roi.weight.astype(np.float32)),
                              generator, on_clip_step, finished)
     result.frames = [frame.numpy() for frame in frames]
     result.timings["transition_seconds"] = round(time.perf_counter() - started, 4)
@@ -274,7 +274,7 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "timings": result.timings,
         "rounds": result.rounds,
         "clips": result.clips,
-        "eval": evaluate_states(result.states, roi.pixels[..., 0].astype(np.float64) / 255.0,
+        "eval": evaluate_states(result.states, roi.weight,
                                 _vae_embedding(runtime), "posterior mean of the run's own VAE encoder"),
         **options.annotations,
     }

@@ -167,10 +167,10 @@ def image() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def mask() -> torch.Tensor:
-    rgb = np.zeros((64, 64, 3), np.uint8)
-    rgb[16:48, 20:52] = 255
-    rgb[16:48, 18:20] = 128
-    return latent_mask(torch.from_numpy(rgb), 8, 4)
+    gray = np.zeros((64, 64), np.uint8)
+    gray[16:48, 20:52] = 255
+    gray[16:48, 18:20] = 128
+    return latent_mask(torch.from_numpy(gray), 8, 4)
 
 
 @torch.no_grad()

@@ -182,11 +182,11 @@ def _pie_args(runtime, device: str, scheduler: str | None = None):
 
     y, x = np.mgrid[0:64, 0:64] / 63.0
     image = torch.from_numpy((np.stack([0.5 + 0.3 * np.sin(3 * x) * np.cos(2 * y)] * 3, 2) * 255).astype(np.uint8))
-    rgb = np.zeros((64, 64, 3), np.uint8)
-    rgb[16:48, 20:52] = 255
+    gray = np.zeros((64, 64), np.uint8)
+    gray[16:48, 20:52] = 255
     settings = PieSettings(rounds=2, steps=10, strength=0.6, scheduler=scheduler)
     return (runtime.backend, runtime.model, settings, image.to(device),
-            latent_mask(torch.from_numpy(rgb), 8, 4), "severe cardiomegaly"), image
+            latent_mask(torch.from_numpy(gray), 8, 4), "severe cardiomegaly"), image
 
 
 @needs_cuda

@@ -95,12 +95,12 @@ def test_resize_and_crop_keeps_the_centre():
 def test_box_and_ellipse_masks_are_in_input_coordinates():
     shape = (200, 100, 3)  # portrait input: width 100, height 200 -> crop keeps rows 50..150
     box = choose_mask(shape, 64, box="25,75,75,125")
-    assert box.pixels.shape == (64, 64, 3)
-    assert box.pixels[32, 32, 0] == 255 and box.pixels[2, 2, 0] == 0
+    assert box.pixels.shape == (64, 64)
+    assert box.pixels[32, 32] == 255 and box.pixels[2, 2] == 0
     assert 0.2 < box.coverage < 0.3  # 50x50 of the 100x100 kept square
     ellipse = choose_mask(shape, 64, ellipse="50,100,20,20", feather=8)
-    assert ellipse.pixels[32, 32, 0] == 255
-    assert 0 < ellipse.pixels[32, 32 + 13, 0] < 255  # feathered edge is soft
+    assert ellipse.pixels[32, 32] == 255
+    assert 0 < ellipse.pixels[32, 32 + 13] < 255  # feathered edge is soft
 
 
 def test_mask_file_errors_and_binary_masks(tmp_path: Path):

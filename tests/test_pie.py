@@ -22,7 +22,7 @@ def _session(runtime, image: np.ndarray, settings: PieSettings, mask: torch.Tens
 
 
 def _box_mask(size: int = 64) -> np.ndarray:
-    mask = np.zeros((size, size, 3), np.uint8)
+    mask = np.zeros((size, size), np.uint8)
     mask[16:48, 20:52] = 255
     return mask
 
@@ -95,9 +95,10 @@ def _reference_style_round(models, previous: np.ndarray, original: np.ndarray, m
 @pytest.mark.parametrize("scheduler", [None, "ddim"])
 def test_two_masked_rounds_match_reference_style_implementation(tiny_models, tiny_runtime, image_64, scheduler):
     settings = PieSettings(rounds=2, strength=0.6, steps=10, scheduler=scheduler)
-    mask_rgb = _box_mask()
-    mask_rgb[..., 1] //= 2  # a non-grey mask exercises the reference's R, G, B, R channel order
-    session = _session(tiny_runtime, image_64, settings, latent_mask(torch.from_numpy(mask_rgb), 8, 4))
+    mask_gray = _box_mask()
+    mask_gray[16:48, 12:20] = 100  # a soft band: the latent mask is resized, not binarised
+    mask_rgb = np.repeat(mask_gray[:, :, None], 3, axis=2)  # the reference reads the (gray) mask as RGB
+    session = _session(tiny_runtime, image_64, settings, latent_mask(torch.from_numpy(mask_gray), 8, 4))
     ours = [s.numpy() for s in run_pie(session, torch.Generator().manual_seed(3))]
 
     generator = torch.Generator().manual_seed(3)

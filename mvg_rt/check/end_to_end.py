@@ -39,7 +39,7 @@ class FrameResult:
 
 
 def synthetic_case(resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image, roi) as (H, W, 3) uint8: a smooth chest-like gradient and a feathered ellipse."""
+    """(image (H, W, 3), roi (H, W) gray) uint8: a smooth chest-like gradient and a feathered ellipse."""
     from mvg_rt.io.masks import mask_from_ellipse
 
     y, x = np.mgrid[0:resolution, 0:resolution] / max(resolution - 1, 1)
@@ -61,7 +61,7 @@ def transition_frames(runtime: Any, start: np.ndarray, end: np.ndarray, roi: np.
     """One transition clip between two states (the hook for the SEINE stage)."""
     settings = TransitionSettings(frames=frames, steps=steps)
     sampler = transition_sampler(runtime.backend, runtime.model, settings, PROMPT)
-    weight = torch.from_numpy(roi[..., 0].astype(np.float32) / 255.0)
+    weight = torch.from_numpy(roi.astype(np.float32) / 255.0)
     clip = sampler.clip(torch.from_numpy(start), torch.from_numpy(end), weight, torch.Generator().manual_seed(seed))
     return [f.numpy() for f in clip.cpu()]
 

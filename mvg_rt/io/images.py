@@ -61,7 +61,11 @@ def _too_large(path: Path, width: int, height: int) -> MvgError:
                     "the model works at 512 px")
 
 
-def _read_raster(path: Path) -> LoadedImage:
+def open_raster(path: Path) -> Image.Image:
+    """A PNG/JPEG decoded as Pillow reads it (any mode, alpha and 16 bits kept), behind the size guard.
+
+    Shared by images (flattened to 8-bit RGB below) and ROI masks (which read alpha and 16-bit depth).
+    """
     try:
         with warnings.catch_warnings():
             # Pillow's decompression-bomb warning becomes the one-line refusal below; its other warnings
@@ -72,18 +76,23 @@ def _read_raster(path: Path) -> LoadedImage:
                 if image.width * image.height > MAX_PIXELS:
                     raise _too_large(path, image.width, image.height)
                 image.load()
-                fmt = (image.format or path.suffix.lstrip(".")).lower()
-                if image.mode in _WIDE_MODES:
-                    return LoadedImage(_gray_or_rgb_to_rgb(_to_uint8(np.asarray(image))), fmt, 16)
-                if image.mode not in ("L", "RGB"):  # palette, alpha, CMYK, 1-bit
-                    image = image.convert("RGBA" if image.mode == "P" else "RGB").convert("RGB")
-                return LoadedImage(_gray_or_rgb_to_rgb(np.asarray(image)), fmt, 8)
+                return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise MvgError(f"{path.name} is over the {MAX_PIXELS / 1e6:.0f} Mpx safety limit for images (a "
                        "decompression-bomb guard): downscale it; the model works at 512 px") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         raise MvgError(f"cannot read image {path.name}: {reason}; give a PNG, JPEG or DICOM file") from err
+
+
+def _read_raster(path: Path) -> LoadedImage:
+    image = open_raster(path)
+    fmt = (image.format or path.suffix.lstrip(".")).lower()
+    if image.mode in _WIDE_MODES:
+        return LoadedImage(_gray_or_rgb_to_rgb(_to_uint8(np.asarray(image))), fmt, 16)
+    if image.mode not in ("L", "RGB"):  # palette, alpha, CMYK, 1-bit
+        image = image.convert("RGBA" if image.mode == "P" else "RGB").convert("RGB")
+    return LoadedImage(_gray_or_rgb_to_rgb(np.asarray(image)), fmt, 8)
 
 
 def _dicom_reason(err: BaseException) -> str:
@@ -127,7 +136,7 @@ def _read_dicom(path: Path) -> LoadedImage:
     return LoadedImage(_gray_or_rgb_to_rgb(eight_bit), "dicom", int(dataset.get("BitsStored", 16) or 16))
 
 
-def _is_dicom(path: Path) -> bool:
+def is_dicom(path: Path) -> bool:
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     with open(path, "rb") as handle:
@@ -144,7 +153,7 @@ def read_image(path: str | Path, role: str = "input image", min_side: int = 1) -
     path = Path(path)
     if not path.is_file():
         raise MvgError(f"{role} {path} not found: check the path")
-    loaded = _read_dicom(path) if _is_dicom(path) else _read_raster(path)
+    loaded = _read_dicom(path) if is_dicom(path) else _read_raster(path)
     height, width = loaded.pixels.shape[:2]
     if min(height, width) < min_side:
         raise MvgError(f"{role} {path.name} is only {width}x{height} pixels: give an image at least {min_side} "

@@ -4,32 +4,123 @@ Shapes are given in the INPUT image's pixel coordinates (what the user sees in
 their viewer) and drawn at that size, then the mask goes through exactly the
 resize-and-crop the image goes through, so mask and image stay aligned. The mask
 is soft (0..255), as the PIE reference reads it: it is never binarised.
+
+A mask is ONE gray channel, read the same way by every consumer (PIE's latent mask,
+coverage, eval, the transition compositing, the run's mask.png). The reference reads
+the mask as RGB and feeds latent channel c from RGB channel c % 3; for a gray mask that
+is the same thing, for a coloured one it would edit some latent channels only, so a
+mask file becomes gray by :func:`mask_gray`'s rule first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mvg_rt.errors import MvgError
 from mvg_rt.limits import LIMITS, check
-from mvg_rt.io.images import read_image, resize_and_crop
+from mvg_rt.io.images import is_dicom, open_raster, read_image, resize_and_crop
 
 ASPECT_TOLERANCE = 0.02
+MASK_ROLE = "--mask file"
+_WIDE_INTEGER_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # PNG's 16-bit gray (Pillow reads some as "I")
+_WIDE_INTEGER_RANGE = 65535.0  # PNG stores at most 16 bits per sample
+_EMPTY_HINT = "paint the ROI white (or any colour) on black, or omit --mask to edit the whole image"
 
 
 @dataclass(frozen=True)
 class RoiMask:
-    """The mask actually used: (R, R, 3) uint8 at model resolution, and where it came from."""
+    """The mask actually used: (R, R) uint8 gray at model resolution, and where it came from."""
 
-    pixels: np.ndarray
+    pixels: np.ndarray  # (R, R) uint8, the one channel every consumer reads
     source: str  # "full image", "mask file", "box x0,y0,x1,y1", ...
 
     @property
+    def weight(self) -> np.ndarray:
+        """(R, R) float64 in [0, 1]: the ROI as PIE, eval and the transition compositing weigh it."""
+        return self.pixels.astype(np.float64) / 255.0
+
+    @property
     def coverage(self) -> float:
-        return float(self.pixels[..., 0].mean() / 255.0)
+        return float(self.weight.mean())
+
+
+def _color_gray(color: np.ndarray) -> np.ndarray:
+    """Max over the colour channels: a mask painted in any pure colour marks its ROI at full weight.
+
+    (Luminance would weigh pure blue at 0.11 and green at 0.59: the ROI would depend on the paint.)
+    """
+    return color if color.ndim == 2 else color.max(axis=2)
+
+
+def _wide_to_8bit_scale(values: np.ndarray) -> np.ndarray:
+    """16-bit samples as 0..255 floats, by the 16-bit range (all-65535 is the full ROI).
+
+    A 16-bit file that holds only 0..255 is an 8-bit mask saved wide (numpy's
+    ``astype(np.uint16)`` on a 0/255 mask): read as 8-bit, not as a 1/257-strength ROI.
+    """
+    values = np.clip(values.astype(np.float64), 0, _WIDE_INTEGER_RANGE)
+    return values if values.max() <= 255 else values * (255.0 / _WIDE_INTEGER_RANGE)
+
+
+def mask_gray(image: Image.Image) -> np.ndarray:
+    """Any decoded mask image -> (H, W) uint8 gray, the one rule every mask file goes through.
+
+    * 16-bit (and Pillow's 32-bit "I" reading of 16-bit PNGs): scaled by the 16-bit range, so
+      all-65535 is the full ROI (see :func:`_wide_to_8bit_scale`); 1-bit and palette by their colours.
+    * colour: the max over R, G, B (see :func:`_color_gray`).
+    * alpha: the mask is what it shows over black (colour x alpha / 255), so a transparent pixel
+      is outside the ROI whatever colour it stores; when every colour value is 0 (an alpha-only
+      mask: black paint on a transparent layer) the alpha alone is the mask. A uniform alpha
+      draws no shape: an opaque black image is an empty mask, not a full one.
+    * a 0/1-valued mask is a label image and is scaled to 0/255.
+    An empty result is refused naming what was empty.
+    """
+    if image.mode == "F":
+        raise MvgError(f"the {MASK_ROLE} holds floating-point pixels, whose range is not defined: "
+                       "save it as an 8- or 16-bit PNG (ROI white on black)")
+    alpha = None
+    if image.mode in _WIDE_INTEGER_MODES:
+        color = _wide_to_8bit_scale(np.asarray(image))
+    else:
+        if image.mode not in ("L", "LA", "RGB", "RGBA"):  # 1-bit, palette (maybe with transparency), CMYK, ...
+            transparent = "transparency" in image.info or image.mode in ("P", "PA", "La", "RGBa")
+            image = image.convert("RGBA" if transparent else "RGB")
+        planes = np.asarray(image).astype(np.float64)
+        if image.mode in ("LA", "RGBA"):
+            planes, alpha = planes[..., :-1], planes[..., -1]
+        color = _color_gray(planes)
+    if alpha is not None and color.max() > 0:
+        gray = color * alpha / 255.0
+        if gray.max() == 0:
+            raise MvgError(f"the {MASK_ROLE} is empty: its painted pixels are all fully transparent (alpha 0); "
+                           f"{_EMPTY_HINT}")
+    elif alpha is not None and alpha.min() < alpha.max():
+        gray = alpha
+    else:
+        gray = color
+    if gray.max() == 0:
+        raise MvgError(f"the {MASK_ROLE} is empty (all pixels 0 in its gray, colour and alpha channels): "
+                       f"{_EMPTY_HINT}")
+    if gray.max() == 1:  # masks saved as 0/1 labels would otherwise read as all-but-zero
+        gray = gray * 255.0
+    return np.round(gray).astype(np.uint8)
+
+
+def read_mask_gray(path: str | Path) -> np.ndarray:
+    """A mask file as (H, W) uint8 gray; DICOM masks through the image reader's own window."""
+    path = Path(path)
+    if not path.is_file() or is_dicom(path):  # a missing file gets read_image's one-line refusal
+        return _color_gray(read_image(path, role=MASK_ROLE, min_side=1).pixels)
+    return mask_gray(open_raster(path))
+
+
+def read_run_mask(path: Path) -> RoiMask:
+    """The ROI a run used, from its mask.png: written gray by simulate (older runs: that gray as RGB)."""
+    return RoiMask(_color_gray(np.asarray(open_raster(path).convert("RGB"))), "run mask.png")
 
 
 def _parse_numbers(text: str, count: int, option: str, example: str) -> list[float]:
@@ -61,17 +152,13 @@ def _finish(drawn: np.ndarray, image_shape: tuple[int, ...], resolution: int, so
 def _feathered(canvas: Image.Image, feather: float) -> np.ndarray:
     if feather > 0:
         canvas = canvas.filter(ImageFilter.GaussianBlur(radius=feather / 2))
-    return np.repeat(np.asarray(canvas)[:, :, None], 3, axis=2)
+    return np.asarray(canvas)
 
 
 def mask_from_file(path: str, image_shape: tuple[int, ...], resolution: int, feather: float = 0) -> RoiMask:
-    """A mask image (any size of the image's aspect ratio). A 0/1-valued mask is scaled to 0/255."""
-    loaded = read_image(path, role="--mask file", min_side=1).pixels
-    if loaded.max() == 1:  # masks saved as 0/1 labels would otherwise read as all-but-zero
-        loaded = loaded * 255
-    if feather > 0:
-        loaded = _feathered(Image.fromarray(loaded[:, :, 0]), feather)
-    return _finish(loaded, image_shape, resolution, "mask file")
+    """A mask image (any size of the image's aspect ratio), made gray by :func:`mask_gray`."""
+    return _finish(_feathered(Image.fromarray(read_mask_gray(path)), feather), image_shape, resolution,
+                   "mask file")
 
 
 def parse_box(box: str) -> list[float]:
@@ -106,7 +193,7 @@ def mask_from_ellipse(ellipse: str, image_shape: tuple[int, ...], resolution: in
 
 def full_mask(resolution: int) -> RoiMask:
     """No ROI given: the whole image may change (M = 1 everywhere)."""
-    return RoiMask(np.full((resolution, resolution, 3), 255, np.uint8), "full image")
+    return RoiMask(np.full((resolution, resolution), 255, np.uint8), "full image")
 
 
 def choose_mask(image_shape: tuple[int, ...], resolution: int, mask_path: str | None = None,

@@ -10,18 +10,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def latent_mask(mask_rgb: Tensor, scale: int, channels: int) -> Tensor:
-    """(H, W, 3) uint8 ROI mask at image size -> (1, channels, H/scale, W/scale) float in [0, 1].
+def latent_mask(mask_gray: Tensor, scale: int, channels: int) -> Tensor:
+    """(H, W) uint8 gray ROI mask at image size -> (1, channels, H/scale, W/scale) float in [0, 1].
 
     Matches the PIE reference: OpenCV ``INTER_LINEAR`` (half-pixel centres, no
     antialiasing) on uint8 with round-half-up back to uint8, then / 255; not
-    binarised. Channel c takes RGB channel c % 3 (the reference's R, G, B, R).
+    binarised. The one gray plane is broadcast to every latent channel, so each
+    channel is edited in the same ROI (the reference's R, G, B, R order is this for
+    the gray masks it is used with; :mod:`mvg_rt.io.masks` makes every mask gray).
     """
-    height, width = mask_rgb.shape[0] // scale, mask_rgb.shape[1] // scale
-    planes = mask_rgb.permute(2, 0, 1)[None].float()
-    resized = F.interpolate(planes, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+    if mask_gray.ndim != 2:
+        raise ValueError(f"latent_mask takes one (H, W) gray plane, got shape {tuple(mask_gray.shape)}")
+    height, width = mask_gray.shape[0] // scale, mask_gray.shape[1] // scale
+    plane = mask_gray[None, None].float()
+    resized = F.interpolate(plane, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
     quantised = torch.floor(resized + 0.5).clamp(0, 255) / 255.0
-    return quantised[:, [c % 3 for c in range(channels)]]
+    return quantised.expand(-1, channels, -1, -1).contiguous()
 
 
 def replace_outside_roi(latents: Tensor, reference_latents: Tensor, mask: Tensor) -> Tensor:

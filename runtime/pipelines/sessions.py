@@ -26,7 +26,7 @@ from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSamp
 def pie_session(backend: Backend, model: ModelInfo, settings: PieSettings, original: np.ndarray,
                 roi_pixels: np.ndarray, prompt: str, negative_prompt: str = "", graphed: bool = False,
                 stepper: str = "auto") -> PieSession:
-    """A PIE session on ``original`` ((H, W, 3) uint8) with the ROI ``roi_pixels`` ((H, W, 3) uint8).
+    """A PIE session on ``original`` ((H, W, 3) uint8) with the ROI ``roi_pixels`` ((H, W) uint8 gray).
 
     ``stepper`` is :class:`PieSession`'s (the bench forces ``scheduler`` to measure the table step's gain).
     """
