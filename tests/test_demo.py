@@ -34,7 +34,7 @@ def demo_runtime():
 
 @pytest.fixture(scope="module")
 def case() -> tuple[np.ndarray, np.ndarray]:
-    """The case at model resolution: (image (R, R, 3) uint8, ROI mask pixels (R, R, 3) uint8)."""
+    """The case at model resolution: (image (R, R, 3) uint8, ROI mask pixels (R, R) uint8 gray)."""
     image = read_image(DEMO_CASE.image).pixels
     roi = choose_mask(image.shape, RESOLUTION, mask_path=str(DEMO_CASE.mask))
     return resize_and_crop(image, RESOLUTION), roi.pixels
@@ -56,7 +56,7 @@ def _demo_settings(**overrides) -> PieSettings:
 @pytest.fixture(scope="module")
 def progression(demo_runtime, case) -> dict:
     states = _pie(demo_runtime, case, _demo_settings())
-    return evaluate_states(states, case[1][..., 0] / 255.0) | {"states": states}
+    return evaluate_states(states, case[1] / 255.0) | {"states": states}
 
 
 RISING_ROUNDS = 6  # the CTR rises over the first rounds, then plateaus within the segmentation's noise
@@ -101,7 +101,7 @@ def test_onnx_runtime_gives_the_same_ctr_trajectory(demo_engines, case, progress
     from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
     states = _pie(open_runtime(RuntimeSpec(backend="ort", engines_dir=demo_engines)), case, _demo_settings())
-    ort_ctr = evaluate_states(states, case[1][..., 0] / 255.0)["ctr"]
+    ort_ctr = evaluate_states(states, case[1] / 255.0)["ctr"]
     assert ort_ctr is not None
     assert np.abs(np.array(ort_ctr) - np.array(progression["ctr"])).max() <= 0.01, (ort_ctr, progression["ctr"])
 
@@ -123,7 +123,7 @@ def _eroded(mask: np.ndarray, pixels: int) -> np.ndarray:
 @torch.no_grad()
 def test_beta1_zero_keeps_outside_the_roi_within_the_vae_round_trip(demo_runtime, case):
     image, roi = case
-    outside = _eroded(roi[..., 0] == 0, 8)
+    outside = _eroded(roi == 0, 8)
     bound = psnr(_round_trip(demo_runtime, image)[outside], image[outside])
     state = _pie(demo_runtime, case, _demo_settings(rounds=1, beta1=0.0))[-1]
     assert psnr(state[outside], image[outside]) >= bound - 1.0, bound
@@ -134,7 +134,7 @@ def test_transition_endpoints_equal_the_states_within_the_vae_round_trip(demo_ru
     start, end = (torch.from_numpy(s) for s in progression["states"][:2])
     settings = TransitionSettings(frames=4, steps=5, sampler="ddim")
     sampler = TransitionSampler(demo_runtime.backend, demo_runtime.model, settings, DEMO_CASE.prompt)
-    roi = torch.from_numpy(case[1][..., 0] / 255.0).float()
+    roi = torch.from_numpy(case[1] / 255.0).float()
     clip = sampler.clip(start, end, roi, torch.Generator().manual_seed(0)).numpy()
     inside = roi.numpy() == 1  # outside the ROI every frame is the endpoints' mean (Eq 10)
     for frame, state in ((clip[0], start.numpy()), (clip[-1], end.numpy())):
