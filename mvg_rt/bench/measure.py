@@ -100,7 +100,7 @@ def round_row(runtime: Runtime, settings: E2ESettings, original: np.ndarray, ste
 
     device = runtime.backend.device
     session, setup = clocked(lambda: pie_session(
-        runtime.backend, runtime.model, settings.pie(rounds=1, beta2=1.0), original, np.full_like(original, 255),
+        runtime.backend, runtime.model, settings.pie(rounds=1, beta2=1.0), original, np.full(original.shape[:2], 255, np.uint8),
         settings.prompt, settings.negative_prompt, runtime.graphed_loops, stepper), device)
     previous = torch.from_numpy(original).to(device)
     stats, output = timed(lambda: session.run_round(previous, torch.Generator().manual_seed(settings.seed)),

@@ -53,7 +53,7 @@ def mvg_round(runtime: Runtime, settings: E2ESettings, stepper: str) -> Round:
 
     original = demo_original(settings.resolution)
     session = pie_session(runtime.backend, runtime.model, settings.pie(rounds=1, beta2=1.0), original,
-                          np.full_like(original, 255), settings.prompt, stepper=stepper)
+                          np.full(original.shape[:2], 255, np.uint8), settings.prompt, stepper=stepper)
     previous = torch.from_numpy(original)
     return lambda mark: session.run_round(previous, torch.Generator().manual_seed(settings.seed), on_step=mark)
 
