@@ -40,7 +40,10 @@ class RoiMask:
 
     @property
     def weight(self) -> np.ndarray:
-        """(R, R) float64 in [0, 1]: the ROI as PIE, eval and the transition compositing weigh it."""
+        """(R, R) float64 in [0, 1]: the ROI as coverage, eval and the transition compositing weigh it.
+
+        (PIE resizes :attr:`pixels` to latent size first, on uint8 as the reference does.)
+        """
         return self.pixels.astype(np.float64) / 255.0
 
     @property
