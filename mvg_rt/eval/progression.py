@@ -30,7 +30,7 @@ from PIL import Image
 from mvg_rt.errors import MvgError
 from mvg_rt.io.files import write_text_atomic
 from mvg_rt.io.jsonio import finite_json
-from mvg_rt.io.masks import read_run_mask
+from mvg_rt.io.masks import run_mask
 from mvg_rt.eval.ctr import measure_ctr
 from mvg_rt.eval.metrics import psnr, ssim
 
@@ -245,7 +245,7 @@ def read_run(run_dir: str | Path) -> RunFolder:
                        f"(the input and {expected - 1} rounds); {RERUN}")
     size = (states[0].shape[1], states[0].shape[0])
     with _reading(run, "mask.png"):
-        roi = read_run_mask(run / "mask.png").weight
+        roi = run_mask(Image.open(run / "mask.png")).weight
     if roi.shape != states[0].shape[:2]:
         raise MvgError(f"run {run}: mask.png is {roi.shape[1]}x{roi.shape[0]}, the states {size[0]}x{size[1]} "
                        f"(a file was replaced); {RERUN}")

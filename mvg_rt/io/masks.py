@@ -121,9 +121,9 @@ def read_mask_gray(path: str | Path) -> np.ndarray:
     return mask_gray(open_raster(path))
 
 
-def read_run_mask(path: Path) -> RoiMask:
-    """The ROI a run used, from its mask.png: written gray by simulate (older runs: that gray as RGB)."""
-    return RoiMask(_color_gray(np.asarray(open_raster(path).convert("RGB"))), "run mask.png")
+def run_mask(image: Image.Image) -> RoiMask:
+    """The ROI a run used, from its opened mask.png: written gray by simulate (older runs: that gray as RGB)."""
+    return RoiMask(_color_gray(np.asarray(image.convert("RGB"))), "run mask.png")
 
 
 def _parse_numbers(text: str, count: int, option: str, example: str) -> list[float]:
