@@ -167,7 +167,7 @@ def part_sensitivity_and_ctr(work: Path) -> dict[str, Any]:
         started = time.perf_counter()
         states = pie_states(ort_runtime(engines, precision), case, demo_settings())
         sessions[precision] = round(time.perf_counter() - started, 1)
-        ctr[precision] = evaluate_states(states, case[1][..., 0] / 255.0)["ctr"]
+        ctr[precision] = evaluate_states(states, case[1] / 255.0)["ctr"]
     gap = float(np.abs(np.array(ctr["int8"]) - np.array(ctr["fp32"])).max())
     fp16_gap = float(np.abs(np.array(ctr["fp16"]) - np.array(ctr["fp32"])).max())
     return {"sensitivity": {"model": "demo UNet (trained, 128 px)", "calibration": calibration.describe(),
@@ -241,10 +241,10 @@ def part_ctr_seeds(engines: Path, work: Path) -> dict[str, Any]:
     jitter = []
     for seed in SEEDS:
         states = pie_states(fp32, case, demo_settings(), seed)
-        reference = np.array(evaluate_states(states, case[1][..., 0] / 255.0)["ctr"])
+        reference = np.array(evaluate_states(states, case[1] / 255.0)["ctr"])
         jitter.append(max(readout_jitter(s, rng) for s in states))
         for name, runtime in variants.items():
-            ctr = evaluate_states(pie_states(runtime, case, demo_settings(), seed), case[1][..., 0] / 255.0)["ctr"]
+            ctr = evaluate_states(pie_states(runtime, case, demo_settings(), seed), case[1] / 255.0)["ctr"]
             gaps[name].append(round(float(np.abs(np.array(ctr) - reference).max()), 4))
         print(seed, {k: v[-1] for k, v in gaps.items()}, "jitter", jitter[-1], flush=True)
     return {"seeds": list(SEEDS), "max_abs_gap": gaps, "fp32_readout_jitter": [round(j, 4) for j in jitter],
@@ -291,7 +291,7 @@ def part_seine(work: Path) -> dict[str, Any]:
     case = demo_case(DEMO_RESOLUTION)
     states = pie_states(fp32, case, demo_settings(rounds=3))
     held_out = seine_feeds(fp32, [(a, b, case[1]) for a, b in zip(states[:-1], states[1:])], "ddim", 25)
-    inside = case[1][..., 0] > 127
+    inside = case[1] > 127
     reference = {name: clip_frames(fp32, states, case[1], *how) for name, how in SEINE_SAMPLERS.items()}
 
     def row(label: str, graph: Path, fp32_nodes: int | None) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def main() -> None:
         pie = PieSettings(rounds=1, strength=settings.strength, steps=settings.steps,
                           guidance_scale=settings.guidance, beta1=settings.beta1, beta2=1.0)
         setup, session = timed(lambda: pie_session("eager", Runtime(backend, info, {}), pie, original,
-                                                   np.full_like(original, 255), settings))
+                                                   np.full(original.shape[:2], 255, np.uint8), settings))
         times, image = timed(lambda: session.run_round(torch.from_numpy(original),
                                                        torch.Generator().manual_seed(settings.seed)))
         return {"pipeline": label, **times, "setup_wall_s": setup["round_wall_s"], **meter.take(),
