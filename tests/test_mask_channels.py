@@ -154,7 +154,7 @@ def test_a_green_mask_runs_exactly_like_the_white_mask(tmp_path: Path, tiny_mode
     mask = Image.open(tmp_path / "green" / "mask.png")
     assert mask.mode == "L"  # written as used: one gray channel
     assert np.array_equal(np.asarray(mask), np.asarray(Image.open(tmp_path / "white" / "mask.png")))
-    _, roi, _ = read_run(tmp_path / "green")  # eval's weight is the same channel
+    roi = read_run(tmp_path / "green").roi  # eval's weight is the same channel
     assert round(float(roi.mean()), 4) == green["roi"]["coverage"]
 
 
