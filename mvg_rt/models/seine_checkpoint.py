@@ -60,7 +60,7 @@ def load_seine_model(path: str | Path, config: SeineConfig | None = None,
     The model is built on the meta device and takes the loaded tensors directly, so a full-size
     model costs one copy of the weights and no random initialisation.
     """
-    config = config or stored_config(path) or load_builtin_config("full")
+    config = seine_config_for(path, config)
     state = load_seine_state_dict(path)
     with torch.device("meta"):
         model = SeineUNet3D(config)
@@ -73,6 +73,12 @@ def load_seine_model(path: str | Path, config: SeineConfig | None = None,
         detail = str(err).strip().splitlines()[-1].strip()
         raise MvgError(f"{path} does not fit the SEINE architecture: {detail}. {FIT_HINT}") from err
     return model.eval()
+
+
+def seine_config_for(path: str | Path, config: SeineConfig | None = None) -> SeineConfig:
+    """The architecture a checkpoint is loaded as: ``config`` if given, else the one it stores, else the
+    published model's (cheap: the weights are not read)."""
+    return config or stored_config(path) or load_builtin_config("full")
 
 
 def stored_config(path: str | Path) -> SeineConfig | None:
@@ -91,7 +97,12 @@ def stored_config(path: str | Path) -> SeineConfig | None:
             text = (handle.metadata() or {}).get("seine_config")
     except (SafetensorError, OSError) as err:
         raise _corrupt(path, _one_line(err)) from err
-    return SeineConfig.from_dict(json.loads(text)) if text else None
+    if not text:
+        return None
+    try:
+        return SeineConfig.from_dict(json.loads(text))
+    except (ValueError, TypeError, RecursionError) as err:  # damaged metadata: JSON, nesting or fields
+        raise _corrupt(path, f"its stored SEINE config: {_one_line(err)}") from err
 
 
 def seine_from_unet2d(unet2d: UNet2DConditionModel, config: SeineConfig) -> SeineUNet3D:
