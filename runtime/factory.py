@@ -195,7 +195,7 @@ def _open_torch(spec: RuntimeSpec) -> Runtime:
     from mvg_rt.models.agreement import with_seine
     from mvg_rt.runtime.scheduler_config import check_scheduler_config
     from mvg_rt.models.provenance import MODEL_DIR_PARTS
-    from mvg_rt.models.seine_checkpoint import load_seine_model, seine_config_for
+    from mvg_rt.models.seine_checkpoint import load_seine_model, stored_config
     from mvg_rt.models.seine_unet import SeineConfig
     from mvg_rt.runtime.backends.torch_backend import TorchBackend
 
@@ -209,10 +209,13 @@ def _open_torch(spec: RuntimeSpec) -> Runtime:
         seine_path = model_dir / "seine" / SEINE_FILE
     seine_module = None
     if spec.with_seine and seine_path is not None:
-        config = seine_config_for(seine_path, SeineConfig.from_dict(spec.seine_config) if spec.seine_config else None)
+        config = SeineConfig.from_dict(spec.seine_config) if spec.seine_config else stored_config(seine_path)
         assert models.widths is not None  # read from the folder's configs
-        check_widths(with_seine(models.widths, config))  # before SEINE's weights load
+        if config is not None:  # known without reading the weights: checked before they load
+            check_widths(with_seine(models.widths, config))
         seine_module = load_seine_model(seine_path, config)
+        if config is None:  # a .pt stores no config: its weights say which architecture it is
+            check_widths(with_seine(models.widths, seine_module.config))
     dtype = torch.float16 if spec.precision == "fp16" else torch.float32
     backend: Backend = TorchBackend(component_modules(models, seine_module), torch.device(spec.device), dtype,
                                     channels_last=spec.channels_last)

@@ -60,7 +60,7 @@ def load_seine_model(path: str | Path, config: SeineConfig | None = None,
     The model is built on the meta device and takes the loaded tensors directly, so a full-size
     model costs one copy of the weights and no random initialisation.
     """
-    config = seine_config_for(path, config)
+    config = config or stored_config(path) or load_builtin_config("full")
     state = load_seine_state_dict(path)
     with torch.device("meta"):
         model = SeineUNet3D(config)
@@ -73,12 +73,6 @@ def load_seine_model(path: str | Path, config: SeineConfig | None = None,
         detail = str(err).strip().splitlines()[-1].strip()
         raise MvgError(f"{path} does not fit the SEINE architecture: {detail}. {FIT_HINT}") from err
     return model.eval()
-
-
-def seine_config_for(path: str | Path, config: SeineConfig | None = None) -> SeineConfig:
-    """The architecture a checkpoint is loaded as: ``config`` if given, else the one it stores, else the
-    published model's (cheap: the weights are not read)."""
-    return config or stored_config(path) or load_builtin_config("full")
 
 
 def stored_config(path: str | Path) -> SeineConfig | None:
