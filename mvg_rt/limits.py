@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from mvg_rt.errors import MvgError
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes any int64; numpy and JSON readers keep it exact
+# What both video writers honour over the whole range (measured with Pillow 13, PyAV 18 / libx264): a GIF frame's
+# time is a 16-bit count of hundredths of a second (Pillow raises OverflowError past 65535, i.e. below 1/655.35 fps)
+# and players stretch times under 2 hundredths to 10 (Pillow's writer kept 20 ms as its floor), so 50 fps at most;
+# the MP4 takes every one of these rates (as the nearest fraction with a denominator <= 1000).
+FPS_RANGE = (0.002, 50)
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ LIMITS: dict[str, Limit] = {
     "--frames": _FRAMES,
     "--transition-steps": _STEPS,
     "--transition-guidance": _CFG,
-    "--fps": Limit(0, 100, low_open=True, hint="GIF frame times are whole hundredths of a second"),
+    "--fps": Limit(*FPS_RANGE, hint="the GIF stores each frame's time as 2 to 65535 hundredths of a second"),
     "--roi": Limit(-1e6, 1e6),  # box / ellipse coordinates, in input-image pixels
     "bench --resolution": Limit(64, 4096, integer=True, multiple_of=64),  # the real UNet's 3 downsamplings
     # export, build, train-demo, bench, check

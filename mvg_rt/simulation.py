@@ -313,7 +313,8 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
     The runtime is the caller's (opened once, it can serve many cases); the output folder
     is checked before any computation and written all at once at the end.
     """
-    resolution = check_resolution(options.resolution or runtime.default_resolution, runtime.model.vae_scale_factor)
+    resolution = check_resolution(options.resolution or runtime.default_resolution, runtime.model.vae_scale_factor,
+                                  native=runtime.default_resolution)
     if options.transition is not None:
         if SEINE.name not in runtime.backend.components:
             raise MvgError(  # before the PIE rounds, not after them

@@ -14,7 +14,6 @@ by ``mvg-rt export`` / ``mvg-rt build``, and need no model folder.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +22,10 @@ from typing import Any
 import torch
 
 from mvg_rt.components import PIE_COMPONENTS
+from mvg_rt.artifacts.manifest import REEXPORT
 from mvg_rt.errors import MvgError
+from mvg_rt.io.jsonio import read_json
+from mvg_rt.models.agreement import check_widths, manifest_widths
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.backends.precision import apply_tf32_policy
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
@@ -202,22 +204,30 @@ def _open_torch(spec: RuntimeSpec) -> Runtime:
     from mvg_rt.models.builders import SEINE_FILE
     from mvg_rt.models.component_modules import component_modules
     from mvg_rt.models.diffusers_folder import load_diffusers_folder
+    from mvg_rt.models.agreement import with_seine
+    from mvg_rt.runtime.scheduler_config import check_scheduler_config
     from mvg_rt.models.provenance import MODEL_DIR_PARTS
-    from mvg_rt.models.seine_checkpoint import load_seine_model
+    from mvg_rt.models.seine_checkpoint import load_seine_model, stored_config
     from mvg_rt.models.seine_unet import SeineConfig
     from mvg_rt.runtime.backends.torch_backend import TorchBackend
 
     assert spec.model_dir is not None  # validate() guarantees it
     _require_device(spec)
     model_dir = spec.model_dir
-    models = load_diffusers_folder(model_dir, spec.unet_dir)
+    models = load_diffusers_folder(model_dir, spec.unet_dir)  # its parts' widths are checked against each other
+    check_scheduler_config(models.scheduler_config, model_dir / "scheduler" / "scheduler_config.json")
     seine_path = spec.seine
     if seine_path is None and (model_dir / "seine" / SEINE_FILE).is_file():
         seine_path = model_dir / "seine" / SEINE_FILE
     seine_module = None
     if spec.with_seine and seine_path is not None:
-        config = SeineConfig.from_dict(spec.seine_config) if spec.seine_config else None
+        config = SeineConfig.from_dict(spec.seine_config) if spec.seine_config else stored_config(seine_path)
+        assert models.widths is not None  # read from the folder's configs
+        if config is not None:  # known without reading the weights: checked before they load
+            check_widths(with_seine(models.widths, config))
         seine_module = load_seine_model(seine_path, config)
+        if config is None:  # a .pt stores no config: its weights say which architecture it is
+            check_widths(with_seine(models.widths, seine_module.config))
     dtype = torch.float16 if spec.precision == "fp16" else torch.float32
     backend: Backend = TorchBackend(component_modules(models, seine_module), torch.device(spec.device), dtype,
                                     channels_last=spec.channels_last)
@@ -243,14 +253,16 @@ def engines_model_info(manifest: Any) -> ModelInfo:
     """Tokenizer, scheduler config and latent geometry from a self-contained engines folder."""
     from transformers import CLIPTokenizer
 
+    from mvg_rt.runtime.scheduler_config import check_scheduler_config
+
     root = Path(manifest.root)
+    scheduler_path = root / manifest.model.scheduler_config
+    scheduler_config = check_scheduler_config(read_json(scheduler_path, "scheduler config", REEXPORT), scheduler_path)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(root / manifest.model.tokenizer), local_files_only=True)
-        scheduler_config = json.loads((root / manifest.model.scheduler_config).read_text())
     except Exception as err:  # noqa: BLE001 - missing or damaged files: one line, with the fix
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise MvgError(f"engines folder {root}: cannot read its tokenizer/scheduler ({first}); re-export it "
-                       "(mvg-rt export --help)") from err
+        raise MvgError(f"engines folder {root}: cannot read its tokenizer ({first}); {REEXPORT}") from err
     m = manifest.model
     return ModelInfo(tokenizer, scheduler_config, m.vae_scaling_factor, m.vae_scale_factor, m.latent_channels)
 
@@ -286,6 +298,7 @@ def _open_ort(spec: RuntimeSpec) -> Runtime:
     manifest = Manifest.read(spec.engines_dir)
     for component in PIE_COMPONENTS:  # fail before any work, naming what is missing
         manifest.require(component, "onnx", spec.precision)
+    check_widths(manifest_widths(manifest, "onnx", spec.precision))
     _check_engine_sources(spec, manifest)
     settings = OrtSettings(**(spec.ort | ({"cuda_graph": True} if spec.cuda_graphs else {})))
     backend = OrtBackend(spec.engines_dir, spec.precision, spec.device, settings, manifest)
@@ -305,6 +318,7 @@ def _open_trt(spec: RuntimeSpec) -> Runtime:
         raise MvgError(f"engines folder {spec.engines_dir} has no {spec.precision} TensorRT engine for "
                        f"{', '.join(missing)}: build them with "
                        f"{rebuild_command(spec.engines_dir, precision=spec.precision)}")
+    check_widths(manifest_widths(manifest, "trt", spec.precision))
     _check_engine_sources(spec, manifest)
     from mvg_rt.runtime.backends.tensorrt_backend import TrtBackend
 

@@ -133,7 +133,7 @@ def test_integrity_failures_are_one_line_errors(tiny_engines: Path, tmp_path: Pa
         open_runtime(RuntimeSpec(backend="ort", engines_dir=engines))
 
     manifest_path.write_text(original[:-40])
-    with pytest.raises(MvgError, match="does not parse"):
+    with pytest.raises(MvgError, match="is not valid JSON"):
         open_runtime(RuntimeSpec(backend="ort", engines_dir=engines))
     manifest_path.write_text(original.replace('"format_version": 1', '"format_version": 99'))
     with pytest.raises(MvgError, match="format version 99"):

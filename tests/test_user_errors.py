@@ -70,7 +70,7 @@ def base(tiny_model_dir: Path, xray: Path) -> list[str]:
 BAD_NUMBERS = [
     (["--guidance", "nan"], "--guidance must be a finite number in [0, 100]"),
     (["--feather", "nan"], "--feather must be a finite number in [0, 10000]"),
-    (["--fps", "nan"], "--fps must be a finite number in (0, 100]"),
+    (["--fps", "nan"], "--fps must be a finite number in [0.002, 50]"),
     (["--fps", "inf"], "--fps must be"),
     (["--strength", "inf"], "--strength must be a finite number in (0, 1]"),
     (["--beta1", "nan"], "--beta1 must be"),

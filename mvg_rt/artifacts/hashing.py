@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mvg_rt.errors import MvgError
+from mvg_rt.io.jsonio import read_json
+
 HASH_CACHE_NAME = ".verified.json"
 
 
@@ -47,10 +50,8 @@ class HashCache:
         self.path = root / HASH_CACHE_NAME
         self.dirty = False
         try:
-            self.entries: dict[str, dict[str, Any]] = json.loads(self.path.read_text())
-            if not isinstance(self.entries, dict):
-                self.entries = {}
-        except (OSError, ValueError):
+            self.entries: dict[str, dict[str, Any]] = read_json(self.path, "hash cache", "it is rebuilt")
+        except MvgError:  # missing, damaged or nested too deep: start afresh (every file is re-hashed)
             self.entries = {}
 
     @staticmethod

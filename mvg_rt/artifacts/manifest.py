@@ -30,6 +30,7 @@ from typing import Any
 
 from mvg_rt.artifacts.hashing import HashCache
 from mvg_rt.errors import MvgError
+from mvg_rt.io.jsonio import read_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "mvg-rt-engines"
@@ -233,11 +234,8 @@ class Manifest:
                            f"--out {folder}")
         if not path.is_file():
             raise MvgError(f"{folder} has no {MANIFEST_NAME}: it is not an engines folder; {REEXPORT}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise MvgError(f"{path} does not parse ({err}); {REEXPORT}") from err
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        data = read_json(path, "engines manifest", REEXPORT)
+        if data.get("format") != FORMAT:
             raise MvgError(f"{path} is not an mvg-rt engines manifest; {REEXPORT}")
         if data.get("format_version") != FORMAT_VERSION:
             raise MvgError(f"{path} has format version {data.get('format_version')!r}, this mvg-rt reads "

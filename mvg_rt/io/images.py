@@ -25,6 +25,7 @@ from mvg_rt.limits import check
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb threshold (warning level)
 MIN_IMAGE_SIDE = 16
+MAX_RESOLUTION_FACTOR = 2  # --resolution at most this many times the model's training size (check_resolution)
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}  # 16-bit and wider PIL modes
 
 
@@ -179,11 +180,23 @@ def resize_and_crop(pixels: np.ndarray, resolution: int, resample: Image.Resampl
     return resized[top : top + resolution, left : left + resolution].copy()  # writable, contiguous
 
 
-def check_resolution(resolution: int, scale: int = 8) -> int:
-    """``--resolution`` within :data:`mvg_rt.limits.LIMITS` and a multiple of the model's VAE factor."""
+def check_resolution(resolution: int, scale: int = 8, native: int | None = None) -> int:
+    """``--resolution`` within :data:`mvg_rt.limits.LIMITS`, a multiple of the model's VAE factor and, given the
+    model's ``native`` (training) size, at most :data:`MAX_RESOLUTION_FACTOR` times it.
+
+    The cap is what keeps a run stoppable: self-attention at the full latent size grows with the 4th power
+    of the side, and one call is never interrupted (SIGTERM waits for it). One tiny-model UNet call (batch 2,
+    1 CPU thread) took 0.018 s at 2x its 64 px (128 px, the largest allowed), 0.020 s at 136 px (the first
+    refused), 0.7 s at 512, 10 s at 1024, so about 43 min at 4096 by that growth (killed after 13 min). Far from its training
+    size a diffusion model also repeats its anatomy, so those pictures would not mean anything either.
+    """
     check("--resolution", resolution)
     if resolution % scale:
         raise MvgError(f"--resolution must be a multiple of {scale} for this model (got {resolution}), e.g. 512")
+    if native is not None and resolution > MAX_RESOLUTION_FACTOR * native:
+        raise MvgError(f"--resolution {resolution} is far above what this model can run in reasonable time (its "
+                       f"attention grows with the 4th power of the side): the model was trained at {native} px; "
+                       f"pass --resolution <= {MAX_RESOLUTION_FACTOR * native}")
     return resolution
 
 

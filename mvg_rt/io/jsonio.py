@@ -1,10 +1,46 @@
-"""JSON that every reader accepts: no NaN or Infinity (``json.dumps`` writes them by default)."""
+"""JSON in and out: files the runtime reads become a dict or one line; what it writes every reader accepts.
+
+Reading: manifests, model and scheduler configs come from outside (copied, edited, damaged), and
+``json.loads`` has more ways to fail than ``JSONDecodeError`` (a document nested deeper than the
+parser's recursion limit is a ``RecursionError``, an over-long integer a ``ValueError``, bytes that
+are not UTF-8 a ``UnicodeDecodeError``); :func:`read_json` turns every one of them into the one-line
+:class:`MvgError` that names the file and the fix.
+
+Writing: no NaN or Infinity (``json.dumps`` writes them by default).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
+
+from mvg_rt.errors import MvgError
+
+
+def read_json(path: str | Path, what: str, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; any other content is a one-line :class:`MvgError`: "``what`` ``path`` ...; ``fix``".
+
+    ``what`` says what the file is to the user (e.g. "engines manifest"), ``fix`` what to do about it.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise MvgError(f"{what} {path} cannot be read ({err.strerror or type(err).__name__}); {fix}") from err
+    except UnicodeDecodeError as err:
+        raise MvgError(f"{what} {path} is not UTF-8 text (byte {err.start}); {fix}") from err
+    except json.JSONDecodeError as err:
+        raise MvgError(f"{what} {path} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno}); "
+                       f"{fix}") from err
+    except RecursionError as err:
+        raise MvgError(f"{what} {path} is nested too deeply to be a real one; {fix}") from err
+    except ValueError as err:  # e.g. an integer longer than Python's int conversion limit
+        raise MvgError(f"{what} {path} holds a value that cannot be read ({str(err)[:80]}); {fix}") from err
+    if not isinstance(data, dict):
+        raise MvgError(f"{what} {path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
 
 
 def _finite(value: Any) -> Any:

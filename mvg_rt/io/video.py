@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mvg_rt.limits import check
+
 
 def write_mp4(frames: Sequence[np.ndarray], path: str | Path, fps: float) -> None:
     """(H, W, 3) uint8 frames -> H.264 yuv420p MP4, playable everywhere (H, W must be even)."""
@@ -35,6 +37,8 @@ def count_video_frames(path: str | Path) -> int:
 
 
 def write_gif(frames: Sequence[np.ndarray], path: str | Path, fps: float) -> None:
+    """An animated GIF at ``fps`` (within ``--fps``'s range: frame times are 2..65535 hundredths of a second)."""
+    check("--fps", fps)  # a caller that skipped the option check must not fail inside Pillow after the work
     images = [Image.fromarray(f) for f in frames]
-    duration_ms = max(int(round(1000 / fps)), 20)
+    duration_ms = round(1000 / fps)
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)

@@ -9,12 +9,13 @@ stack trace from deep inside ``from_pretrained``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mvg_rt.errors import MvgError
+from mvg_rt.io.jsonio import read_json
+from mvg_rt.models.agreement import ModelWidths, check_widths, folder_widths
 
 # Each part: the files that must exist (any one of each tuple).
 _REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -38,6 +39,7 @@ class DiffusersModels:
     unet: Any
     scheduler_config: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)  # part -> folder it came from
+    widths: ModelWidths | None = None  # as the configs declare them (None: built in memory, not read)
 
     @property
     def vae_scaling_factor(self) -> float:
@@ -92,31 +94,38 @@ def _load(part: str, loader: Any, folder: Path) -> Any:
 
 
 def load_diffusers_folder(model_dir: str | Path, unet_dir: str | Path | None = None) -> DiffusersModels:
-    """Load tokenizer, text encoder, VAE, UNet (optionally a fine-tuned one) and the scheduler config."""
+    """Load tokenizer, text encoder, VAE, UNet (optionally a fine-tuned one) and the scheduler config.
+
+    The parts' configs are read and checked against each other first (:mod:`mvg_rt.models.agreement`),
+    so a folder assembled from two models is refused before any weights are loaded.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     root = check_model_folder(model_dir)
     unet_folder = resolve_unet_dir(unet_dir) if unet_dir is not None else root / "unet"
+    widths = folder_widths(read_part_config(root / "text_encoder"), read_part_config(root / "vae"),
+                           read_part_config(unet_folder),
+                           unet_label="--unet config.json" if unet_dir is not None else "unet/config.json")
+    check_widths(widths)
     scheduler_config = read_scheduler_config(root / "scheduler")
-    models = DiffusersModels(
+    return DiffusersModels(
         tokenizer=_load("tokenizer", CLIPTokenizer, root / "tokenizer"),
         text_encoder=_load("text_encoder", CLIPTextModel, root / "text_encoder").eval(),
         vae=_load("vae", AutoencoderKL, root / "vae").eval(),
         unet=_load("unet", UNet2DConditionModel, unet_folder).eval(),
         scheduler_config=scheduler_config,
         sources={p: str((root / p).resolve()) for p in PIE_PARTS} | {"unet": str(unet_folder.resolve())},
+        widths=widths,
     )
-    if models.vae.config.latent_channels != models.unet.config.in_channels:
-        raise MvgError(
-            f"UNet {unet_folder} takes {models.unet.config.in_channels} channels but the VAE makes "
-            f"{models.vae.config.latent_channels}: pass a UNet fine-tuned from the same SD 1.x model"
-        )
-    return models
+
+
+def read_part_config(folder: Path) -> dict[str, Any]:
+    """A part's config.json (a damaged one is refused here, before diffusers or transformers parse it)."""
+    return read_json(folder / "config.json", f"{folder.name} config", "re-copy the model folder from its source")
 
 
 def read_scheduler_config(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / "scheduler_config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise MvgError(f"{folder}/scheduler_config.json is not valid JSON ({err.msg}); re-copy it") from err
+    """The scheduler config as a JSON object (its values are checked where the runtime opens the model)."""
+    return read_json(folder / "scheduler_config.json", "scheduler config",
+                     "re-copy scheduler/scheduler_config.json from the model's source")

@@ -91,7 +91,12 @@ def stored_config(path: str | Path) -> SeineConfig | None:
             text = (handle.metadata() or {}).get("seine_config")
     except (SafetensorError, OSError) as err:
         raise _corrupt(path, _one_line(err)) from err
-    return SeineConfig.from_dict(json.loads(text)) if text else None
+    if not text:
+        return None
+    try:
+        return SeineConfig.from_dict(json.loads(text))
+    except (ValueError, TypeError, RecursionError) as err:  # damaged metadata: JSON, nesting or fields
+        raise _corrupt(path, f"its stored SEINE config: {_one_line(err)}") from err
 
 
 def seine_from_unet2d(unet2d: UNet2DConditionModel, config: SeineConfig) -> SeineUNet3D:

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from mvg_rt.components import COMPONENTS, ComponentSpec
 from mvg_rt.errors import MvgError
+from mvg_rt.artifacts.graph_contract import check_signature, read_onnx_signature
 from mvg_rt.artifacts.manifest import Artifact, Manifest, TensorDecl
 from mvg_rt.runtime.backends.base import Backend
 
@@ -182,6 +183,8 @@ class OrtBackend(Backend):
             raise MvgError(f"engines folder {self.manifest.root} has no INT8 graph: re-export it with --int8 "
                            "(mvg-rt export --help) or pass --precision fp32")
         self.paths = {name: self.manifest.verify(a) for name, a in self.artifacts.items()}  # fail before any work
+        for name, artifact in self.artifacts.items():  # a graph filed under the wrong component, too
+            check_signature(COMPONENTS[name], artifact, read_onnx_signature(self.paths[name]))
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise MvgError(f"--device {self.device}: this onnxruntime has no CUDA execution provider; "
                            "install onnxruntime-gpu (pip install 'mvg-rt[gpu]') or use --device cpu")

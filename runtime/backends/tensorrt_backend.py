@@ -37,7 +37,8 @@ from torch import Tensor
 
 from mvg_rt.components import COMPONENTS, ComponentSpec
 from mvg_rt.errors import MvgError
-from mvg_rt.artifacts.manifest import Artifact, Manifest
+from mvg_rt.artifacts.graph_contract import GraphTensor, Signature, check_signature
+from mvg_rt.artifacts.manifest import REBUILD, Artifact, Manifest
 from mvg_rt.artifacts.tensorrt import check_engine, current_environment, import_tensorrt, rebuild_command
 from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.backends.cuda_graphs import GraphCache
@@ -125,6 +126,17 @@ def engines_to_release(loaded: Collection[str], requested: str, low_memory: bool
     if requested in DENOISERS or requested == "text_encoder":
         release |= set(DENOISERS) - {requested}
     return release & set(loaded)
+
+
+def engine_signature(inputs: Sequence[str], outputs: Sequence[str], dtypes: Mapping[str, torch.dtype],
+                     shapes: Mapping[str, Sequence[int]]) -> Signature:
+    """An engine's I/O as :func:`~mvg_rt.artifacts.graph_contract.check_signature` compares it (-1: a dynamic dim)."""
+
+    def tensor(name: str) -> GraphTensor:
+        return GraphTensor(name, str(dtypes[name]).removeprefix("torch."),
+                           tuple(None if int(d) < 0 else int(d) for d in shapes[name]))
+
+    return Signature(tuple(tensor(n) for n in inputs), tuple(tensor(n) for n in outputs))
 
 
 class DeviceBuffers:
@@ -315,6 +327,9 @@ class TrtBackend(Backend):
         for other in engines_to_release(self.engines, component, self.low_memory):
             self._release(other)
         engine = _Engine(self.trt, self.runtime, self.paths[component], self.device)
+        shapes = {n: tuple(engine.engine.get_tensor_shape(n)) for n in [*engine.inputs, *engine.outputs]}
+        check_signature(COMPONENTS[component], self.artifacts[component],
+                        engine_signature(engine.inputs, engine.outputs, engine.dtypes, shapes), fix=REBUILD)
         self.engines[component] = engine
         self.generations[component] += 1
         return engine
