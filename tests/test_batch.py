@@ -96,7 +96,7 @@ def test_bad_cases_are_recorded_and_the_batch_goes_on(local_run: tuple[int, Path
     rows = _summary(out)
     assert [rows[c]["status"] for c in ("c1", "c2", "c3", "c4", "c5", "c6")] == ["ok"] * 3 + ["failed"] * 2 + ["ok"]
     assert rows["c4"]["error"].startswith("cannot read DICOM <image>:")  # the file name may identify
-    assert "is empty at 32x32" in rows["c5"]["error"]
+    assert "the --mask file is empty" in rows["c5"]["error"]  # all zeros: refused as read, before any resize
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == GOOD  # no folder for a failed case
     assert not [p for p in out.iterdir() if "partial" in p.name]
     for case in GOOD:
@@ -172,7 +172,7 @@ def test_a_full_disk_in_a_case_is_the_one_line_user_error(cohort: Path, tiny_mod
         row = _summary(out)["c1"]
         assert row["status"] == "failed" and row["error"].startswith("no space left on the device"), row["error"]
         assert "internal error" not in row["error"] and "nothing partial was kept" in row["error"]
-        assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.json"]  # no staging left
+        assert sorted(p.name for p in out.iterdir()) == [".mvg-rt-output", "summary.csv", "summary.json"]  # no staging left
         assert sorted(p.name for p in disk.iterdir()) == ["batch", "filler"]
     finally:
         subprocess.run(["umount", str(disk)], check=False)

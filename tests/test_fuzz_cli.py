@@ -16,9 +16,7 @@ about a minute on 2 cores) or ``MVG_FUZZ_PROFILE=long`` (ten times the cases, ra
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -26,21 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-# ci: derandomized (the same cases every run), no example database, and no shrinking or explaining of a
-# failure (they can take minutes on 2 cores; the failing case is printed as generated).
-settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True,
-                          phases=[Phase.explicit, Phase.generate],
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                 HealthCheck.filter_too_much])
-settings.register_profile("long", parent=settings.get_profile("ci"), derandomize=False,
-                          phases=[Phase.explicit, Phase.generate, Phase.shrink])
-PROFILE = os.environ.get("MVG_FUZZ_PROFILE", "ci")
-SCALE = {"ci": 1, "long": 10}[PROFILE]
-settings.load_profile(PROFILE)
+from fuzzing import SCALE, run_main
+
 
 IDENTIFIER = "FUZZ^PATIENT^7731"
 STAGE_LINE = re.compile(r"^mvg-rt: (PIE round|transition clip) \d+/\d+ done \(")
@@ -69,16 +58,7 @@ def fuzz_image(fuzz_root: Path) -> Path:
 
 def invoke(kind: str, args: list[str], case_dir: Path, out: Path, out_existed: bool) -> tuple[int, str]:
     """Run the CLI in this process (what the console script runs) and check every property."""
-    from mvg_rt.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    err = stderr.getvalue()
+    code, _, err = run_main(args)
     CASES[kind] = CASES.get(kind, 0) + 1
     OUTCOMES[f"exit {code}"] = OUTCOMES.get(f"exit {code}", 0) + 1
     assert code in (0, 2), (args, err)

@@ -28,8 +28,6 @@ Profiles as in tests/test_fuzz_cli.py: ``MVG_FUZZ_PROFILE=ci`` (default, derando
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import shutil
@@ -38,21 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from fuzzing import SCALE, run_main
+
 from mvg_rt.io.output_dir import MARKER, PARTIAL, mark_output, output_kind
 
-settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True,
-                          phases=[Phase.explicit, Phase.generate],
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                 HealthCheck.filter_too_much])
-settings.register_profile("long", parent=settings.get_profile("ci"), derandomize=False,
-                          phases=[Phase.explicit, Phase.generate, Phase.shrink])
-PROFILE = os.environ.get("MVG_FUZZ_PROFILE", "ci")
-SCALE = {"ci": 1, "long": 10}[PROFILE]
-settings.load_profile(PROFILE)
 
 FAST = ["--rounds", "1", "--steps", "2", "--strength", "0.5", "--resolution", "32", "--no-transition"]
 PROGRESS_LINE = re.compile(r"^(mvg-rt: (PIE round|transition clip) \d+/\d+ done \(|note: |case \w+: )")  # batch's too
@@ -178,16 +169,8 @@ def _out_values(root: Path, cwd: Path, model: Path) -> st.SearchStrategy[str]:
 # ---- one case -------------------------------------------------------------------------------------------------
 
 def _invoke(args: list[str]) -> tuple[int, str]:
-    from mvg_rt.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, stderr.getvalue()
+    code, _, err = run_main(args)
+    return code, err
 
 
 def _absolute(out: str, cwd: Path) -> Path:

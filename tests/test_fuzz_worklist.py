@@ -19,11 +19,9 @@ Validation only (nothing runs), so a case takes milliseconds. Profiles as in tes
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -31,19 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True,
-                          phases=[Phase.explicit, Phase.generate],
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                 HealthCheck.filter_too_much])
-settings.register_profile("long", parent=settings.get_profile("ci"), derandomize=False,
-                          phases=[Phase.explicit, Phase.generate, Phase.shrink])
-PROFILE = os.environ.get("MVG_FUZZ_PROFILE", "ci")
-SCALE = {"ci": 1, "long": 10}[PROFILE]
-settings.load_profile(PROFILE)
+from fuzzing import SCALE, run_main
+
 
 IMAGE, MASK = "SECRET_img_Doe.png", "SECRET_mask_Doe.png"
 FAST = ["--resolution", "32", "--rounds", "1", "--steps", "2", "--strength", "0.5", "--no-transition"]
@@ -174,8 +165,6 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 @settings(max_examples=300 * SCALE)
 @given(worklist=worklists())
 def test_damaged_worklists_name_every_problem_in_one_pass(fuzz_root: Path, worklist: tuple[str, list, int]):
-    from mvg_rt.cli import main
-
     kind, items, expected = worklist
     folder = Path(tempfile.mkdtemp(dir=fuzz_root))
     try:
@@ -186,14 +175,8 @@ def test_damaged_worklists_name_every_problem_in_one_pass(fuzz_root: Path, workl
         path.write_bytes((_jsonl(items) if kind == "jsonl" else _csv(items)).encode())
         before = _snapshot(folder)
         out = folder / "batch"
-        stdout, stderr = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                main(["batch", str(path), "--out", str(out), "--model-dir", str(folder / "no-model"), *FAST])
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-        err = stderr.getvalue()
+        code, _, err = run_main(["batch", str(path), "--out", str(out), "--model-dir", str(folder / "no-model"),
+                                 *FAST])
         assert code == 2, err
         assert len(err.splitlines()) == 1 and err.startswith("mvg-rt: error: worklist "), err
         found = COUNT.search(err)
