@@ -91,12 +91,21 @@ LIMITS: dict[str, Limit] = {
 }
 
 
+def _shown(value: object) -> str:
+    """``value`` as the error line shows it: a number of hundreds of digits is cut, not printed whole."""
+    try:
+        text = str(value)
+    except ValueError:  # an int past Python's 4300-digit str() limit
+        return "an integer of over 4300 digits"
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
 def check(option: str, value: float, limit: Limit | None = None) -> float:
     """``value`` if it is allowed for ``option``, else a one-line :class:`MvgError` naming the range."""
     limit = limit or LIMITS[option]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and limit.integer:
-        ok = float(value).is_integer()
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, float):  # an int is finite and whole (float() of a 400-digit int overflows)
+        ok = math.isfinite(value) and (value.is_integer() or not limit.integer)
     if ok and limit.low is not None:
         ok = value > limit.low if limit.low_open else value >= limit.low
     if ok and limit.high is not None:
@@ -105,5 +114,5 @@ def check(option: str, value: float, limit: Limit | None = None) -> float:
         ok = int(value) % limit.multiple_of == 0
     if not ok:
         hint = f"; {limit.hint}" if limit.hint else ""
-        raise MvgError(f"{option} must be {limit.describe()} (got {value}){hint}")
+        raise MvgError(f"{option} must be {limit.describe()} (got {_shown(value)}){hint}")
     return int(value) if limit.integer else float(value)

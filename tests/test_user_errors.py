@@ -295,3 +295,12 @@ def test_every_numeric_option_has_one_range_and_its_default_is_inside():
                         param.type.convert(default, param, None)
                 checked += 1
     assert checked >= 35
+
+
+@pytest.mark.parametrize(("value", "shown"), [("1" + "0" * 400, "10000000000000000000... (401 characters)"),
+                                             ("-" + "9" * 60, "-9999999999999999999... (61 characters)")])
+def test_an_integer_of_hundreds_of_digits_is_one_line(run_cli, value: str, shown: str):
+    """``math.isfinite`` of a 400-digit int overflows: that was an internal error before the range check."""
+    code, _, err = run_cli(["simulate", "--seed", value, "--out", "never"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--seed must be an integer in [0, 9223372036854775807] (got {shown})" in err, err
