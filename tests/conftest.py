@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -59,6 +60,14 @@ def image_64() -> np.ndarray:
     y, x = np.mgrid[0:64, 0:64] / 63.0
     gray = 0.5 + 0.35 * np.sin(3 * x) * np.cos(2 * y)
     return (np.stack([gray, gray * 0.9, gray * 0.8], axis=2) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture
+def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
+    """``image_64`` as an RGB PNG input file."""
+    path = tmp_path / "xray.png"
+    Image.fromarray(image_64).save(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -127,11 +127,6 @@ def test_an_empty_mask_is_refused_naming_why(tmp_path: Path, pixels: np.ndarray,
 # --- every consumer reads that one channel (through the CLI, on the tiny model) ---------------------------
 
 
-@pytest.fixture
-def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
-    return _save(tmp_path, "xray.png", image_64)
-
-
 def _simulate(run_cli, tiny_model_dir: Path, xray: Path, mask: Path, out: Path, *extra: str) -> dict:
     code, _, err = run_cli(["simulate", "--model-dir", str(tiny_model_dir), "--image", str(xray), "--mask",
                             str(mask), "--out", str(out), *FAST, *extra])

@@ -30,13 +30,6 @@ def _one_thread(one_torch_thread):
 
 
 @pytest.fixture
-def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
-    path = tmp_path / "xray.png"
-    Image.fromarray(image_64).save(path)
-    return path
-
-
-@pytest.fixture
 def simulate(tmp_path: Path, xray: Path, run_cli):
     """Run ``simulate`` into tmp/out; assert one line, exit 2, no output and no staging left; return the line."""
 

@@ -29,13 +29,6 @@ def ort_backend(tiny_engines: Path):
     return OrtBackend(tiny_engines, "fp32")
 
 
-@pytest.fixture
-def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
-    path = tmp_path / "xray.png"
-    Image.fromarray(image_64).save(path)
-    return path
-
-
 def test_simulate_ort_reproduces_torch(tmp_path: Path, tiny_model_dir: Path, tiny_engines: Path, xray: Path, run_cli):
     """Same seed, FP32 artifacts: every state >= 45 dB PSNR against the PyTorch backend (PIE only: the
     transition clips are compared by ``mvg-rt check``, see tests/test_check.py)."""

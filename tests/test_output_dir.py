@@ -64,13 +64,6 @@ def _hidden(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
 
-@pytest.fixture
-def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
-    path = tmp_path / "xray.png"
-    Image.fromarray(image_64).save(path)
-    return path
-
-
 class Driver:
     """tests/fault_driver.py: mvg-rt imported once, one forked real process per run."""
 

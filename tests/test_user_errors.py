@@ -55,13 +55,6 @@ def _one_thread(one_torch_thread):
 
 
 @pytest.fixture
-def xray(tmp_path: Path, image_64: np.ndarray) -> Path:
-    path = tmp_path / "xray.png"
-    Image.fromarray(image_64).save(path)
-    return path
-
-
-@pytest.fixture
 def base(tiny_model_dir: Path, xray: Path) -> list[str]:
     return ["simulate", "--model-dir", str(tiny_model_dir), "--image", str(xray)]
 
