@@ -9,6 +9,7 @@ call :func:`check` in ``__post_init__`` for callers that skip the CLI; both give
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from mvg_rt.errors import MvgError
@@ -104,7 +105,9 @@ def check(option: str, value: float, limit: Limit | None = None) -> float:
     """``value`` if it is allowed for ``option``, else a one-line :class:`MvgError` naming the range."""
     limit = limit or LIMITS[option]
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and isinstance(value, float):  # an int is finite and whole (float() of a 400-digit int overflows)
+    if ok and isinstance(value, int) and not limit.integer:
+        ok = abs(value) <= sys.float_info.max  # a real option's int becomes a float (a 400-digit one cannot)
+    if ok and isinstance(value, float):  # an int is finite and whole (math.isfinite of a 400-digit int overflows)
         ok = math.isfinite(value) and (value.is_integer() or not limit.integer)
     if ok and limit.low is not None:
         ok = value > limit.low if limit.low_open else value >= limit.low

@@ -47,8 +47,6 @@ def _convert(raw: Any, param: click.Parameter) -> Any:
         return value
     except click.BadParameter as err:  # its message names the option
         raise MvgError(err.format_message()) from err
-    except OverflowError as err:  # an integer too large for a float (JSON allows any number of digits)
-        raise MvgError(f"{option} is out of range (got a {len(str(raw))}-digit number)") from err
 
 
 def _overrides(row: CaseRow, params: dict[str, click.Parameter], problems: list[Problem]) -> dict[str, Any]:
