@@ -1,4 +1,5 @@
-"""What the property-based suites share: the hypothesis profiles and running the CLI in this process.
+"""What the property-based and file-system suites share: the hypothesis profiles, running the CLI in this
+process, and a snapshot of a folder tree to prove nothing in it changed.
 
 Profiles (``MVG_FUZZ_PROFILE``): ``ci`` (default) is derandomized (the same cases every run), keeps
 no example database and neither shrinks nor explains a failure (that can take minutes on 2 cores;
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, settings
 
@@ -37,3 +39,12 @@ def run_main(args: list[str]) -> tuple[int, str, str]:
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+def tree_snapshot(root: Path) -> dict[str, bytes | str | None]:
+    """Every entry under ``root`` by relative path: a file's bytes, a link's target, None for a folder."""
+    entries: dict[str, bytes | str | None] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        entries[key] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else None
+    return entries

@@ -40,7 +40,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fuzzing import SCALE, run_main
+from fuzzing import SCALE, run_main, tree_snapshot
 
 from mvg_rt.io.output_dir import MARKER, PARTIAL, mark_output, output_kind
 
@@ -78,14 +78,6 @@ def _signature(folder: Path) -> dict[str, tuple[int, int, int]]:
     """A cheap identity of every file (inode, size, mtime): the model is too big to compare byte for byte per case."""
     return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
             for p in folder.rglob("*") if p.is_file()}
-
-
-def _snapshot(root: Path) -> dict[str, bytes | str | None]:
-    entries: dict[str, bytes | str | None] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        entries[key] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else None
-    return entries
 
 
 def _picture(path: Path) -> None:
@@ -212,7 +204,7 @@ def test_fuzz_out_never_loses_a_file(fuzz_root: Path, model: Path, data: st.Data
             args += ["--redo"] if overwrite else []
         os.environ["HOME"] = str(root / "home")
         os.chdir(cwd)
-        before, model_before = _snapshot(root), _signature(model)
+        before, model_before = tree_snapshot(root), _signature(model)
         replaceable = _replaceable(root, out, cwd)
         code, err = _invoke([*args, "--out", out])
         os.chdir(previous_cwd)
@@ -228,7 +220,7 @@ def test_fuzz_out_never_loses_a_file(fuzz_root: Path, model: Path, data: st.Data
             assert len(problems) == 1 and problems[0].startswith("mvg-rt: error: "), (args, out, err)
         else:
             assert problems == [], (args, out, err)
-        after = _snapshot(root)
+        after = tree_snapshot(root)
         lost = [key for key, value in before.items()
                 if after.get(key, "<gone>") != value
                 and not (code == 0 and replaceable is not None and Path(key).is_relative_to(replaceable))
@@ -258,5 +250,5 @@ def test_fuzz_out_case_count(model: Path, tiny_model_dir: Path):
     if total:  # the fuzz test ran (not a -k selection)
         assert total >= 1000 * SCALE, CASES
         assert OUTCOMES.get("exit 0", 0) > 0 and OUTCOMES.get("exit 2", 0) > 0, OUTCOMES
-    copied = {k: v for k, v in _snapshot(model).items() if k != MARKER}
-    assert copied == _snapshot(tiny_model_dir)
+    copied = {k: v for k, v in tree_snapshot(model).items() if k != MARKER}
+    assert copied == tree_snapshot(tiny_model_dir)

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fuzzing import tree_snapshot
+
 from mvg_rt.errors import MvgError
 from mvg_rt.io import output_dir
 from mvg_rt.io.output_dir import MARKER, claim_output_dir, mark_output, staged_output_dir
@@ -242,15 +244,6 @@ def test_final_folders_honour_the_umask(tmp_path: Path, umask: int, mode: int):
 
 # ---- issue 18: nothing of the user's is ever destroyed -----------------------------------------------------
 
-def _snapshot(root: Path) -> dict[str, bytes | str | None]:
-    """Every entry under ``root``: a file's bytes, a link's target, None for a folder."""
-    entries: dict[str, bytes | str | None] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        entries[key] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else None
-    return entries
-
-
 def _one_line_refusal(code: int, err: str) -> None:
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("mvg-rt: error: ") and "Traceback" not in err, err
@@ -276,10 +269,10 @@ def nested_cwd(tmp_path: Path, image_64: np.ndarray, monkeypatch: pytest.MonkeyP
 def test_data_loss_1_out_dot_and_the_working_folders_ancestors_are_refused(
         nested_cwd: Path, tiny_model_dir: Path, run_cli, out: str):
     """Issue 18 case 1: `--out .` (also "", ./, ..) resolved to the parent and --overwrite replaced it."""
-    before = _snapshot(nested_cwd)
+    before = tree_snapshot(nested_cwd)
     code, _, err = run_cli(_simulate(tiny_model_dir, "img.png", out, "--overwrite"))
     _one_line_refusal(code, err)
-    assert _snapshot(nested_cwd) == before
+    assert tree_snapshot(nested_cwd) == before
 
 
 def test_data_loss_1_the_home_folder_and_the_root_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -304,10 +297,10 @@ def test_data_loss_2_hidden_look_alike_folders_survive_a_run_next_to_them(tmp_pa
     for name in LOOK_ALIKES:
         (parent / name).mkdir(parents=True)
         (parent / name / "mine.txt").write_text(name)
-    before = _snapshot(parent)
+    before = tree_snapshot(parent)
     code, _, err = run_cli(_simulate(tiny_model_dir, xray, str(parent / "run")))
     assert code == 0, err
-    after = _snapshot(parent)
+    after = tree_snapshot(parent)
     assert {k: v for k, v in after.items() if k.split("/")[0] != "run"} == before  # untouched, not renamed
     assert _files(parent / "run") == NEW_RUN_FILES and output_dir.output_kind(parent / "run") == "run"
 
@@ -324,19 +317,19 @@ def marked_model(tmp_path: Path, tiny_model_dir: Path) -> Path:
 
 
 def test_data_loss_3_the_model_folder_is_not_an_output(marked_model: Path, xray: Path, run_cli):
-    before = _snapshot(marked_model)
+    before = tree_snapshot(marked_model)
     code, _, err = run_cli(_simulate(marked_model, xray, str(marked_model), "--overwrite"))
     _one_line_refusal(code, err)
     assert "the model folder (--model-dir)" in err
-    assert _snapshot(marked_model) == before
+    assert tree_snapshot(marked_model) == before
 
 
 def test_data_loss_3_export_keeps_its_source_model(marked_model: Path, run_cli):
-    before = _snapshot(marked_model)
+    before = tree_snapshot(marked_model)
     code, _, err = run_cli(["export", "--model-dir", str(marked_model), "--out", str(marked_model), "--overwrite"])
     _one_line_refusal(code, err)
     assert "the model folder (--model-dir)" in err
-    assert _snapshot(marked_model) == before
+    assert tree_snapshot(marked_model) == before
 
 
 @pytest.mark.parametrize("marked", [False, True])
@@ -348,11 +341,11 @@ def test_data_loss_3_a_folder_holding_the_input_image_is_not_an_output(tmp_path:
     (work / "draft.txt").write_text("other work")
     if marked:  # even an earlier run's folder, once the input was put into it
         mark_output(work, "run")
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     code, _, err = run_cli(_simulate(tiny_model_dir, work / "SECRET_Doe.png", str(work), "--overwrite"))
     _one_line_refusal(code, err)
     assert "SECRET" not in err  # the input's name is not echoed (it may identify the patient)
-    assert _snapshot(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before
 
 
 def _worklist(path: Path, rows: list[tuple[str, Path]]) -> Path:
@@ -368,10 +361,10 @@ def test_data_loss_3_batch_out_dot_redo_in_a_folder_of_images(tmp_path: Path, ti
     Image.fromarray(image_64).save(images / "p1.png")
     _worklist(images / "list.csv", [("images", images / "p1.png")])
     monkeypatch.chdir(images)
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     code, _, err = run_cli(["batch", "list.csv", "--out", ".", "--redo", "--model-dir", str(tiny_model_dir), *RUN[2:]])
     _one_line_refusal(code, err)
-    assert _snapshot(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before
 
 
 def test_data_loss_3_a_case_id_naming_a_users_folder_is_refused_with_redo(tmp_path: Path, tiny_model_dir: Path,
@@ -383,19 +376,19 @@ def test_data_loss_3_a_case_id_naming_a_users_folder_is_refused_with_redo(tmp_pa
     Image.fromarray(image_64).save(batch / "imgs" / "SECRET_Doe.png")
     Image.fromarray(image_64).save(tmp_path / "p1.png")
     worklist = _worklist(tmp_path / "list.csv", [("imgs", tmp_path / "p1.png")])
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     code, _, err = run_cli(["batch", str(worklist), "--out", str(batch), "--redo", "--model-dir", str(tiny_model_dir),
                             *RUN[2:]])
     _one_line_refusal(code, err)
     assert "imgs" in err and "SECRET" not in err  # the case id, never a file name
-    assert _snapshot(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before
     # and a case whose input lies inside --out: the batch folder holds an input, refused before any case
     worklist = _worklist(tmp_path / "list.csv", [("c1", batch / "imgs" / "SECRET_Doe.png")])
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     code, _, err = run_cli(["batch", str(worklist), "--out", str(batch), "--model-dir", str(tiny_model_dir), *RUN[2:]])
     _one_line_refusal(code, err)
     assert "case c1" in err and "SECRET" not in err
-    assert _snapshot(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before
 
 
 def test_overwrite_replaces_only_what_mvg_rt_wrote(tmp_path: Path):
@@ -405,7 +398,7 @@ def test_overwrite_replaces_only_what_mvg_rt_wrote(tmp_path: Path):
     with pytest.raises(MvgError, match="holds files mvg-rt did not write"):
         with staged_output_dir(out, overwrite=True, kind="run"):
             pass
-    assert _snapshot(tmp_path) == {"out": None, "out/thesis.tex": b"years of work"}
+    assert tree_snapshot(tmp_path) == {"out": None, "out/thesis.tex": b"years of work"}
     mark_output(out, "run")  # an mvg-rt run's folder: --overwrite replaces it
     with staged_output_dir(out, overwrite=True, kind="engines") as staging:
         (staging / "new.txt").write_text("new")
@@ -416,14 +409,14 @@ def test_a_symbolic_link_is_refused_naming_its_folder(tmp_path: Path):
     target = tmp_path / "real"
     _old_run(target)
     (tmp_path / "link").symlink_to(target)
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     with pytest.raises(MvgError, match=f"symbolic link to {target}: pass --out {target}"):
         with staged_output_dir(tmp_path / "link", overwrite=True, kind="run"):
             pass
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(MvgError, match="symbolic link"):
         output_dir.check_output_dir(tmp_path / "dangling", overwrite=False)
-    assert {k: v for k, v in _snapshot(tmp_path).items() if k != "dangling"} == before
+    assert {k: v for k, v in tree_snapshot(tmp_path).items() if k != "dangling"} == before
 
 
 def test_an_out_name_too_long_for_the_staging_name_is_refused_before_any_work(tmp_path: Path, xray: Path,
@@ -447,7 +440,7 @@ def test_a_lock_name_holding_a_users_file_is_refused_and_kept(tmp_path: Path):
             pass
     with claim_output_dir(tmp_path / "other"):  # recovery next to it leaves it alone too
         pass
-    assert _snapshot(tmp_path) == {".out.mvg-lock": b"my notes"}
+    assert tree_snapshot(tmp_path) == {".out.mvg-lock": b"my notes"}
 
 
 def test_bench_replaces_only_its_own_report(tmp_path: Path, run_cli):
@@ -456,12 +449,12 @@ def test_bench_replaces_only_its_own_report(tmp_path: Path, run_cli):
     user.mkdir()
     (user / "data.csv").write_text("1,2")
     _old_run(run)
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     for out, words in ((user, "holds files mvg-rt did not write"), (run, "not a bench report")):
         code, _, err = run_cli(["bench", "--size", "tiny", "--out", str(out), "--in-process"])
         _one_line_refusal(code, err)
         assert words in err
-    assert _snapshot(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before
     bench = tmp_path / "bench"
     bench.mkdir()
     mark_output(bench, "bench")
@@ -475,7 +468,7 @@ def test_build_locks_an_engines_folder_without_the_marker_rules(tmp_path: Path):
     (engines / "manifest.json").write_text("{}")
     with output_dir.lock_dir(engines):
         assert output_dir._try_lock(tmp_path / ".engines.mvg-lock") is None  # what another process's claim meets
-    assert _snapshot(tmp_path) == {"engines": None, "engines/manifest.json": b"{}"}
+    assert tree_snapshot(tmp_path) == {"engines": None, "engines/manifest.json": b"{}"}
 
 
 def test_an_old_demo_cache_without_the_marker_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -518,4 +511,4 @@ def test_a_users_file_named_like_the_marker_does_not_make_a_folder_replaceable(t
     with pytest.raises(MvgError, match="holds files mvg-rt did not write"):
         with staged_output_dir(out, overwrite=True, kind="run"):
             pass
-    assert _snapshot(tmp_path) == {"out": None, f"out/{MARKER}": b"my own notes"}
+    assert tree_snapshot(tmp_path) == {"out": None, f"out/{MARKER}": b"my own notes"}

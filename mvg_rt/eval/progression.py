@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from PIL import Image
 
 from mvg_rt.errors import MvgError
 from mvg_rt.io.files import write_text_atomic
-from mvg_rt.io.jsonio import finite_json
+from mvg_rt.io.jsonio import finite_json, parse_json
 from mvg_rt.io.masks import run_mask
 from mvg_rt.eval.ctr import measure_ctr
 from mvg_rt.eval.metrics import psnr, ssim
@@ -197,10 +196,7 @@ def _read_record(run: Path) -> dict[str, Any]:
     """run.json as eval needs it: a mvg-rt run record whose recorded rounds and measures have their types."""
     with _reading(run, "run.json"):
         data = (run / "run.json").read_bytes()
-    try:
-        record = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, nested past the parser's limit
-        raise MvgError(f"run {run}: run.json is not valid JSON ({type(err).__name__}); {RERUN}") from err
+    record = parse_json(data, f"run {run}: run.json", RERUN)
     problem = _record_problem(record)
     if problem:
         raise MvgError(f"run {run}: run.json {problem} (it was edited or damaged); {RERUN}")

@@ -19,6 +19,23 @@ from typing import Any
 from mvg_rt.errors import MvgError
 
 
+def parse_json(data: bytes, label: str, fix: str) -> Any:
+    """The JSON value in ``data``; anything unreadable is a one-line :class:`MvgError`: "``label`` ...; ``fix``".
+
+    ``label`` names the file to the user (e.g. "engines manifest /x/manifest.json").
+    """
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise MvgError(f"{label} is not UTF-8 text (byte {err.start}); {fix}") from err
+    except json.JSONDecodeError as err:
+        raise MvgError(f"{label} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno}); {fix}") from err
+    except RecursionError as err:
+        raise MvgError(f"{label} is nested too deeply to be a real one; {fix}") from err
+    except ValueError as err:  # e.g. an integer longer than Python's int conversion limit
+        raise MvgError(f"{label} holds a value that cannot be read ({str(err)[:80]}); {fix}") from err
+
+
 def read_json(path: str | Path, what: str, fix: str) -> dict[str, Any]:
     """The JSON object in ``path``; any other content is a one-line :class:`MvgError`: "``what`` ``path`` ...; ``fix``".
 
@@ -26,21 +43,13 @@ def read_json(path: str | Path, what: str, fix: str) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = path.read_bytes()
     except OSError as err:
         raise MvgError(f"{what} {path} cannot be read ({err.strerror or type(err).__name__}); {fix}") from err
-    except UnicodeDecodeError as err:
-        raise MvgError(f"{what} {path} is not UTF-8 text (byte {err.start}); {fix}") from err
-    except json.JSONDecodeError as err:
-        raise MvgError(f"{what} {path} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno}); "
-                       f"{fix}") from err
-    except RecursionError as err:
-        raise MvgError(f"{what} {path} is nested too deeply to be a real one; {fix}") from err
-    except ValueError as err:  # e.g. an integer longer than Python's int conversion limit
-        raise MvgError(f"{what} {path} holds a value that cannot be read ({str(err)[:80]}); {fix}") from err
-    if not isinstance(data, dict):
-        raise MvgError(f"{what} {path} holds a JSON {type(data).__name__}, not an object; {fix}")
-    return data
+    value = parse_json(data, f"{what} {path}", fix)
+    if not isinstance(value, dict):
+        raise MvgError(f"{what} {path} holds a JSON {type(value).__name__}, not an object; {fix}")
+    return value
 
 
 def _finite(value: Any) -> Any:
