@@ -189,11 +189,14 @@ def build(**opts: object) -> None:
 @click.option("--seed", type=INT, default=0, show_default=True)
 @click.option("--scale", type=FLOAT, default=1.0, show_default=True, help="Multiply every step budget (quick runs).")
 @click.option("--overwrite", is_flag=True, help="Replace --out (only once training succeeded).")
-def train_demo(out: Path, seed: int, scale: float, overwrite: bool) -> None:
+@click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path),
+              help="Per-stage training checkpoints; the same command resumes from them. Default: "
+                   "~/.cache/mvg-rt/train-demo.")
+def train_demo(out: Path, seed: int, scale: float, overwrite: bool, checkpoints: Path | None) -> None:
     """Train the demo model (SD 1.x + SEINE architectures, toy widths) on chest X-ray phantoms."""
     from mvg_rt.commands.train_demo import run
 
-    run(out, seed, scale, overwrite)
+    run(out, seed, scale, overwrite, checkpoints)
 
 
 @cli.command("eval")

@@ -45,7 +45,8 @@ DEMO_CASE = DemoCase(
 )
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """mvg-rt's folder in the user cache (XDG_CACHE_HOME, else ~/.cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "mvg-rt"
 
@@ -55,7 +56,7 @@ def tiny_model_dir() -> Path:
     from mvg_rt.io.output_dir import mark_output, output_kind, staged_output_dir
     from mvg_rt.models.builders import build_models, build_seine, write_model_folder
 
-    folder = _cache_dir() / "tiny-random-v2"
+    folder = cache_dir() / "tiny-random-v2"
     if not (folder / "model_index.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         if folder.is_dir() and not folder.is_symlink() and output_kind(folder) is None:

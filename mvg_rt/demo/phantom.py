@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -655,13 +655,27 @@ def caption_for(disease: DiseaseState, negatives: bool = False) -> str:
 
 
 def progression_clip(anatomy: PatientAnatomy, start: DiseaseState, end: DiseaseState, frames: int,
-                     size: int = 128) -> np.ndarray:
-    """(frames, size, size) uint8: one patient swept linearly in severity from start to end."""
+                     size: int = 128, end_texture_seed: int | None = None) -> np.ndarray:
+    """(frames, size, size) uint8: one patient swept linearly in severity from start to end.
+
+    With ``end_texture_seed`` the end state is also *re-textured inside the heart ROI*: the
+    same patient drawn with that texture seed there (vessels, lung texture, detector noise),
+    faded in linearly over the clip. That is what two PIE states look like: each round
+    redraws the texture inside the ROI and keeps the outside, so a transition between two
+    states must also carry one texture into the other, steadily, not only grow the heart.
+    """
     if frames < 2:
         raise ValueError(f"a progression clip needs at least 2 frames, got {frames}")
     patient = _patient(anatomy, size)
     steps = np.linspace(0.0, 1.0, frames)
-    return np.stack([_render(patient, start.lerp(end, float(t))).image for t in steps])
+    sweep = np.stack([_render(patient, start.lerp(end, float(t))).image for t in steps])
+    if end_texture_seed is None:
+        return sweep
+    other = _patient(replace(anatomy, texture_seed=end_texture_seed), size)
+    retextured = np.stack([_render(other, start.lerp(end, float(t))).image for t in steps])
+    weight = patient.heart_roi[None] * steps[:, None, None]  # the ROI is geometry: the same for both draws
+    blended = sweep * (1.0 - weight) + retextured * weight
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
 def sample_dataset(n: int, seed: int, size: int = 128) -> Iterator[Sample]:

@@ -1,4 +1,4 @@
-"""Training the demo model on chest X-ray phantoms, on a CPU, in under an hour.
+"""Training the demo model on chest X-ray phantoms, on a CPU, in about two hours.
 
 The demo model has the real architecture families (CLIP text model + CLIP BPE
 tokenizer, AutoencoderKL, UNet2DConditionModel, SEINE 3D denoiser) at toy widths,
@@ -14,7 +14,15 @@ disease state. Stages, each seeded and with a step budget:
 3. SEINE, initialised from the trained UNet by SEINE's own recipe, on severity
    sweeps of one patient (the first and last frames given, as SEINE's "onelast1"),
    epsilon prediction on guided-diffusion's linear schedule, captions with SEINE's
-   "smooth transition." suffix.
+   "smooth transition." suffix. Half the clips move a little (as consecutive PIE
+   states do), half are re-textured inside the heart ROI towards their end (as every
+   PIE round redraws the texture there), and half of the noise levels are drawn from
+   the noisier half of the schedule, where only the conditioning frames tell the
+   model what to draw: SEINE's conditioning channels start at zero, and the first
+   demo SEINE (1,500 steps at batch 4, uniform noise levels, EMA 0.999) had not
+   learnt to use them at all, so it drew the prompt's prior instead of a transition.
+
+Every stage checkpoints (:mod:`mvg_rt.demo.checkpoints`): a stopped training resumes.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvg_rt.demo.checkpoints import GeneratorState, StageCheckpoints, fingerprint
 from mvg_rt.demo.phantom import DiseaseState, PatientAnatomy, caption_for, progression_clip, sample_dataset
 from mvg_rt.runtime.pipelines.gaussian_schedule import linear_betas
 from mvg_rt.runtime.pipelines.transition import known_frame_mask, transition_prompt
@@ -57,14 +66,19 @@ class DemoTrainingConfig:
     resolution: int = 128
     train_images: int = 4000
     clip_frames: int = 8
-    train_clips: int = 600
+    train_clips: int = 2000
+    near_clip_fraction: float = 0.5  # clips whose end state moves at most near_clip_change from the start
+    near_clip_change: float = 0.3
+    retexture_fraction: float = 0.5  # clips re-textured inside the heart ROI towards their end
     vae_crop: int = 64
     vae: StageBudget = StageBudget(steps=2500, batch=8, lr=1e-3)
     unet: StageBudget = StageBudget(steps=4000, batch=32, lr=5e-4)
-    seine: StageBudget = StageBudget(steps=1500, batch=4, lr=2e-4)
+    seine: StageBudget = StageBudget(steps=3000, batch=8, lr=3e-4)
     kl_weight: float = 1e-6
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
+    seine_ema_decay: float = 0.995  # a 0.999 EMA over a few thousand steps lags far behind what was learnt
+    seine_high_noise_fraction: float = 0.5  # noise levels drawn from the noisier half of the schedule
     threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +90,24 @@ class DemoTrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The settings each stage reads, in stage order; a stage's checkpoint key covers its own and the earlier ones'.
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "vae": ("seed", "resolution", "train_images", "vae_crop", "vae", "kl_weight"),
+    "unet": ("unet", "caption_dropout", "ema_decay"),
+    "seine": ("clip_frames", "train_clips", "near_clip_fraction", "near_clip_change", "retexture_fraction", "seine",
+              "seine_ema_decay", "seine_high_noise_fraction", "extra"),
+}
+
+
+def stage_keys(config: DemoTrainingConfig) -> dict[str, str]:
+    """Stage -> fingerprint of the settings that decide its result."""
+    settings, used, keys = config.to_dict(), [], {}
+    for stage, names in STAGE_SETTINGS.items():
+        used += names
+        keys[stage] = fingerprint({name: settings[name] for name in used})
+    return keys
 
 
 def config_json(name: str) -> dict[str, Any]:
@@ -103,6 +135,13 @@ class Ema:
         for ema_p, p in zip(self.module.parameters(), module.parameters()):
             ema_p.lerp_(p.detach(), 1 - decay)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
 
 def _cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
@@ -129,14 +168,26 @@ def phantom_dataset(config: DemoTrainingConfig) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), captions
 
 
+def _nearby(state: DiseaseState, change: float, rng: np.random.Generator) -> DiseaseState:
+    """A state at most ``change`` away in every severity; an absent effusion stays absent."""
+    moved = lambda value: float(np.clip(value + rng.uniform(-change, change), 0.0, 1.0))  # noqa: E731
+    return DiseaseState(moved(state.cardiomegaly),
+                        moved(state.effusion_left) if state.effusion_left else 0.0,
+                        moved(state.effusion_right) if state.effusion_right else 0.0)
+
+
 def phantom_clips(config: DemoTrainingConfig) -> tuple[np.ndarray, list[str]]:
     """(M, K, R, R) uint8 severity sweeps of one patient each, and the caption of the end state."""
     rng = np.random.default_rng(config.seed + 1)
     clips, captions = [], []
     for _ in range(config.train_clips):
         anatomy = PatientAnatomy.sample(rng)
-        start, end = DiseaseState.sample(rng), DiseaseState.sample(rng)
-        clips.append(progression_clip(anatomy, start, end, config.clip_frames, config.resolution))
+        start = DiseaseState.sample(rng)
+        near = rng.uniform() < config.near_clip_fraction
+        end = _nearby(start, config.near_clip_change, rng) if near else DiseaseState.sample(rng)
+        texture = int(rng.integers(0, 2**31 - 1)) if rng.uniform() < config.retexture_fraction else None
+        clips.append(progression_clip(anatomy, start, end, config.clip_frames, config.resolution,
+                                      end_texture_seed=texture))
         captions.append(caption_for(end))
     return np.stack(clips), captions
 
@@ -144,18 +195,29 @@ def phantom_clips(config: DemoTrainingConfig) -> tuple[np.ndarray, list[str]]:
 # ----------------------------------------------------------------------------- stage 1: VAE
 
 
-def train_vae(images: np.ndarray, config: DemoTrainingConfig, log: Log) -> Any:
+def _demo_vae() -> Any:
     from diffusers import AutoencoderKL
 
+    return AutoencoderKL.from_config(config_json("demo_vae"))
+
+
+def train_vae(images: np.ndarray, config: DemoTrainingConfig, checkpoints: StageCheckpoints, log: Log) -> Any:
+    done = checkpoints.finished("vae")
+    if done is not None:
+        vae = _demo_vae()
+        vae.load_state_dict(done["vae"])
+        vae.register_to_config(scaling_factor=float(done["scaling_factor"]))
+        return vae.eval()
     torch.manual_seed(config.seed)
-    vae = AutoencoderKL.from_config(config_json("demo_vae"))
+    vae = _demo_vae()
     budget, crop = config.vae, config.vae_crop
     optimizer = torch.optim.AdamW(vae.parameters(), lr=budget.lr, weight_decay=0.0)
     schedule = _cosine_lr(optimizer, budget.steps)
     generator = torch.Generator().manual_seed(config.seed)
     data = to_model_range(images)
     started = time.perf_counter()
-    for step in range(budget.steps):
+    state = {"vae": vae, "optimizer": optimizer, "schedule": schedule, "generator": GeneratorState(generator)}
+    for step in checkpoints.steps("vae", budget.steps, state):
         index = torch.randint(len(data), (budget.batch,), generator=generator)
         top, left = torch.randint(0, data.shape[-1] - crop + 1, (2,), generator=generator).tolist()
         batch = data[index, :, top : top + crop, left : left + crop]
@@ -172,6 +234,7 @@ def train_vae(images: np.ndarray, config: DemoTrainingConfig, log: Log) -> Any:
     with torch.no_grad():
         means = torch.cat([vae.encode(data[i : i + 64]).latent_dist.mean for i in range(0, min(len(data), 512), 64)])
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    checkpoints.finish("vae", {"vae": vae.state_dict(), "scaling_factor": float(vae.config.scaling_factor)})
     return vae
 
 
@@ -200,19 +263,30 @@ def _drop_captions(captions: list[str], probability: float, generator: torch.Gen
 # ----------------------------------------------------------------------------- stage 2: text encoder + UNet
 
 
-def train_text_unet(moments: Tensor, captions: list[str], scale: float, tokenizer: Any,
-                    config: DemoTrainingConfig, log: Log) -> tuple[Any, Any]:
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def _demo_text_unet(tokenizer: Any) -> tuple[Any, Any]:
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from mvg_rt.models.builders import builtin_config
-
-    torch.manual_seed(config.seed + 2)
     text_config = config_json("demo_text_encoder") | {
         "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    unet = UNet2DConditionModel.from_config(config_json("demo_unet"))
+    return CLIPTextModel(CLIPTextConfig(**text_config)), UNet2DConditionModel.from_config(config_json("demo_unet"))
+
+
+def train_text_unet(moments: Tensor, captions: list[str], scale: float, tokenizer: Any,
+                    config: DemoTrainingConfig, checkpoints: StageCheckpoints, log: Log) -> tuple[Any, Any]:
+    from diffusers import DDPMScheduler
+
+    from mvg_rt.models.builders import builtin_config
+
+    done = checkpoints.finished("unet")
+    if done is not None:
+        text_encoder, unet = _demo_text_unet(tokenizer)
+        text_encoder.load_state_dict(done["text_encoder"])
+        unet.load_state_dict(done["unet"])
+        return text_encoder.eval(), unet.eval()
+    torch.manual_seed(config.seed + 2)
+    text_encoder, unet = _demo_text_unet(tokenizer)
     noise_schedule = DDPMScheduler.from_config(builtin_config("sd14_scheduler"))
     parameters = list(text_encoder.parameters()) + list(unet.parameters())
     budget = config.unet
@@ -221,7 +295,9 @@ def train_text_unet(moments: Tensor, captions: list[str], scale: float, tokenize
     ema_text, ema_unet = Ema(text_encoder, config.ema_decay), Ema(unet, config.ema_decay)
     generator = torch.Generator().manual_seed(config.seed + 3)
     started = time.perf_counter()
-    for step in range(budget.steps):
+    state = {"text_encoder": text_encoder, "unet": unet, "ema_text": ema_text, "ema_unet": ema_unet,
+             "optimizer": optimizer, "schedule": schedule, "generator": GeneratorState(generator)}
+    for step in checkpoints.steps("unet", budget.steps, state):
         index = torch.randint(len(moments), (budget.batch,), generator=generator)
         latents = sample_latents(moments[index], scale, generator)
         noise = torch.randn(latents.shape, generator=generator)
@@ -239,19 +315,33 @@ def train_text_unet(moments: Tensor, captions: list[str], scale: float, tokenize
         ema_unet.update(unet)
         if _every(step, budget.steps):
             log(f"unet step {step + 1}/{budget.steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
+    checkpoints.finish("unet", {"text_encoder": ema_text.module.state_dict(), "unet": ema_unet.module.state_dict()})
     return ema_text.module, ema_unet.module
 
 
 # ----------------------------------------------------------------------------- stage 3: SEINE
 
 
-def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: Any, unet: Any, tokenizer: Any,
-                config: DemoTrainingConfig, log: Log) -> Any:
-    from mvg_rt.models.seine_checkpoint import seine_from_unet2d
-    from mvg_rt.models.seine_unet import SeineConfig
+def _noise_levels(batch: int, levels: int, high_fraction: float, generator: torch.Generator) -> Tensor:
+    """Timesteps: uniform, except a ``high_fraction`` share drawn from the noisier half only."""
+    uniform = torch.randint(0, levels, (batch,), generator=generator)
+    high = torch.randint(levels // 2, levels, (batch,), generator=generator)
+    return torch.where(torch.rand(batch, generator=generator) < high_fraction, high, uniform)
 
+
+def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: Any, unet: Any, tokenizer: Any,
+                config: DemoTrainingConfig, checkpoints: StageCheckpoints, log: Log) -> Any:
+    from mvg_rt.models.seine_checkpoint import seine_from_unet2d
+    from mvg_rt.models.seine_unet import SeineConfig, SeineUNet3D
+
+    seine_config = SeineConfig.from_dict(config_json("demo_seine"))
+    done = checkpoints.finished("seine")
+    if done is not None:
+        seine = SeineUNet3D(seine_config)
+        seine.load_state_dict(done["seine"])
+        return seine.eval()
     torch.manual_seed(config.seed + 4)
-    seine = seine_from_unet2d(unet, SeineConfig.from_dict(config_json("demo_seine")))
+    seine = seine_from_unet2d(unet, seine_config)
     seine.train()
     scale = float(vae.config.scaling_factor)
     count, frames = clips.shape[:2]
@@ -268,10 +358,12 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
     budget = config.seine
     optimizer = torch.optim.AdamW(seine.parameters(), lr=budget.lr, weight_decay=1e-2)
     schedule = _cosine_lr(optimizer, budget.steps)
-    ema = Ema(seine, config.ema_decay)
+    ema = Ema(seine, config.seine_ema_decay)
     generator = torch.Generator().manual_seed(config.seed + 5)
     started = time.perf_counter()
-    for step in range(budget.steps):
+    state = {"seine": seine, "ema": ema, "optimizer": optimizer, "schedule": schedule,
+             "generator": GeneratorState(generator)}
+    for step in checkpoints.steps("seine", budget.steps, state):
         index = torch.randint(count, (budget.batch,), generator=generator)
         video = sample_latents(frame_moments[index].flatten(0, 1), scale, generator)
         video = video.view(budget.batch, frames, *video.shape[1:]).transpose(1, 2)  # (B, C, K, h, w)
@@ -279,7 +371,7 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
         blank = blank.view(budget.batch, frames - 2, *blank.shape[1:]).transpose(1, 2)
         masked = torch.cat([video[:, :, :1], blank, video[:, :, -1:]], dim=2)
         noise = torch.randn(video.shape, generator=generator)
-        timesteps = torch.randint(0, len(alphas_cumprod), (budget.batch,), generator=generator)
+        timesteps = _noise_levels(budget.batch, len(alphas_cumprod), config.seine_high_noise_fraction, generator)
         abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
         noisy = abar.sqrt() * video + (1 - abar).sqrt() * noise
         condition = torch.cat([frame_mask.expand(budget.batch, 1, -1, *video.shape[-2:]), masked], dim=1)
@@ -293,43 +385,45 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
         optimizer.step()
         schedule.step()
         ema.update(seine)
-        if _every(step, budget.steps):
+        if _every(step, budget.steps, count=30):
             log(f"seine step {step + 1}/{budget.steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
+    checkpoints.finish("seine", {"seine": ema.module.state_dict()})
     return ema.module.eval()
 
 
 # ----------------------------------------------------------------------------- all stages
 
 
-def train_demo(config: DemoTrainingConfig, out_dir: Path, log: Log) -> dict[str, Any]:
-    """Train every stage and write a diffusers-format folder (+ seine/) into ``out_dir``."""
+def train_demo(config: DemoTrainingConfig, out_dir: Path, checkpoint_dir: Path, log: Log) -> dict[str, Any]:
+    """Train every stage (resuming from ``checkpoint_dir``) and write a diffusers-format folder (+ seine/)."""
     from transformers import CLIPTokenizer
 
     from mvg_rt.models.builders import SHIPPED_TOKENIZER, builtin_config, write_model_folder
     from mvg_rt.models.diffusers_folder import DiffusersModels
 
     torch.set_num_threads(config.threads)
+    checkpoints = StageCheckpoints(checkpoint_dir, stage_keys(config), log)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     tokenizer = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER), local_files_only=True)
     images, captions = phantom_dataset(config)
-    clips, clip_captions = phantom_clips(config)
     timings["data_seconds"] = time.perf_counter() - clock
-    log(f"{len(images)} phantoms and {len(clips)} clips of {config.clip_frames} frames "
-        f"({timings['data_seconds']:.0f}s)")
+    log(f"{len(images)} phantoms ({timings['data_seconds']:.0f}s)")
 
     clock = time.perf_counter()
-    vae = train_vae(images, config, log)
+    vae = train_vae(images, config, checkpoints, log)
     timings["vae_seconds"] = time.perf_counter() - clock
     scale = float(vae.config.scaling_factor)
-    moments = encode_moments(vae, to_model_range(images))
 
     clock = time.perf_counter()
-    text_encoder, unet = train_text_unet(moments, captions, scale, tokenizer, config, log)
+    moments = encode_moments(vae, to_model_range(images))
+    text_encoder, unet = train_text_unet(moments, captions, scale, tokenizer, config, checkpoints, log)
     timings["unet_seconds"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    seine = train_seine(clips, clip_captions, vae, text_encoder, unet, tokenizer, config, log)
+    clips, clip_captions = phantom_clips(config)
+    log(f"{len(clips)} clips of {config.clip_frames} frames ({time.perf_counter() - clock:.0f}s)")
+    seine = train_seine(clips, clip_captions, vae, text_encoder, unet, tokenizer, config, checkpoints, log)
     timings["seine_seconds"] = time.perf_counter() - clock
 
     models = DiffusersModels(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
