@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvg_rt.demo.checkpoints import GeneratorState, StageCheckpoints, fingerprint
+from mvg_rt.demo.checkpoints import SAVE_EVERY_SECONDS, GeneratorState, StageCheckpoints, fingerprint
 from mvg_rt.demo.phantom import DiseaseState, PatientAnatomy, caption_for, progression_clip, sample_dataset
 from mvg_rt.runtime.pipelines.gaussian_schedule import linear_betas
 from mvg_rt.runtime.pipelines.transition import known_frame_mask, transition_prompt
@@ -73,10 +73,11 @@ class DemoTrainingConfig:
     vae_crop: int = 64
     vae: StageBudget = StageBudget(steps=2500, batch=8, lr=1e-3)
     unet: StageBudget = StageBudget(steps=4000, batch=32, lr=5e-4)
-    seine: StageBudget = StageBudget(steps=3000, batch=8, lr=3e-4)
+    seine: StageBudget = StageBudget(steps=2000, batch=8, lr=3e-4)
     kl_weight: float = 1e-6
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
+    seine_new_layer_lr: float = 1e-3  # the layers SEINE adds start at zero: they learn faster than the copied ones
     seine_ema_decay: float = 0.995  # a 0.999 EMA over a few thousand steps lags far behind what was learnt
     seine_high_noise_fraction: float = 0.5  # noise levels drawn from the noisier half of the schedule
     threads: int = 2
@@ -96,8 +97,8 @@ class DemoTrainingConfig:
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "vae": ("seed", "resolution", "train_images", "vae_crop", "vae", "kl_weight"),
     "unet": ("unet", "caption_dropout", "ema_decay"),
-    "seine": ("clip_frames", "train_clips", "near_clip_fraction", "near_clip_change", "retexture_fraction", "seine",
-              "seine_ema_decay", "seine_high_noise_fraction", "extra"),
+    "clips": ("clip_frames", "train_clips", "near_clip_fraction", "near_clip_change", "retexture_fraction"),
+    "seine": ("seine", "seine_new_layer_lr", "seine_ema_decay", "seine_high_noise_fraction", "extra"),
 }
 
 
@@ -273,7 +274,7 @@ def _demo_text_unet(tokenizer: Any) -> tuple[Any, Any]:
     return CLIPTextModel(CLIPTextConfig(**text_config)), UNet2DConditionModel.from_config(config_json("demo_unet"))
 
 
-def train_text_unet(moments: Tensor, captions: list[str], scale: float, tokenizer: Any,
+def train_text_unet(images: np.ndarray, captions: list[str], vae: Any, tokenizer: Any,
                     config: DemoTrainingConfig, checkpoints: StageCheckpoints, log: Log) -> tuple[Any, Any]:
     from diffusers import DDPMScheduler
 
@@ -285,6 +286,8 @@ def train_text_unet(moments: Tensor, captions: list[str], scale: float, tokenize
         text_encoder.load_state_dict(done["text_encoder"])
         unet.load_state_dict(done["unet"])
         return text_encoder.eval(), unet.eval()
+    scale = float(vae.config.scaling_factor)
+    moments = encode_moments(vae, to_model_range(images))
     torch.manual_seed(config.seed + 2)
     text_encoder, unet = _demo_text_unet(tokenizer)
     noise_schedule = DDPMScheduler.from_config(builtin_config("sd14_scheduler"))
@@ -329,9 +332,21 @@ def _noise_levels(batch: int, levels: int, high_fraction: float, generator: torc
     return torch.where(torch.rand(batch, generator=generator) < high_fraction, high, uniform)
 
 
+def _clip_moments(clips: np.ndarray, vae: Any, checkpoints: StageCheckpoints) -> Tensor:
+    """(M, K, 8, h, w) posterior moments of every clip frame: encoded once, then kept with the checkpoints
+    (encoding 16,000 frames takes minutes on two cores, and a resumed training needs them again)."""
+    done = checkpoints.finished("clips")
+    if done is not None:
+        return done["moments"]
+    moments = encode_moments(vae, to_model_range(clips.reshape(-1, *clips.shape[2:])))
+    moments = moments.view(*clips.shape[:2], *moments.shape[1:])
+    checkpoints.finish("clips", {"moments": moments})
+    return moments
+
+
 def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: Any, unet: Any, tokenizer: Any,
                 config: DemoTrainingConfig, checkpoints: StageCheckpoints, log: Log) -> Any:
-    from mvg_rt.models.seine_checkpoint import seine_from_unet2d
+    from mvg_rt.models.seine_checkpoint import CONV_IN, is_temporal, seine_from_unet2d
     from mvg_rt.models.seine_unet import SeineConfig, SeineUNet3D
 
     seine_config = SeineConfig.from_dict(config_json("demo_seine"))
@@ -345,8 +360,7 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
     seine.train()
     scale = float(vae.config.scaling_factor)
     count, frames = clips.shape[:2]
-    frame_moments = encode_moments(vae, to_model_range(clips.reshape(-1, *clips.shape[2:])))
-    frame_moments = frame_moments.view(count, frames, *frame_moments.shape[1:])
+    frame_moments = _clip_moments(clips, vae, checkpoints)
     blank_moments = encode_moments(vae, torch.zeros(1, 3, clips.shape[-2], clips.shape[-1]))
     with torch.no_grad():
         embeddings_by_text = {}
@@ -356,7 +370,10 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
     alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - linear_betas())).float()
     frame_mask = known_frame_mask(frames).view(1, 1, frames, 1, 1)
     budget = config.seine
-    optimizer = torch.optim.AdamW(seine.parameters(), lr=budget.lr, weight_decay=1e-2)
+    new = [p for name, p in seine.named_parameters() if is_temporal(name) or name.startswith(CONV_IN.rsplit(".", 1)[0])]
+    old = [p for name, p in seine.named_parameters() if not any(p is q for q in new)]
+    optimizer = torch.optim.AdamW([{"params": old}, {"params": new, "lr": config.seine_new_layer_lr}],
+                                  lr=budget.lr, weight_decay=1e-2)
     schedule = _cosine_lr(optimizer, budget.steps)
     ema = Ema(seine, config.seine_ema_decay)
     generator = torch.Generator().manual_seed(config.seed + 5)
@@ -394,7 +411,8 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
 # ----------------------------------------------------------------------------- all stages
 
 
-def train_demo(config: DemoTrainingConfig, out_dir: Path, checkpoint_dir: Path, log: Log) -> dict[str, Any]:
+def train_demo(config: DemoTrainingConfig, out_dir: Path, checkpoint_dir: Path, log: Log,
+               save_every_seconds: float = SAVE_EVERY_SECONDS) -> dict[str, Any]:
     """Train every stage (resuming from ``checkpoint_dir``) and write a diffusers-format folder (+ seine/)."""
     from transformers import CLIPTokenizer
 
@@ -402,7 +420,7 @@ def train_demo(config: DemoTrainingConfig, out_dir: Path, checkpoint_dir: Path, 
     from mvg_rt.models.diffusers_folder import DiffusersModels
 
     torch.set_num_threads(config.threads)
-    checkpoints = StageCheckpoints(checkpoint_dir, stage_keys(config), log)
+    checkpoints = StageCheckpoints(checkpoint_dir, stage_keys(config), log, save_every_seconds)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     tokenizer = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER), local_files_only=True)
@@ -416,8 +434,7 @@ def train_demo(config: DemoTrainingConfig, out_dir: Path, checkpoint_dir: Path, 
     scale = float(vae.config.scaling_factor)
 
     clock = time.perf_counter()
-    moments = encode_moments(vae, to_model_range(images))
-    text_encoder, unet = train_text_unet(moments, captions, scale, tokenizer, config, checkpoints, log)
+    text_encoder, unet = train_text_unet(images, captions, vae, tokenizer, config, checkpoints, log)
     timings["unet_seconds"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
