@@ -1,11 +1,15 @@
 """The transition standard: ideal phantom sweeps pass it, a flash, a hold-then-jump and a shuffle fail it,
-naming the criteria; a run's joined video is split into its clips."""
+naming the criteria; every clip of a run is judged by ``mvg-rt eval`` and recorded by ``mvg-rt simulate``."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mvg_rt.demo.phantom import DiseaseState, PatientAnatomy, progression_clip, render_phantom
 from mvg_rt.errors import MvgError
@@ -159,3 +163,68 @@ def test_a_run_is_split_into_its_clips(joined, roi: np.ndarray):
         transitions_report(frames[:-1], states, roi, FRAMES)
     assert transitions_report([], states, roi, None) == {"clip_frames": None, "clips": [], "passing": 0,
                                                          "summary": NO_TRANSITIONS}
+
+
+def _run_folder(folder: Path, frames: list[np.ndarray], states: list[np.ndarray], roi: np.ndarray,
+                clip_frames: int | None) -> Path:
+    """What eval reads of a run folder simulate writes: run.json, states/, mask.png and frames/."""
+    (folder / "states").mkdir(parents=True)
+    for index, state in enumerate(states):
+        Image.fromarray(state).save(folder / "states" / f"state_{index:02d}.png")
+    Image.fromarray(np.round(roi * 255).astype(np.uint8)).save(folder / "mask.png")
+    if clip_frames is not None:
+        (folder / "frames").mkdir()
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(folder / "frames" / f"frame_{index:04d}.png")
+    transition = None if clip_frames is None else {"frames": clip_frames}
+    record = {"mvg_rt_run": 1, "pie": {"rounds": len(states) - 1}, "transition": transition}
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_eval_reports_the_standard_for_every_clip(joined, roi: np.ndarray, tmp_path: Path, run_cli,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the table's headers on one line each
+    frames, states = joined
+    run = _run_folder(tmp_path / "run", frames, states, roi, FRAMES)
+    code, out, err = run_cli(["eval", "--run", str(run), "--json", str(tmp_path / "report.json")])
+    assert code == 0, err
+    for words in ("transition clips", "ROI-mean excursion", "path ratio", "CTR monotone", "outside PSNR", "FAIL",
+                  "1 of 2 clips are transitions\n", "clip 2 fails: ROI mean leaves the endpoints' range by"):
+        assert words in out, (words, out)
+    section = json.loads((tmp_path / "report.json").read_text())["transitions"]
+    assert section["passing"] == 1 and section["clip_frames"] == FRAMES
+    assert section["clips"][1]["failures"][1].startswith("path ratio ")
+
+
+def test_eval_of_a_run_without_transitions_says_so(joined, roi: np.ndarray, tmp_path: Path, run_cli):
+    _, states = joined
+    run = _run_folder(tmp_path / "run", [], states, roi, None)
+    code, out, err = run_cli(["eval", "--run", str(run)])
+    assert code == 0 and NO_TRANSITIONS in out and "ROI-mean excursion" not in out, err
+
+
+def test_eval_of_a_run_missing_a_frame_is_one_line(joined, roi: np.ndarray, tmp_path: Path, run_cli):
+    frames, states = joined
+    run = _run_folder(tmp_path / "run", frames, states, roi, FRAMES)
+    (run / "frames" / "frame_0014.png").unlink()
+    code, _, err = run_cli(["eval", "--run", str(run)])
+    assert code == 2 and err.count("\n") == 1 and "frames/ holds 14 frames, run.json records 2 transition clips " \
+        "of 8 frames (15 frames); rerun mvg-rt simulate" in err, err
+
+
+def test_simulate_records_the_verdicts_and_warns(tiny_model_dir: Path, xray: Path, tmp_path: Path, run_cli):
+    """A tiny random model makes noise: what matters here is where the verdicts go, not what they are."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(["simulate", "--model-dir", str(tiny_model_dir), "--image", str(xray), "--prompt", "p",
+                            "--rounds", "2", "--steps", "2", "--strength", "0.5", "--resolution", "64", "--frames",
+                            "3", "--transition-steps", "1", "--roi-box", "16,16,48,48", "--out", str(out)])
+    assert code == 0, err
+    section = json.loads((out / "run.json").read_text())["eval"]["transitions"]
+    assert section["clip_frames"] == 3 and [clip["frame_range"] for clip in section["clips"]] == [[0, 2], [2, 4]]
+    failing = 2 - section["passing"]
+    warning = (f"warning: {failing} of 2 transition clips fail the transition standard (no steady progression "
+               f"between their states): see mvg-rt eval --run {out}")
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == ([warning] if failing else [])
+    code, stdout, err = run_cli(["eval", "--run", str(out)])
+    assert code == 0 and f"{section['passing']} of 2 clips are transitions" in stdout, err
