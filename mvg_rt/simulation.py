@@ -7,7 +7,9 @@ Outputs (all written to a staging folder that becomes ``--out`` only on success)
 - ``frames/frame_0000.png`` ..: every video frame once (with transitions)
 - ``mask.png``: the ROI actually used, at image resolution
 - ``progression.mp4`` (H.264) and ``progression.gif``: the frames, or the states without transitions
-- ``run.json``: settings, seed, versions, model hashes, timings, per-round change
+- ``run.json``: settings, seed, versions, model hashes, timings, per-round change, and the
+  "eval" section: the measures of ``mvg-rt eval`` on the states, and every transition clip's
+  verdict against the standard of :mod:`mvg_rt.eval.transition_quality`
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from mvg_rt.components import SEINE
 from mvg_rt.errors import MvgError
 from mvg_rt.eval.progression import evaluate_states, round_changes
+from mvg_rt.eval.transition_quality import transitions_report
 from mvg_rt.io.images import MIN_IMAGE_SIDE, LoadedImage, check_resolution, read_image, resize_and_crop, save_png
 from mvg_rt.io.jsonio import finite_json
 from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
@@ -274,8 +277,10 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "timings": result.timings,
         "rounds": result.rounds,
         "clips": result.clips,
-        "eval": evaluate_states(result.states, roi.weight,
-                                _vae_embedding(runtime), "posterior mean of the run's own VAE encoder"),
+        "eval": {**evaluate_states(result.states, roi.weight,
+                                   _vae_embedding(runtime), "posterior mean of the run's own VAE encoder"),
+                 "transitions": transitions_report(result.frames or [], result.states, roi.weight,
+                                                   options.transition.frames if options.transition else None)},
         **options.annotations,
     }
 

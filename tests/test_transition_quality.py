@@ -1,56 +1,100 @@
-"""The transition quality measure: phantom clips with known truth, a shuffled clip, a tiny-model clip."""
+"""The transition standard: ideal phantom sweeps pass it, a flash, a hold-then-jump and a shuffle fail it,
+naming the criteria; every clip of a run is judged by ``mvg-rt eval`` and recorded by ``mvg-rt simulate``."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from mvg_rt.demo.phantom import DiseaseState, PatientAnatomy, render_phantom
+from mvg_rt.demo.phantom import DiseaseState, PatientAnatomy, progression_clip, render_phantom
 from mvg_rt.errors import MvgError
-from mvg_rt.eval.transition_quality import PSNR_CAP, transition_quality
+from mvg_rt.eval.transition_quality import (NO_TRANSITIONS, PSNR_CAP, _ctr_criterion, transition_quality,
+                                            transitions_report)
+from mvg_rt.runtime.pipelines.roi import composite_transition
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FRAMES = 8
+START, END = DiseaseState(cardiomegaly=0.3), DiseaseState(cardiomegaly=0.6)  # about one demo PIE round: CTR +0.06
 
 
 @pytest.fixture(scope="module")
-def phantom_clip():
-    """A perfect transition: the same patient rendered at cardiomegaly rising linearly 0.2 -> 0.9, composited
-    as Eq 10 does (inside the ROI the frame, outside the mean of the two states)."""
-    anatomy = PatientAnatomy.sample(np.random.default_rng(3))
-    phantoms = [render_phantom(anatomy, DiseaseState(cardiomegaly=c), 128) for c in np.linspace(0.2, 0.9, FRAMES)]
-    roi = np.clip(phantoms[0].heart_roi, 0, 1)
-    start, end = phantoms[0].image, phantoms[-1].image
-    mean = (start.astype(np.float64) + end.astype(np.float64)) / 2
-    weight = roi[..., None] if start.ndim == 3 else roi
-    frames = np.stack([np.round(weight * p.image + (1 - weight) * mean) for p in phantoms]).astype(np.uint8)
-    return frames, roi, start, end, [p.ctr for p in phantoms]
+def anatomy() -> PatientAnatomy:
+    return PatientAnatomy.sample(np.random.default_rng(3))
 
 
-def test_a_linear_morph_scores_near_the_ideal(phantom_clip):
-    frames, roi, start, end, _ = phantom_clip
-    q = transition_quality(frames, roi, start, end)
-    assert q.frames == FRAMES and None not in q.ctr
-    assert q.ctr_end > q.ctr_start + 0.05  # the heart grows
-    assert q.ctr_monotone_fraction == 1.0
-    assert q.ctr_max_deviation < 0.03
-    assert q.path_ratio < 1.1  # every pixel moves one way
-    assert q.jerkiness < 2.0
+@pytest.fixture(scope="module")
+def roi(anatomy: PatientAnatomy) -> np.ndarray:
+    return render_phantom(anatomy, START).heart_roi.astype(np.float64)
+
+
+def eq10(sweep: np.ndarray, roi: np.ndarray) -> np.ndarray:
+    """A grey phantom sweep (K, H, W) as the pipeline composites a clip: RGB, the endpoints' mean outside the ROI."""
+    rgb = torch.from_numpy(np.repeat(sweep[..., None], 3, axis=-1)).double()
+    return composite_transition(rgb, rgb[0], rgb[-1], torch.from_numpy(roi)).round().clamp(0, 255).byte().numpy()
+
+
+def flashed(clip: np.ndarray, roi: np.ndarray) -> np.ndarray:
+    """The demo's failure: every generated frame a bright blob filling the ROI."""
+    out = clip.copy()
+    weight = roi[..., None]
+    out[1:-1] = np.round(weight * 235 + (1 - weight) * clip[1:-1]).astype(np.uint8)
+    return out
+
+
+@pytest.fixture(scope="module", params=[None, 123], ids=["sweep", "re-textured sweep"])
+def ideal_clip(request: pytest.FixtureRequest, anatomy: PatientAnatomy, roi: np.ndarray) -> np.ndarray:
+    return eq10(progression_clip(anatomy, START, END, FRAMES, end_texture_seed=request.param), roi)
+
+
+def test_an_ideal_sweep_passes_the_standard(ideal_clip: np.ndarray, roi: np.ndarray):
+    q = transition_quality(ideal_clip, roi, ideal_clip[0], ideal_clip[-1])
+    assert q.passed and q.failures == [], q.failures
+    assert q.frames == FRAMES and None not in q.ctr and q.ctr[-1] > q.ctr[0] + 0.05  # the heart grows
+    assert q.roi_mean_excursion == 0.0 and q.path_ratio < 2.0 and q.jerkiness < 1.5
+    assert q.ctr_monotone is True and q.ctr_excursion == 0.0 and q.ctr_backstep == 0.0
     assert q.outside_psnr_min > 45 and q.outside_ssim_min > 0.99
+    assert q.ctr_monotone_fraction == 1.0 and q.ctr_max_deviation < 0.03  # against the line between the states
 
 
-def test_a_shuffled_clip_scores_worse_on_every_measure(phantom_clip):
-    frames, roi, start, end, _ = phantom_clip
-    good = transition_quality(frames, roi, start, end)
-    order = [0, 5, 2, 6, 1, 4, 3, 7]  # endpoints kept, middle shuffled
-    bad = transition_quality(frames[order], roi, start, end)
-    assert bad.ctr_monotone_fraction < good.ctr_monotone_fraction
-    assert bad.ctr_max_deviation > good.ctr_max_deviation
-    assert bad.path_ratio > 1.5 * good.path_ratio
-    assert bad.jerkiness > good.jerkiness
-    assert bad.change_mean > good.change_mean
+def test_a_flash_fails_on_the_excursion_and_the_path(ideal_clip: np.ndarray, roi: np.ndarray):
+    q = transition_quality(flashed(ideal_clip, roi), roi, ideal_clip[0], ideal_clip[-1])
+    assert not q.passed and q.roi_mean_excursion > 30 and q.path_ratio > 4
+    excursion, path = q.failures[:2]
+    assert excursion.startswith(f"ROI mean leaves the endpoints' range by {q.roi_mean_excursion:.0f} grey levels")
+    assert path == f"path ratio {q.path_ratio:.2f} > 2"
+    assert q.ctr_monotone is False and any(f.startswith("heart size not monotone") for f in q.failures)
+
+
+def test_a_hold_then_jump_fails_on_spikes_only(ideal_clip: np.ndarray, roi: np.ndarray):
+    clip = np.stack([ideal_clip[0]] * (FRAMES - 1) + [ideal_clip[-1]])
+    q = transition_quality(clip, roi, ideal_clip[0], ideal_clip[-1])
+    assert q.jerkiness == pytest.approx(FRAMES - 1)  # all the change in one of the K - 1 steps
+    assert q.failures == [f"jerkiness {FRAMES - 1:.2f} > 3 (a spike)"]
+
+
+def test_a_shuffled_clip_fails_and_scores_worse(ideal_clip: np.ndarray, roi: np.ndarray):
+    good = transition_quality(ideal_clip, roi, ideal_clip[0], ideal_clip[-1])
+    bad = transition_quality(ideal_clip[[0, 5, 2, 6, 1, 4, 3, 7]], roi, ideal_clip[0], ideal_clip[-1])
+    assert bad.path_ratio > 2 > good.path_ratio and bad.ctr_monotone is False
+    assert [f.split(" ")[0] for f in bad.failures] == ["path", "heart"]
+    assert bad.ctr_monotone_fraction < good.ctr_monotone_fraction and bad.ctr_max_deviation > good.ctr_max_deviation
+
+
+def test_the_heart_size_criterion():
+    assert _ctr_criterion([0.5, 0.52, 0.51, 0.55])[2] is True  # a dip within the readout's 0.01
+    assert _ctr_criterion([0.55, 0.53, 0.54, 0.5])[2] is True  # shrinking counts the other way
+    backwards = _ctr_criterion([0.5, 0.53, 0.51, 0.55])
+    assert backwards[1] == pytest.approx(0.02) and "steps back by 0.020" in backwards[3]
+    beyond = _ctr_criterion([0.5, 0.57, 0.55])
+    assert beyond[0] == pytest.approx(0.02) and "CTR leaves the endpoints' 0.500-0.550 by 0.020" in beyond[3]
+    assert _ctr_criterion([0.5, None, 0.55])[2:] == (False, "heart size unknown: CTR not measured on 1 of 3 frames")
+    assert _ctr_criterion([None, 0.5, None]) == (None, None, None, None)  # no endpoint read: does not apply
 
 
 def test_a_crossfade_is_even_and_direct():
@@ -61,8 +105,9 @@ def test_a_crossfade_is_even_and_direct():
     t = np.linspace(0, 1, FRAMES)[:, None, None]
     frames = np.round(roi * ((1 - t) * start + t * end) + (1 - roi) * (start + end) / 2).astype(np.uint8)
     q = transition_quality(frames, (roi * 255).astype(np.uint8), start.astype(np.uint8), end.astype(np.uint8))
-    assert q.ctr_monotone_fraction is None and q.ctr_max_deviation is None  # not chest X-rays: no CTR
-    assert q.jerkiness == pytest.approx(1.0, abs=0.05) and q.path_ratio == pytest.approx(1.0, abs=1e-9)
+    assert q.passed and q.ctr_monotone is None  # not chest X-rays: the heart size does not apply
+    assert q.ctr_monotone_fraction is None and q.ctr_max_deviation is None
+    assert q.jerkiness == pytest.approx(1.0, abs=0.05) and q.path_ratio == pytest.approx(1.0, abs=0.01)
     assert q.outside_psnr_min > 50  # the endpoints' mean up to rounding
 
 
@@ -91,7 +136,95 @@ def test_scores_a_tiny_model_clip(tiny_runtime, image_64):
                                 TransitionSettings(frames=4, steps=3, sampler="dpm++2m"), "p")
     clip = sampler.clip(start, end, roi, torch.Generator().manual_seed(0)).numpy()
     q = transition_quality(clip, roi.numpy(), start.numpy(), end.numpy())
-    assert q.frames == 4 and q.change_mean > 0 and q.jerkiness >= 1.0
-    assert q.path_ratio is None or q.path_ratio >= 1.0 - 1e-9
+    assert q.frames == 4 and q.change_mean > 0 and q.jerkiness >= 1.0 and q.path_ratio >= 0
     assert PSNR_CAP >= q.outside_psnr_min > 50  # Eq 10 with a hard ROI: outside is the endpoints' mean, rounded
-    assert set(q.to_dict()) >= {"ctr", "ctr_monotone_fraction", "jerkiness", "path_ratio", "outside_ssim_min"}
+    assert set(q.to_dict()) >= {"ctr", "ctr_monotone_fraction", "jerkiness", "path_ratio", "outside_ssim_min",
+                                "roi_mean_excursion", "ctr_monotone", "failures", "passed"}
+
+
+# ---- every clip of a run -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def joined(anatomy: PatientAnatomy, roi: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Two clips of one sweep as simulate joins them (the shared frame once); the second one flashes."""
+    sweep = progression_clip(anatomy, START, END, 2 * FRAMES - 1)
+    first, second = eq10(sweep[:FRAMES], roi), flashed(eq10(sweep[FRAMES - 1:], roi), roi)
+    states = [np.repeat(sweep[k][..., None], 3, axis=-1) for k in (0, FRAMES - 1, 2 * FRAMES - 2)]
+    return [*first, *second[1:]], states
+
+
+def test_a_run_is_split_into_its_clips(joined, roi: np.ndarray):
+    frames, states = joined
+    report = transitions_report(frames, states, roi, FRAMES)
+    assert [clip["frame_range"] for clip in report["clips"]] == [[0, 7], [7, 14]]
+    assert [clip["passed"] for clip in report["clips"]] == [True, False] and report["passing"] == 1
+    assert report["summary"].startswith("1 of 2 clips are transitions; clip 2 fails: ROI mean leaves the endpoints'")
+    with pytest.raises(MvgError, match="14 video frames for 2 clips of 8 frames: expected 15"):
+        transitions_report(frames[:-1], states, roi, FRAMES)
+    assert transitions_report([], states, roi, None) == {"clip_frames": None, "clips": [], "passing": 0,
+                                                         "summary": NO_TRANSITIONS}
+
+
+def _run_folder(folder: Path, frames: list[np.ndarray], states: list[np.ndarray], roi: np.ndarray,
+                clip_frames: int | None) -> Path:
+    """What eval reads of a run folder simulate writes: run.json, states/, mask.png and frames/."""
+    (folder / "states").mkdir(parents=True)
+    for index, state in enumerate(states):
+        Image.fromarray(state).save(folder / "states" / f"state_{index:02d}.png")
+    Image.fromarray(np.round(roi * 255).astype(np.uint8)).save(folder / "mask.png")
+    if clip_frames is not None:
+        (folder / "frames").mkdir()
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(folder / "frames" / f"frame_{index:04d}.png")
+    transition = None if clip_frames is None else {"frames": clip_frames}
+    record = {"mvg_rt_run": 1, "pie": {"rounds": len(states) - 1}, "transition": transition}
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_eval_reports_the_standard_for_every_clip(joined, roi: np.ndarray, tmp_path: Path, run_cli,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the table's headers on one line each
+    frames, states = joined
+    run = _run_folder(tmp_path / "run", frames, states, roi, FRAMES)
+    code, out, err = run_cli(["eval", "--run", str(run), "--json", str(tmp_path / "report.json")])
+    assert code == 0, err
+    for words in ("transition clips", "ROI-mean excursion", "path ratio", "CTR monotone", "outside PSNR", "FAIL",
+                  "1 of 2 clips are transitions\n", "clip 2 fails: ROI mean leaves the endpoints' range by"):
+        assert words in out, (words, out)
+    section = json.loads((tmp_path / "report.json").read_text())["transitions"]
+    assert section["passing"] == 1 and section["clip_frames"] == FRAMES
+    assert section["clips"][1]["failures"][1].startswith("path ratio ")
+
+
+def test_eval_of_a_run_without_transitions_says_so(joined, roi: np.ndarray, tmp_path: Path, run_cli):
+    _, states = joined
+    run = _run_folder(tmp_path / "run", [], states, roi, None)
+    code, out, err = run_cli(["eval", "--run", str(run)])
+    assert code == 0 and NO_TRANSITIONS in out and "ROI-mean excursion" not in out, err
+
+
+def test_eval_of_a_run_missing_a_frame_is_one_line(joined, roi: np.ndarray, tmp_path: Path, run_cli):
+    frames, states = joined
+    run = _run_folder(tmp_path / "run", frames, states, roi, FRAMES)
+    (run / "frames" / "frame_0014.png").unlink()
+    code, _, err = run_cli(["eval", "--run", str(run)])
+    assert code == 2 and err.count("\n") == 1 and "frames/ holds 14 frames, run.json records 2 transition clips " \
+        "of 8 frames (15 frames); rerun mvg-rt simulate" in err, err
+
+
+def test_simulate_records_the_verdicts_and_warns(tiny_model_dir: Path, xray: Path, tmp_path: Path, run_cli):
+    """A tiny random model makes noise: what matters here is where the verdicts go, not what they are."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(["simulate", "--model-dir", str(tiny_model_dir), "--image", str(xray), "--prompt", "p",
+                            "--rounds", "2", "--steps", "2", "--strength", "0.5", "--resolution", "64", "--frames",
+                            "3", "--transition-steps", "1", "--roi-box", "16,16,48,48", "--out", str(out)])
+    assert code == 0, err
+    section = json.loads((out / "run.json").read_text())["eval"]["transitions"]
+    assert section["clip_frames"] == 3 and [clip["frame_range"] for clip in section["clips"]] == [[0, 2], [2, 4]]
+    failing = 2 - section["passing"]
+    warning = (f"warning: {failing} of 2 transition clips fail the transition standard (no steady progression "
+               f"between their states): see mvg-rt eval --run {out}")
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == ([warning] if failing else [])
+    code, stdout, err = run_cli(["eval", "--run", str(out)])
+    assert code == 0 and f"{section['passing']} of 2 clips are transitions" in stdout, err

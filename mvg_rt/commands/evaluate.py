@@ -1,8 +1,10 @@
-"""``mvg-rt eval``: how real is a simulated progression, and how far apart are two runs."""
+"""``mvg-rt eval``: how real is a simulated progression, are its transition clips progressions, and how far
+apart are two runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -10,6 +12,7 @@ from rich.table import Table
 
 from mvg_rt.errors import MvgError
 from mvg_rt.eval.progression import RunFolder, evaluate_run, read_run, write_report
+from mvg_rt.eval.transition_quality import summary_lines
 from mvg_rt.io.files import check_output_file
 
 
@@ -35,6 +38,20 @@ def _check_outputs(outputs: dict[str, Path], runs: list[RunFolder]) -> None:
         figure_format(outputs["--figure"])
 
 
+def _transitions_table(section: dict[str, Any]) -> Table:
+    """One row per clip: the standard's measures (mvg_rt.eval.transition_quality) and its verdict."""
+    table = Table(title="transition clips (standard: mvg_rt/eval/transition_quality.py)")
+    for column in ("clip", "frames", "ROI-mean excursion", "path ratio", "jerkiness", "CTR monotone",
+                   "outside PSNR", "verdict"):
+        table.add_column(column, justify="right")
+    for clip in section["clips"]:
+        monotone = {None: "n/a", True: "yes", False: "no"}[clip["ctr_monotone"]]
+        table.add_row(str(clip["clip"]), "{}-{}".format(*clip["frame_range"]), f"{clip['roi_mean_excursion']:.1f}",
+                      f"{clip['path_ratio']:.2f}", f"{clip['jerkiness']:.2f}", monotone,
+                      f"{clip['outside_psnr_min']:.1f} dB", "pass" if clip["passed"] else "FAIL")
+    return table
+
+
 def _print(report: dict, run_dir: Path, against: Path | None) -> None:
     table = Table(title=f"progression of {run_dir}")
     for column in ("state", "CTR", "SSIM outside ROI", "identity (VAE-I)", "change inside", "change outside"):
@@ -52,6 +69,11 @@ def _print(report: dict, run_dir: Path, against: Path | None) -> None:
     else:
         console.print(report["ctr_course"]["summary"], markup=False)
     console.print(f"per-round change shrinks from round: {report['change_shrinks_from_round']}")
+    transitions = report["transitions"]
+    if transitions["clips"]:
+        console.print(_transitions_table(transitions))
+    for line in summary_lines(transitions):
+        console.print(line, markup=False)
     if against is not None:
         other = report["against"]
         console.print(f"against {against}: min state PSNR {other['min_states_psnr_db']} dB"

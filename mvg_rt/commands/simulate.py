@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,17 @@ class _Progress:
             self.bars.stop()
 
 
+def _transition_warning(folder: Path) -> str | None:
+    """The line that says how many transition clips fail the standard (run.json's eval.transitions); None if none."""
+    section = json.loads((folder / "run.json").read_text())["eval"]["transitions"]
+    clips = len(section["clips"])
+    failing = clips - section["passing"]
+    if not failing:
+        return None
+    return (f"{failing} of {clips} transition clips fail the transition standard (no steady progression "
+            f"between their states): see mvg-rt eval --run {shlex.quote(str(folder))}")
+
+
 def run(explicit: set[str] | None = None, **opts: Any) -> None:
     request = simulation_request(opts, explicit)
     console = Console(stderr=True, soft_wrap=True)
@@ -120,3 +133,6 @@ def run(explicit: set[str] | None = None, **opts: Any) -> None:
     video = f"{pie.rounds * (transition.frames - 1) + 1} frames" if transition else "the states"
     click.echo(f"wrote {pie.rounds + 1} states, {video} as progression.mp4/.gif, mask.png and run.json "
                f"to {folder}")
+    warning = _transition_warning(folder)
+    if warning is not None:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)

@@ -10,6 +10,8 @@
   values compare runs of one model with each other, not with the paper's numbers.
 - Per-round change inside/outside the ROI: paper Proposition 2 says PIE converges,
   so the change between consecutive states should shrink.
+- Transition clips: every clip of the run's video judged by the absolute standard of
+  :mod:`mvg_rt.eval.transition_quality` (the "transitions" section).
 - Two runs of the same simulation (e.g. two backends): PSNR and SSIM per state/frame.
 """
 
@@ -32,6 +34,7 @@ from mvg_rt.io.jsonio import finite_json, parse_json
 from mvg_rt.io.masks import run_mask
 from mvg_rt.eval.ctr import measure_ctr
 from mvg_rt.eval.metrics import psnr, ssim
+from mvg_rt.eval.transition_quality import joined_frames, transitions_report
 
 MONOTONE_TOLERANCE = 0.005  # CTR may dip by measurement noise this much and still count as rising
 CTR_NORMAL_LIMIT = 0.5  # a cardiothoracic ratio at or above 0.5 on a PA chest X-ray reads as cardiomegaly
@@ -158,6 +161,7 @@ class RunFolder:
     states: list[np.ndarray]
     roi: np.ndarray  # (H, W) in [0, 1]
     frames: list[np.ndarray]
+    clip_frames: int | None  # K, the frames of one transition clip; None for a run without transitions
     files: tuple[Path, ...]  # every file read, so that no output replaces one
 
 
@@ -214,6 +218,10 @@ def _record_problem(record: Any) -> str | None:
     pie = record.get("pie")
     if not isinstance(pie, dict) or not _is_count(pie.get("rounds")):
         return "has no pie.rounds count"
+    transition = record.get("transition")
+    if transition is not None and not (isinstance(transition, dict) and _is_count(transition.get("frames"))
+                                       and transition["frames"] >= 3):
+        return "has a transition entry without its frames count (3 or more)"
     evaluation = record.get("eval")
     if evaluation is None:
         return None
@@ -246,8 +254,14 @@ def read_run(run_dir: str | Path) -> RunFolder:
         raise MvgError(f"run {run}: mask.png is {roi.shape[1]}x{roi.shape[0]}, the states {size[0]}x{size[1]} "
                        f"(a file was replaced); {RERUN}")
     frames, frame_names = _read_pngs(run, "frames", size) if (run / "frames").is_dir() else ([], [])
+    clip_frames = (record.get("transition") or {}).get("frames")
+    expected = 0 if clip_frames is None else joined_frames(len(states) - 1, clip_frames)
+    if len(frames) != expected:
+        clips = f"{len(states) - 1} transition clips of {clip_frames} frames" if clip_frames else "no transitions"
+        raise MvgError(f"run {run}: frames/ holds {len(frames)} frames, run.json records {clips} "
+                       f"({expected} frames); {RERUN}")
     files = tuple(run / name for name in ("run.json", "mask.png", *state_names, *frame_names))
-    return RunFolder(run, record, states, roi, frames, files)
+    return RunFolder(run, record, states, roi, frames, clip_frames, files)
 
 
 def compare_runs(run_a: RunFolder, run_b: RunFolder) -> dict[str, Any]:
@@ -268,7 +282,8 @@ def compare_runs(run_a: RunFolder, run_b: RunFolder) -> dict[str, Any]:
 
 def evaluate_run(run: RunFolder, against: RunFolder | None = None) -> dict[str, Any]:
     """The measures of a run folder; the embedding similarity is the one simulate recorded with the run's model."""
-    report = {"run": str(run.path), **evaluate_states(run.states, run.roi)}
+    report = {"run": str(run.path), **evaluate_states(run.states, run.roi),
+              "transitions": transitions_report(run.frames, run.states, run.roi, run.clip_frames)}
     recorded = run.record.get("eval") or {}
     for key in ("identity_similarity", "identity_embedding"):
         report[key] = recorded.get(key)
