@@ -18,9 +18,12 @@ disease state. Stages, each seeded and with a step budget:
    states do), half are re-textured inside the heart ROI towards their end (as every
    PIE round redraws the texture there), and half of the noise levels are drawn from
    the noisier half of the schedule, where only the conditioning frames tell the
-   model what to draw: SEINE's conditioning channels start at zero, and the first
-   demo SEINE (1,500 steps at batch 4, uniform noise levels, EMA 0.999) had not
-   learnt to use them at all, so it drew the prompt's prior instead of a transition.
+   model what to draw; there the epsilon loss is weighted up by 1 / SNR (capped),
+   since an epsilon error at high noise is a large error in the clean frames that
+   plain epsilon MSE hardly charges for. SEINE's conditioning channels and temporal
+   layers start at zero (they learn at a higher rate), and the first demo SEINE
+   (1,500 steps at batch 4, uniform noise levels, plain epsilon MSE, EMA 0.999) had
+   not learnt to use them at all: it drew the prompt's prior instead of a transition.
 
 Every stage checkpoints (:mod:`mvg_rt.demo.checkpoints`): a stopped training resumes.
 """
@@ -80,6 +83,7 @@ class DemoTrainingConfig:
     seine_new_layer_lr: float = 1e-3  # the layers SEINE adds start at zero: they learn faster than the copied ones
     seine_ema_decay: float = 0.995  # a 0.999 EMA over a few thousand steps lags far behind what was learnt
     seine_high_noise_fraction: float = 0.5  # noise levels drawn from the noisier half of the schedule
+    seine_max_loss_weight: float = 50.0  # the epsilon loss weighted by 1 / SNR, between 1 and this
     threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,7 +102,8 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "vae": ("seed", "resolution", "train_images", "vae_crop", "vae", "kl_weight"),
     "unet": ("unet", "caption_dropout", "ema_decay"),
     "clips": ("clip_frames", "train_clips", "near_clip_fraction", "near_clip_change", "retexture_fraction"),
-    "seine": ("seine", "seine_new_layer_lr", "seine_ema_decay", "seine_high_noise_fraction", "extra"),
+    "seine": ("seine", "seine_new_layer_lr", "seine_ema_decay", "seine_high_noise_fraction", "seine_max_loss_weight",
+              "extra"),
 }
 
 
@@ -369,6 +374,7 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
             embeddings_by_text[text] = text_encoder(tokenize(tokenizer, [prompt])).last_hidden_state[0]
     alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - linear_betas())).float()
     frame_mask = known_frame_mask(frames).view(1, 1, frames, 1, 1)
+    loss_weight = (1.0 / (alphas_cumprod / (1.0 - alphas_cumprod))).clamp(1.0, config.seine_max_loss_weight)
     budget = config.seine
     new = [p for name, p in seine.named_parameters() if is_temporal(name) or name.startswith(CONV_IN.rsplit(".", 1)[0])]
     old = [p for name, p in seine.named_parameters() if not any(p is q for q in new)]
@@ -395,7 +401,7 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
         texts = _drop_captions([captions[i] for i in index.tolist()], config.caption_dropout, generator)
         embeddings = torch.stack([embeddings_by_text[t] for t in texts])
         prediction = seine(torch.cat([noisy, condition], dim=1), timesteps.float(), embeddings)
-        loss = F.mse_loss(prediction, noise)
+        loss = (loss_weight[timesteps] * ((prediction - noise) ** 2).mean(dim=(1, 2, 3, 4))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(seine.parameters(), 1.0)
