@@ -205,11 +205,16 @@ def train_demo(out: Path, seed: int, scale: float, overwrite: bool, checkpoints:
 @click.option("--against", type=click.Path(file_okay=False, path_type=Path), help="A second run to compare with.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
 @click.option("--figure", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: states strip + CTR.")
-def evaluate(run_dir: Path, against: Path | None, json_path: Path | None, figure: Path | None) -> None:
-    """CTR trajectory, identity outside the ROI, per-round change; PSNR/SSIM against a second run."""
+@click.option("--strip", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG: the frames of one transition clip (--clip) with its verdict.")
+@click.option("--clip", type=INT, default=1, show_default=True, help="Which clip --strip shows (1 = states 0-1).")
+def evaluate(run_dir: Path, against: Path | None, json_path: Path | None, figure: Path | None, strip: Path | None,
+             clip: int) -> None:
+    """CTR trajectory, identity outside the ROI, per-round change, the transition standard per clip;
+    PSNR/SSIM against a second run."""
     from mvg_rt.commands.evaluate import run
 
-    run(run_dir, against, json_path, figure)
+    run(run_dir, against, json_path, figure, strip, clip)
 
 
 @cli.command("make-tiny-model")

@@ -71,7 +71,8 @@ LIMITS: dict[str, Limit] = {
     "--transition-steps": _STEPS,
     "--transition-guidance": _CFG,
     "--fps": Limit(*FPS_RANGE, hint="the GIF stores each frame's time as 2 to 65535 hundredths of a second"),
-    "--roi": Limit(-1e6, 1e6),  # box / ellipse coordinates, in input-image pixels
+    "--roi": Limit(-1e6, 1e6),
+    "--clip": Limit(1, 1000, integer=True),  # eval --strip: one clip of at most --rounds clips  # box / ellipse coordinates, in input-image pixels
     "bench --resolution": Limit(64, 4096, integer=True, multiple_of=64),  # the real UNet's 3 downsamplings
     # export, build, train-demo, bench, check
     "--opset": Limit(17, 23, integer=True, hint="older opsets are too old: LayerNormalization is one op from 17"),

@@ -6,6 +6,8 @@ These tests run the trained weights in ``mvg_rt/demo/weights`` on the bundled ca
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -157,3 +159,18 @@ def test_int8_demo_unet_passes_check(demo_engines, demo_runtime, tmp_path, run_c
     code, out, err = run_cli(["check", "--engines", str(engines), "--precision", "int8", "--model-dir",
                               str(DEMO_WEIGHTS)])
     assert code == 0, out + err
+
+
+@pytest.mark.parametrize("preset", ["demo default", "fast"])
+def test_a_quick_demo_run_has_only_clips_that_meet_the_transition_standard(tmp_path, run_cli, preset):
+    """The README's first command, 3 rounds instead of 10: every clip moves from its start state to its end
+    state (mvg_rt/eval/transition_quality.py). The first demo SEINE failed this on every clip: its generated
+    frames flashed to the prompt's prior, a saturated blob, 30-72 grey levels outside the endpoints' range."""
+    out = tmp_path / "demo"
+    code, _, err = run_cli(["simulate", "--rounds", "3", "--out", str(out)]
+                           + (["--transitions", preset] if preset == "fast" else []))
+    assert code == 0, err
+    transitions = json.loads((out / "run.json").read_text())["eval"]["transitions"]
+    assert len(transitions["clips"]) == 3
+    assert transitions["passing"] == 3, transitions["summary"]
+    assert "warning" not in err

@@ -32,10 +32,11 @@ def _check_outputs(outputs: dict[str, Path], runs: list[RunFolder]) -> None:
         if target in seen:
             raise MvgError(f"{option} and {seen[target]} are the same file: give each its own path")
         seen[target] = option
-    if "--figure" in outputs:
-        from mvg_rt.eval.figure import figure_format
+    for option in ("--figure", "--strip"):
+        if option in outputs:
+            from mvg_rt.eval.figure import figure_format
 
-        figure_format(outputs["--figure"])
+            figure_format(outputs[option], option)
 
 
 def _transitions_table(section: dict[str, Any]) -> Table:
@@ -80,12 +81,26 @@ def _print(report: dict, run_dir: Path, against: Path | None) -> None:
                       + (f", min frame PSNR {other['min_frames_psnr_db']} dB" if "min_frames_psnr_db" in other else ""))
 
 
-def run(run_dir: Path, against: Path | None, json_path: Path | None, figure: Path | None = None) -> None:
+def _strip_clip(run: RunFolder, clip: int) -> None:
+    """--clip names a clip of this run (checked before the work)."""
+    if run.clip_frames is None:
+        raise MvgError(f"--strip: run {run.path} has no transition clips (made with --no-transition): "
+                       "rerun mvg-rt simulate with transitions")
+    clips = len(run.states) - 1
+    if not 1 <= clip <= clips:
+        raise MvgError(f"--clip {clip}: run {run.path} has clips 1 to {clips}")
+
+
+def run(run_dir: Path, against: Path | None, json_path: Path | None, figure: Path | None = None,
+        strip: Path | None = None, clip: int = 1) -> None:
     """Every input read and checked and every output path checked before anything is computed; the files
     are written before the table is printed, so a closed pipe (``| head``) never costs them."""
     runs = [read_run(run_dir)] + ([read_run(against)] if against is not None else [])
-    outputs = {option: path for option, path in (("--json", json_path), ("--figure", figure)) if path is not None}
+    outputs = {option: path for option, path in (("--json", json_path), ("--figure", figure), ("--strip", strip))
+               if path is not None}
     _check_outputs(outputs, runs)
+    if strip is not None:
+        _strip_clip(runs[0], clip)
     report = evaluate_run(*runs)
     if json_path is not None:
         write_report(report, json_path)
@@ -93,6 +108,10 @@ def run(run_dir: Path, against: Path | None, json_path: Path | None, figure: Pat
         from mvg_rt.eval.figure import progression_figure
 
         progression_figure(runs[0].states, report, figure, title=f"{run_dir.name}: PIE states and CTR")
+    if strip is not None:
+        from mvg_rt.eval.figure import clip_strip_figure
+
+        clip_strip_figure(runs[0].frames, report["transitions"]["clips"][clip - 1], strip, title=run_dir.name)
     _print(report, run_dir, against)
     for path in outputs.values():
         click.echo(f"wrote {path}")

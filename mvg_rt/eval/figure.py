@@ -21,14 +21,14 @@ def _pyplot():
     return plt
 
 
-def figure_format(path: str | Path) -> str:
+def figure_format(path: str | Path, option: str = "--figure") -> str:
     """The image format ``path``'s suffix asks for (no suffix: PNG); a one-line MvgError for one matplotlib
     cannot write, checked before the work."""
     suffix = Path(path).suffix.lower().lstrip(".") or "png"
     formats = _pyplot().figure().canvas.get_supported_filetypes()
     _pyplot().close("all")
     if suffix not in formats:
-        raise MvgError(f"--figure {path}: .{suffix} is not an image format it can write: name it .png "
+        raise MvgError(f"{option} {path}: .{suffix} is not an image format it can write: name it .png "
                        f"(or one of {', '.join('.' + f for f in sorted(formats))})")
     return suffix
 
@@ -66,6 +66,34 @@ def progression_figure(states: list[np.ndarray], report: dict[str, Any], path: s
         curve.legend(loc="upper left", fontsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
+    image = io.BytesIO()
+    try:
+        figure.savefig(image, format=figure_format(path), bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    write_bytes_atomic(path, image.getvalue())
+
+
+def clip_strip_figure(frames: list[np.ndarray], clip: dict[str, Any], path: str | Path, title: str = "") -> None:
+    """One transition clip as a strip of its frames, each labelled with its ROI mean and CTR, the clip's
+    verdict on the transition standard below: what a reader of the README sees of a transition at a glance.
+    ``clip`` is one entry of a run's "transitions" section (:func:`mvg_rt.eval.transition_quality.transitions_report`).
+    """
+    plt = _pyplot()
+    first, last = clip["frame_range"]
+    shown = frames[first: last + 1]
+    figure, axes = plt.subplots(1, len(shown), figsize=(1.45 * len(shown), 2.1), dpi=110)
+    for k, (axis, frame) in enumerate(zip(axes, shown)):
+        axis.imshow(frame, cmap="gray" if frame.ndim == 2 else None, vmin=0, vmax=255)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        label = f"state {clip['clip'] - 1}" if k == 0 else f"state {clip['clip']}" if k == len(shown) - 1 \
+            else f"frame {first + k}"
+        ctr = clip["ctr"][k]
+        axis.set_title(f"{label}\nROI {clip['roi_mean'][k]:.0f}" + (f" CTR {ctr:.2f}" if ctr is not None else ""),
+                       fontsize=7)
+    verdict = "meets the transition standard" if clip["passed"] else "FAILS: " + "; ".join(clip["failures"])
+    figure.suptitle((f"{title}: " if title else "") + f"clip {clip['clip']}, {verdict}", fontsize=8, wrap=True)
     image = io.BytesIO()
     try:
         figure.savefig(image, format=figure_format(path), bbox_inches="tight")
