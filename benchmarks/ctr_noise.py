@@ -5,8 +5,9 @@ Three parts, written to ``<out>/ctr_noise.json`` and ``<out>/ctr_noise.md``:
 
 1. ``demo``: the demo case's PIE states (the shipped demo model, ``mvg-rt simulate``'s demo settings: 128 px,
    strength 0.3, 10 rounds) for seeds 0..7; per seed the largest CTR change over its 11 states when uniform
-   integer noise in {-1, 0, 1} (a PNG's rounding quantum) is added, ``--draws`` times per state; and seed 0's
-   CTR trajectory. This is the measurement of ``benchmarks/int8.py``'s "FP32 readout, ±1 grey noise" row.
+   integer noise in {-1, 0, 1} (a PNG's rounding quantum) is added, ``--draws`` times per state (the
+   measurement of ``benchmarks/int8.py``'s "FP32 readout, ±1 grey noise" row); and each seed's CTR trajectory,
+   with whether ``mvg-rt eval`` reads it as the expected rise then plateau.
 2. ``phantom_noise``: the same jitter on ``--noise-phantoms`` phantoms of ``sample_dataset``.
 3. ``phantom_accuracy``: |measured - true CTR| on ``--phantoms`` phantoms of ``sample_dataset`` (the true CTR
    counts whole columns of the phantom's masks), over all of them and over those without effusion.
@@ -39,6 +40,7 @@ import torch
 import mvg_rt.eval.ctr as current
 from mvg_rt.demo.default import DEMO_CASE, demo_model_dir
 from mvg_rt.demo.phantom import render_phantom, sample_dataset
+from mvg_rt.eval.progression import ctr_course
 from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import choose_mask
 from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
@@ -99,13 +101,17 @@ def jitter_of(measure: Callable[[np.ndarray], Any], image: np.ndarray, rng: np.r
 
 
 def part_demo(readout: ModuleType, states: dict[int, list[np.ndarray]], draws: int) -> dict[str, Any]:
+    """Jitter per seed and state; each seed's CTR trajectory and whether ``mvg-rt eval`` reads it as the
+    expected rise then plateau (``ctr_course``)."""
     rng = np.random.default_rng(0)  # one stream over seeds and states in order, as benchmarks/int8.py draws it
     per_state = {seed: [round(jitter_of(readout.measure_ctr, s, rng, draws), 4) for s in seq]
                  for seed, seq in states.items()}
-    trajectory = [round(readout.measure_ctr(s).ctr, 4) for s in states[min(states)]]
+    trajectories = {seed: [round(readout.measure_ctr(s).ctr, 4) for s in seq] for seed, seq in states.items()}
     return {"jitter": {str(seed): max(values) for seed, values in per_state.items()},
             "jitter_per_state": {str(seed): values for seed, values in per_state.items()},
-            "trajectory_seed": min(states), "trajectory": trajectory}
+            "trajectory": {str(seed): ctr for seed, ctr in trajectories.items()},
+            "rise_then_plateau": {str(seed): ctr_course(ctr)["rise_then_plateau"]
+                                  for seed, ctr in trajectories.items()}}
 
 
 def columns_spanned(mask: np.ndarray) -> int:
@@ -172,12 +178,19 @@ def demo_section(report: dict[str, Any]) -> list[str]:
         jitter = [result["demo"]["jitter"][str(s)] for s in seeds]
         lines.append(f"| {name} | " + " | ".join(f"{j:.4f}" for j in jitter)
                      + f" | {sum(j <= TARGET for j in jitter)}/{len(jitter)} | {max(jitter):.4f} |")
-    first = next(iter(readouts.values()))["demo"]
-    rounds = len(first["trajectory"])
-    lines += ["", f"CTR trajectory, seed {first['trajectory_seed']} (round 0 = the input):", "",
-              "| readout | " + " | ".join(str(r) for r in range(rounds)) + " |", "|---|" + "---:|" * rounds]
-    lines += [f"| {name} | " + " | ".join(f"{c:.3f}" for c in result["demo"]["trajectory"]) + " |"
-              for name, result in readouts.items()]
+    rounds = len(next(iter(readouts.values()))["demo"]["trajectory"][str(seeds[0])])
+    lines += ["", ("CTR trajectories (round 0 = the input); last column: whether `mvg-rt eval` reads the trajectory as "
+                   "the expected rise then plateau (`mvg_rt.eval.progression.ctr_course`):"), "",
+              "| seed | readout | " + " | ".join(str(r) for r in range(rounds)) + " | rise then plateau |",
+              "|---|---|" + "---:|" * rounds + ":---:|"]
+    for seed in seeds:
+        for name, result in readouts.items():
+            ctr = result["demo"]["trajectory"][str(seed)]
+            reads = "yes" if result["demo"]["rise_then_plateau"][str(seed)] else "no"
+            lines.append(f"| {seed} | {name} | " + " | ".join(f"{c:.3f}" for c in ctr) + f" | {reads} |")
+    for name, result in readouts.items():
+        reads = sum(result["demo"]["rise_then_plateau"].values())
+        lines += ["", f"{name}: rise then plateau on {reads}/{len(seeds)} seeds."]
     return lines
 
 
