@@ -51,7 +51,7 @@ from mvg_rt.artifacts.manifest import Manifest
 from mvg_rt.calibration import CalibrationSettings, RecordingBackend, calibration_cases, record_unet_feeds
 from mvg_rt.components import PIE_COMPONENTS, SEINE
 from mvg_rt.demo.default import DEMO_CASE, DEMO_WEIGHTS
-from mvg_rt.eval.ctr import measure_ctr
+from mvg_rt.eval.ctr import noise_jitter
 from mvg_rt.eval.metrics import psnr
 from mvg_rt.eval.progression import evaluate_states
 from mvg_rt.export.build import ExportRequest, add_int8, export_engines
@@ -221,14 +221,6 @@ def weight_only(int8: Path, out: Path) -> Path:
     return out
 
 
-def readout_jitter(state: np.ndarray, rng: np.random.Generator) -> float:
-    """Largest CTR change when ±1 grey level of uniform noise is added to ``state``."""
-    ctr = measure_ctr(state).ctr
-    moved = [measure_ctr(np.clip(state.astype(np.int16) + rng.integers(-1, 2, state.shape), 0, 255)
-                         .astype(np.uint8)).ctr for _ in range(JITTER_DRAWS)]
-    return float(max(abs(m - ctr) for m in moved))
-
-
 def part_ctr_seeds(engines: Path, work: Path) -> dict[str, Any]:
     """Max CTR gap to FP32 per seed for FP16, INT8 and INT8 weight-only; the FP32 readout's jitter."""
     case = demo_case(DEMO_RESOLUTION)
@@ -242,7 +234,7 @@ def part_ctr_seeds(engines: Path, work: Path) -> dict[str, Any]:
     for seed in SEEDS:
         states = pie_states(fp32, case, demo_settings(), seed)
         reference = np.array(evaluate_states(states, case[1] / 255.0)["ctr"])
-        jitter.append(max(readout_jitter(s, rng) for s in states))
+        jitter.append(max(noise_jitter(s, rng, JITTER_DRAWS) for s in states))
         for name, runtime in variants.items():
             ctr = evaluate_states(pie_states(runtime, case, demo_settings(), seed), case[1] / 255.0)["ctr"]
             gaps[name].append(round(float(np.abs(np.array(ctr) - reference).max()), 4))

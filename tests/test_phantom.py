@@ -15,7 +15,7 @@ from mvg_rt.demo.phantom import (
     render_phantom,
     sample_dataset,
 )
-from mvg_rt.eval.ctr import NotAChestXray, measure_ctr
+from mvg_rt.eval.ctr import NotAChestXray, measure_ctr, noise_jitter
 
 
 def _patients(n: int, seed: int) -> list[PatientAnatomy]:
@@ -138,13 +138,15 @@ def _measured_errors(size: int, n: int, seed: int, perturb: bool = False) -> np.
 
 
 def test_measure_ctr_accuracy_clean() -> None:
+    """The phantoms' true CTR counts whole mask columns, so +-0.5 px per border (~0.005 CTR) is the truth's own
+    rounding."""
     errors = _measured_errors(128, 40, seed=21)
-    assert (errors <= 0.03).mean() >= 0.95, np.sort(errors)[-5:]
+    assert errors.max() <= 0.02 and errors.mean() <= 0.01, np.sort(errors)[-5:]
 
 
 def test_measure_ctr_accuracy_blurred_noisy() -> None:
     errors = _measured_errors(128, 30, seed=22, perturb=True)
-    assert (errors <= 0.04).mean() >= 0.9, np.sort(errors)[-5:]
+    assert (errors <= 0.02).mean() >= 0.9 and errors.max() <= 0.035, np.sort(errors)[-5:]
 
 
 def test_measure_ctr_monotonic_in_severity() -> None:
@@ -154,12 +156,25 @@ def test_measure_ctr_monotonic_in_severity() -> None:
         assert ctrs[-1] - ctrs[0] > 0.1
 
 
+@pytest.mark.parametrize("disease", [DiseaseState(0.0), DiseaseState(0.5), DiseaseState(1.0),
+                                     DiseaseState(0.6, effusion_right=0.4, effusion_left=0.6)],
+                         ids=["normal", "moderate", "severe", "effusions"])
+def test_measure_ctr_is_stable_under_one_grey_level_of_noise(disease: DiseaseState) -> None:
+    """+-1 grey level (a PNG's rounding quantum) moves the CTR by far less than the 0.01 a judged difference needs;
+    whole-pixel borders moved it by up to 0.01 here and 0.085 on the demo's states
+    (benchmarks/results/cpu-2core/ctr_noise.md)."""
+    rng = np.random.default_rng(0)
+    for anatomy in _patients(4, 25):
+        assert noise_jitter(render_phantom(anatomy, disease).image, rng, draws=4) <= 0.005
+
+
 def test_measure_ctr_accepts_rgb_and_reports_spans() -> None:
     phantom = render_phantom(_patients(1, 24)[0], DiseaseState(0.5), 128)
     grey = measure_ctr(phantom.image)
     rgb = measure_ctr(np.repeat(phantom.image[..., None], 3, axis=2))
     assert grey == rgb
-    assert grey.heart_width == grey.heart_span[1] - grey.heart_span[0] + 1
+    assert grey.heart_width == grey.heart_span[1] - grey.heart_span[0]  # sub-pixel borders: no "+ 1"
+    assert grey.thorax_width == grey.thorax_span[1] - grey.thorax_span[0]
     assert grey.thorax_span[0] < grey.heart_span[0] < grey.heart_span[1] < grey.thorax_span[1]
 
 

@@ -257,7 +257,7 @@ def test_stage_lines_are_printed_when_stderr_is_not_a_terminal(tmp_path: Path, b
 
 
 def test_ctr_course_reads_as_the_demo_promises():
-    demo = [0.42, 0.47, 0.52, 0.56, 0.60, 0.63, 0.62, 0.66, 0.64, 0.65, 0.63]  # the README's committed run
+    demo = [0.42, 0.47, 0.52, 0.56, 0.60, 0.63, 0.62, 0.66, 0.64, 0.65, 0.63]  # an earlier demo run: a wobbly plateau
     course = ctr_course(demo)
     assert course["rise_then_plateau"] and course["crosses_limit_at_round"] == 2
     assert course["summary"].startswith("CTR rises from 0.42 (normal, below 0.5)")

@@ -38,8 +38,8 @@ DEMO_CASE = DemoCase(
     mask=ASSETS / "demo_heart_roi.png",
     prompt="severe cardiomegaly",
     # strength 0.3, not the paper's 0.6: the demo model renders a prompt's severity in one 0.6-strength round
-    # (measured CTR 0.42 -> 0.66 in round 1, then flat), a step rather than a progression; at 0.3 the CTR rises
-    # over the first 5-6 rounds (0.42 -> 0.63, seed 0), then plateaus (~0.62-0.66) as the change per round shrinks.
+    # (measured CTR 0.43 -> 0.65 in round 1, then flat), a step rather than a progression; at 0.3 the CTR rises
+    # over the first 5-6 rounds (0.43 -> 0.64, seed 0), then plateaus (~0.64-0.65) as the change per round shrinks.
     settings={"strength": 0.3, "frames": 8, "transition_steps": 25, "transition_sampler": "ddim",
               "fps": 8.0},
 )

@@ -9,16 +9,30 @@ truth masks). It follows what a radiologist does with a ruler:
    border); a two-class Otsu inside the body separates aerated lung from soft tissue, so
    the threshold follows the exposure. The largest enclosed dark region on each side is
    a lung; closing and hole filling absorb ribs and vessel markings.
-2. The internal thoracic diameter is the horizontal extent of the two lung fields (their
+2. Every edge used below is moved, row by row, to the intensity rise within a few
+   pixels, the middle of the edge, so blur or a threshold that sits off-centre does not
+   bias it. It is placed to a fraction of a pixel (the centroid of the rise above half
+   its peak), and a running median over rows keeps one row (a vessel crossing the
+   border, a noisy row) from setting an extreme.
+3. The internal thoracic diameter is the horizontal extent of the two lung fields (their
    lateral margins are the inner margins of the rib cage).
-3. The transverse cardiac diameter is the horizontal extent of the heart, whose borders
+4. The transverse cardiac diameter is the horizontal extent of the heart, whose borders
    are the lungs' medial edges below the hila. Each medial edge is followed down row by
    row while it stays one continuous edge, and cut at the cardiophrenic angle, the
-   concave corner where it leaves the heart and runs along the diaphragm dome.
-4. Every edge is finally moved to the steepest intensity rise within a few pixels, the
-   middle of the edge, so blur or a threshold that sits off-centre does not bias it.
+   concave corner where it leaves the heart and runs out along the diaphragm dome: the
+   point of its lower part lying furthest medial of the chord between that part's ends
+   (the knee of the curve). The heart's extreme on that side is the edge's outermost
+   point above the cut.
 5. CTR = cardiac diameter / thoracic diameter (max right + max left extents, each at
    whatever level it occurs, as in the clinical definition).
+
+Why sub-pixel, and why a knee rather than a slope threshold: at 128 px one pixel of heart
+width is ~0.009 CTR, so whole-pixel borders, and a corner test that tips from one row to
+another, made the readout jump when one grey level of noise was added. Each step after
+the segmentation now varies continuously with the image, except where it picks one of
+separate candidates (or the lung mask's edge, which centres an edge's search window,
+moves a pixel). The readout's jitter under +-1 grey level of noise and its accuracy on
+phantoms are in ``benchmarks/results/cpu-2core/ctr_noise.md`` (``benchmarks/ctr_noise.py``).
 
 Lengths are tuned at 128 px and scale with the image, so 128x128 and 512x512 behave
 alike, and the morphology keeps it working on the blurry, noisy outputs of a small
@@ -45,7 +59,9 @@ MIN_VERTICAL_OVERLAP = 0.5  # of the shorter lung: the two fields sit side by si
 OPENING_RADII = (1.5, 3.0, 4.5)  # px at 128, tried in turn to detach the lungs from the outside air
 HILUM_LEVEL = 0.45  # the heart borders are searched below this fraction of the lung height
 CARDIOPHRENIC_LEVEL = 0.65  # the cardiophrenic angles lie below this fraction of the lung height
-CORNER_SLOPE = 0.5  # px/row: a jump in the edge's outward slope this big is a concave corner
+CORNER_DEPTH = 0.5  # px at 128: how far a concave corner must dip below the edge's chord
+RIB_CAGE_ROWS = 5  # rows at 128 px of the running median along a rib-cage margin
+HEART_BORDER_ROWS = 7  # likewise along a heart border (vessels and blobs cross it)
 
 
 class NotAChestXray(MvgError, ValueError):
@@ -54,15 +70,20 @@ class NotAChestXray(MvgError, ValueError):
 
 @dataclass(frozen=True)
 class CtrMeasurement:
-    """A CTR with the spans it came from (columns inclusive, in input pixels)."""
+    """A CTR with the spans it came from, in input pixels.
+
+    Spans are sub-pixel border positions in column coordinates: the border between columns
+    c and c + 1 is at c + 0.5, so a width is the difference of its span's ends (a region
+    covering columns a..b whole is b - a + 1 wide).
+    """
 
     ctr: float
-    heart_width: int
-    thorax_width: int
+    heart_width: float
+    thorax_width: float
     heart_row: int  # where the cardiac diameter is drawn: between its two extreme rows
     thorax_row: int  # likewise for the thoracic diameter
-    heart_span: tuple[int, int]  # (right heart border = image-left column, apex-side column)
-    thorax_span: tuple[int, int]
+    heart_span: tuple[float, float]  # (right heart border = image-left border, apex-side border)
+    thorax_span: tuple[float, float]
 
 
 def measure_ctr(image: np.ndarray) -> CtrMeasurement:
@@ -75,8 +96,8 @@ def measure_ctr(image: np.ndarray) -> CtrMeasurement:
     thorax_left, thorax_left_row = _rib_cage_margin(smooth, right_lung, leftmost=True)
     thorax_right, thorax_right_row = _rib_cage_margin(smooth, left_lung, leftmost=False)
     heart_left, heart_left_row, heart_right, heart_right_row = _heart_borders(smooth, right_lung, left_lung)
-    heart_width = heart_right - heart_left + 1
-    thorax_width = thorax_right - thorax_left + 1
+    heart_width = heart_right - heart_left
+    thorax_width = thorax_right - thorax_left
     return CtrMeasurement(
         ctr=heart_width / thorax_width,
         heart_width=heart_width,
@@ -86,6 +107,16 @@ def measure_ctr(image: np.ndarray) -> CtrMeasurement:
         heart_span=(heart_left, heart_right),
         thorax_span=(thorax_left, thorax_right),
     )
+
+
+def noise_jitter(image: np.ndarray, rng: np.random.Generator, draws: int = 16, grey_levels: int = 1) -> float:
+    """Largest CTR change over ``draws`` copies of ``image`` with uniform integer noise in
+    [-grey_levels, grey_levels] added (clipped to uint8): the readout's own resolution on
+    that image, the floor under any CTR difference between two runs that it is asked to judge."""
+    ctr = measure_ctr(image).ctr
+    noisy = (np.clip(np.asarray(image, dtype=np.int16) + rng.integers(-grey_levels, grey_levels + 1, np.shape(image)),
+                     0, 255).astype(np.uint8) for _ in range(draws))
+    return max(abs(measure_ctr(copy).ctr - ctr) for copy in noisy)
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -146,7 +177,7 @@ def _air_threshold(values: np.ndarray) -> float:
 
 
 def _disk(radius: float) -> np.ndarray:
-    r = max(1, int(round(radius)))
+    r = max(1, round(radius))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     return xx * xx + yy * yy <= r * r + r
 
@@ -229,33 +260,54 @@ def _check_pair(right_lung: np.ndarray, left_lung: np.ndarray) -> None:
         raise NotAChestXray("the two dark regions are not side by side like lung fields")
 
 
-def _rib_cage_margin(smooth: np.ndarray, lung: np.ndarray, leftmost: bool) -> tuple[int, int]:
+def _rib_cage_margin(smooth: np.ndarray, lung: np.ndarray, leftmost: bool) -> tuple[float, int]:
     """(column, row) of the lung's outermost lateral margin, i.e. the inner rib-cage margin.
 
-    Each row's mask edge is moved to the steepest lung-to-chest-wall rise within a few
+    Each row's mask edge is moved to the centre of the lung-to-chest-wall rise within a few
     pixels: on a blurred image the thin chest wall falls below the lung threshold and the
-    mask spills past it, but the wall's inner edge is still the steepest rise. A running
-    median over rows keeps one noisy row from setting the extreme.
+    mask spills past it, but the wall's inner edge is still where the image rises. A
+    running median over rows keeps one noisy row from setting the extreme.
     """
     rows = np.flatnonzero(lung.any(axis=1))
     sub = lung[rows]
     coarse = sub.argmax(axis=1) if leftmost else lung.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
-    refined = ndimage.median_filter(_steepest_rise(smooth, rows, coarse, -1 if leftmost else 1, keep_bright=False),
-                                    size=5, mode="nearest")
-    best = int(refined.argmin() if leftmost else refined.argmax())
-    return int(refined[best]), int(rows[best])
+    margin = _running_median(_rise_centre(smooth, rows, coarse, -1 if leftmost else 1), RIB_CAGE_ROWS, smooth.shape)
+    best = int(margin.argmin() if leftmost else margin.argmax())
+    return float(margin[best]), int(rows[best])
 
 
-def _steepest_rise(smooth: np.ndarray, rows: np.ndarray, columns: np.ndarray, toward: int,
-                   keep_bright: bool) -> np.ndarray:
-    """Per row, move ``columns`` (within a few pixels) to the pixel pair where the smoothed
-    image rises fastest in direction ``toward`` (+1: brighter to the right): the middle of
-    the edge, whatever the threshold was. Returns the bright or the dark pixel of the pair."""
-    reach = max(2, int(round(3 * _scale(smooth.shape))))
+def _running_median(values: np.ndarray, rows_at_128: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Median over an odd number of neighbouring rows (``rows_at_128`` at 128 px, scaled)."""
+    size = 2 * round((rows_at_128 * _scale(shape) - 1) / 2) + 1
+    return ndimage.median_filter(values, size=max(3, size), mode="nearest")
+
+
+def _rise_centre(smooth: np.ndarray, rows: np.ndarray, columns: np.ndarray, toward: int) -> np.ndarray:
+    """Per row, the sub-pixel column (within a few pixels of ``columns``) where the smoothed
+    image rises in direction ``toward`` (+1: brighter to the right): the middle of the
+    edge, whatever the threshold was.
+
+    The rise between two neighbouring pixels sits half-way between them (column c + 0.5 for
+    c and c + 1). The edge is the centroid of the rises above half the largest one (the
+    edge's full width at half maximum), not the largest rise itself: a whole-pixel argmax
+    jumps a pixel (~0.01 CTR at 128 px), or to a second edge a few pixels away, when one
+    grey level tips it, whereas the centroid moves continuously with the image.
+    """
+    reach = max(2, round(3 * _scale(smooth.shape)))
     dark = np.clip(columns[:, None] + np.arange(-reach, reach + 1)[None, :], 1, smooth.shape[1] - 2)
     rise = smooth[rows[:, None], dark + toward] - smooth[rows[:, None], dark]
-    best = dark[np.arange(len(rows)), rise.argmax(axis=1)]
-    return best + toward if keep_bright else best
+    top = rise.max(axis=1, keepdims=True)
+    # a row with no rise at all (top <= 0) keeps its largest one
+    weight = np.where(top > 0, np.maximum(rise - 0.5 * top, 0.0), rise == top)
+    return (weight * (dark + 0.5 * toward)).sum(axis=1) / weight.sum(axis=1)
+
+
+def _parabola_peak(before: np.ndarray, peak: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Offset in [-0.5, 0.5] samples of the vertex of the parabola through three samples
+    around a maximum (0 where they are not curved down)."""
+    curvature = before - 2.0 * peak + after
+    offset = np.divide(before - after, 2.0 * curvature, out=np.zeros_like(curvature), where=curvature < 0)
+    return np.clip(offset, -0.5, 0.5)
 
 
 def _runs(row: np.ndarray) -> list[tuple[int, int]]:
@@ -282,54 +334,61 @@ def _medial_edge(lung: np.ndarray, start: int, medial_is_right: bool) -> tuple[n
     return np.array(rows, dtype=np.int64), np.array(edges, dtype=np.int64)
 
 
-def _cardiac_length(outward: np.ndarray, rows: np.ndarray, corner_from_row: int, window: int) -> int:
-    """How many leading samples of a medial edge are cardiac border.
+def _cardiophrenic_corner(outward: np.ndarray, first: int, min_depth: float) -> float:
+    """Sub-sample index of the cardiophrenic angle along a medial edge given as its outward
+    position per row, searched from sample ``first`` down; the last sample if there is none.
 
-    The heart bulges into the lung, so along its border the edge's outward slope only
-    decreases. Where the heart rests on the diaphragm the edge turns a concave corner (the
-    cardiophrenic angle) and runs out along the dome; that corner is the first place in the
-    lower lung where the slope over ``window`` rows jumps up by CORNER_SLOPE px/row. Higher
-    up, the corner where the heart leaves the mediastinum is concave too, hence the floor.
+    Above the angle the edge is the heart's border, below it the diaphragm dome, which runs
+    out towards the chest wall much faster: the edge turns a concave corner there. The
+    corner is the knee of that part of the edge: the point lying furthest medial of the
+    chord joining its ends. That is the extreme of a quantity every row feeds, so it moves
+    smoothly with the image, where the first row whose local change of slope passes a
+    threshold tips from row to row. Higher up, the corner where the heart leaves the
+    mediastinum is concave too, hence ``first``. A knee less than ``min_depth`` px deep is
+    no corner (e.g. an effusion ends the lung above the diaphragm): all of it is heart.
     """
     n = len(outward)
-    concavity = np.full(n, -np.inf)
-    for i in range(1, n - 1):
-        if rows[i] >= corner_from_row:
-            after = _slope(outward[i:i + window + 1])
-            before = _slope(outward[max(0, i - window):i + 1])
-            concavity[i] = after - before
-    corners = np.flatnonzero(concavity >= CORNER_SLOPE)
-    if corners.size == 0:
-        return n
-    i = int(corners[0])
-    while i + 1 < n and concavity[i + 1] > concavity[i]:
-        i += 1
-    return i + 1
+    if first >= n - 2:
+        return float(n - 1)
+    samples = np.arange(n, dtype=np.float64)
+    chord = outward[first] + (outward[-1] - outward[first]) * (samples - first) / (n - 1 - first)
+    depth = (chord - outward)[first:]
+    i = int(np.argmax(depth))
+    if depth[i] < min_depth:  # also where the knee is an end, so i - 1 and i + 1 exist below
+        return float(n - 1)
+    return first + i + float(_parabola_peak(depth[i - 1], depth[i], depth[i + 1]))
 
 
-def _slope(values: np.ndarray) -> float:
-    """Least-squares slope per sample: robust to the 1 px staircase of a digitised edge."""
-    t = np.arange(len(values), dtype=np.float64) - (len(values) - 1) / 2.0
-    return float(np.dot(t, values) / np.dot(t, t))
+def _extreme_above(outward: np.ndarray, corner: float) -> tuple[float, int]:
+    """The largest outward position of the edge down to the sub-sample ``corner`` (the edge
+    interpolated there, so it changes continuously as the corner moves) and the sample it
+    is nearest to."""
+    best = int(np.argmax(outward[:int(corner) + 1]))
+    at_corner = float(np.interp(corner, np.arange(len(outward)), outward))
+    if at_corner > outward[best]:
+        return at_corner, round(corner)
+    return float(outward[best]), best
 
 
-def _heart_borders(smooth: np.ndarray, right_lung: np.ndarray, left_lung: np.ndarray) -> tuple[int, int, int, int]:
+def _heart_borders(smooth: np.ndarray, right_lung: np.ndarray, left_lung: np.ndarray
+                   ) -> tuple[float, int, float, int]:
     """(left column, its row, right column, its row) of the cardiac silhouette."""
     top = min(_row_range(right_lung)[0], _row_range(left_lung)[0])
     bottom = max(_row_range(right_lung)[1], _row_range(left_lung)[1])
     start = top + int(HILUM_LEVEL * (bottom - top))
     corner_from_row = top + int(CARDIOPHRENIC_LEVEL * (bottom - top))
-    window = max(4, int(round(5 * _scale(right_lung.shape))))
+    min_depth = CORNER_DEPTH * _scale(smooth.shape)
     extremes = []
     for lung, medial_is_right in ((right_lung, True), (left_lung, False)):
         rows, edges = _medial_edge(lung, start, medial_is_right)
         if rows.size == 0:
             raise NotAChestXray("no cardiac border: the lung fields do not reach below the hila")
-        edges = _steepest_rise(smooth, rows, edges, 1 if medial_is_right else -1, keep_bright=True)
-        outward = -edges if medial_is_right else edges
-        keep = _cardiac_length(outward, rows, corner_from_row, window)
-        best = int(np.argmax(outward[:keep]))
-        extremes.append((int(edges[best]), int(rows[best])))
+        toward = 1 if medial_is_right else -1
+        outward = -toward * _running_median(_rise_centre(smooth, rows, edges, toward), HEART_BORDER_ROWS,
+                                            smooth.shape)
+        corner = _cardiophrenic_corner(outward, corner_from_row - start, min_depth)
+        extreme, best = _extreme_above(outward, corner)
+        extremes.append((-toward * extreme, int(rows[best])))
     (left, left_row), (right, right_row) = extremes
     if right <= left:
         raise NotAChestXray("the lung fields overlap: no mediastinum between them")
