@@ -4,6 +4,7 @@ naming the criteria; every clip of a run is judged by ``mvg-rt eval`` and record
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,22 @@ def test_eval_reports_the_standard_for_every_clip(joined, roi: np.ndarray, tmp_p
     section = json.loads((tmp_path / "report.json").read_text())["transitions"]
     assert section["passing"] == 1 and section["clip_frames"] == FRAMES
     assert section["clips"][1]["failures"][1].startswith("path ratio ")
+
+
+def test_eval_draws_one_clip_as_a_strip(joined, roi: np.ndarray, tmp_path: Path, run_cli):
+    frames, states = joined
+    run = _run_folder(tmp_path / "run", frames, states, roi, FRAMES)
+    code, out, err = run_cli(["eval", "--run", str(run), "--strip", str(tmp_path / "strip.png"), "--clip", "2"])
+    assert code == 0 and f"wrote {tmp_path / 'strip.png'}" in out, err
+    strip = np.asarray(Image.open(tmp_path / "strip.png"))
+    assert strip.shape[1] > 4 * strip.shape[0]  # the clip's 8 frames side by side
+    for clip, problem in (("3", "--clip 3: run .* has clips 1 to 2"), ("0", "--clip must be")):
+        code, _, err = run_cli(["eval", "--run", str(run), "--strip", str(tmp_path / "other.png"), "--clip", clip])
+        assert code == 2 and err.count("\n") == 1 and not (tmp_path / "other.png").exists(), err
+        assert re.search(problem, err), err
+    no_clips = _run_folder(tmp_path / "states-only", [], states, roi, None)
+    code, _, err = run_cli(["eval", "--run", str(no_clips), "--strip", str(tmp_path / "other.png")])
+    assert code == 2 and "has no transition clips" in err, err
 
 
 def test_eval_of_a_run_without_transitions_says_so(joined, roi: np.ndarray, tmp_path: Path, run_cli):
