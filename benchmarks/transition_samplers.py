@@ -146,12 +146,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"CPU: {report['host']['cpu']}, {report['host']['threads']} torch thread(s); commit {report['commit']}.",
         "",
         f"Demo case, {report['resolution']} px, {report['frames']}-frame clips between every pair of consecutive "
-        f"PIE states over {pie['rounds']} rounds (state CTRs: {ctr}), seeds {report['seeds']}: "
+        f"PIE states over {pie['rounds']} round(s) (state CTRs: {ctr}), seeds {report['seeds']}: "
         f"{report['rows'][0]['clips']} clips per setting. Each clip is judged on its own endpoints "
         "(`mvg_rt/eval/transition_quality.py`), not against another sampler. Mean ± std (max) over the clips; "
         "time per clip measured side by side in one run (settings interleaved).",
         "",
-        f"Criterion: {report['criterion']}. **fast preset: {report['fast']}**.",
+        f"Criterion: {report['criterion']}. **fast preset: "
+        + (f"{report['fast']}**." if report["fast"] else "no setting meets the standard, so none is chosen**."),
         "",
         "| setting | CPU s/clip | speed-up | clips passing | ROI-mean excursion (grey) | path ratio | jerkiness "
         "| CTR back-step | outside PSNR min | fails on |",

@@ -170,6 +170,9 @@ def test_int8_demo_unet_passes_check(demo_engines, demo_runtime, tmp_path, run_c
     assert code == 0, out + err
 
 
+@pytest.mark.xfail(strict=True, reason="issue 19 is open: the demo SEINE's clips sampled from pure noise still drift "
+                   "to a bright heart filling the ROI (ROI mean 3-68 grey levels outside the endpoints' range); "
+                   "strict, so the suite says so the day new weights pass")
 @pytest.mark.parametrize("preset", ["demo default", "fast"])
 def test_a_quick_demo_run_has_only_clips_that_meet_the_transition_standard(tmp_path, run_cli, preset):
     """The README's first command, 3 rounds instead of 10: every clip moves from its start state to its end

@@ -18,7 +18,8 @@ WEIGHT_FILES = ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytor
 
 def _small_config() -> DemoTrainingConfig:
     budget = StageBudget(steps=3, batch=2, lr=1e-3)
-    return DemoTrainingConfig(train_images=8, train_clips=4, vae=budget, unet=budget, seine=budget)
+    return DemoTrainingConfig(train_images=8, train_clips=4, vae=budget, unet=budget, seine=budget,
+                              seine_refine=budget)
 
 
 def _weights(folder: Path) -> dict[str, dict]:
@@ -36,7 +37,7 @@ def test_a_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     train_demo(config, whole, tmp_path / "whole-checkpoints", lambda _: None)
 
     def stop_in_seine(message: str) -> None:
-        if message.startswith("seine step 2/"):
+        if message.startswith("seine_refine step 2/"):
             raise _Stop  # a stop in the middle of a step: the last save is after step 1
 
     resumed = tmp_path / "resumed"
@@ -46,11 +47,13 @@ def test_a_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
         train_demo(config, resumed, checkpoints, stop_in_seine, save_every_seconds=0.0)
     keys = stage_keys(config)
     assert sorted(p.name for p in checkpoints.iterdir()) == sorted(
-        [f"vae-{keys['vae']}.done.pt", f"unet-{keys['unet']}.done.pt", f"seine-{keys['seine']}.progress.pt"])
+        [f"{stage}-{keys[stage]}.done.pt" for stage in ("vae", "unet", "clips", "seine")]
+        + [f"seine_refine-{keys['seine_refine']}.progress.pt"])
     messages: list[str] = []
     train_demo(config, resumed, checkpoints, messages.append, save_every_seconds=0.0)
     assert any(m.startswith("vae: finished earlier") for m in messages)
-    assert any(m.startswith("seine: resuming at step 2/3") for m in messages)
+    assert any(m.startswith("seine: finished earlier") for m in messages)
+    assert any(m.startswith("seine_refine: resuming at step 2/3") for m in messages)
     expected, got = _weights(whole), _weights(resumed)
     for name in WEIGHT_FILES:
         assert expected[name].keys() == got[name].keys()
@@ -60,9 +63,12 @@ def test_a_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
 def test_a_stage_setting_changes_only_its_own_and_later_keys() -> None:
     config = _small_config()
     seine_only = dataclasses.replace(config, seine=StageBudget(steps=4, batch=2, lr=1e-3))
+    refine_only = stage_keys(dataclasses.replace(config, seine_refine_min_level=300))
     unet_too = dataclasses.replace(config, caption_dropout=0.2)
     base, changed, earlier = stage_keys(config), stage_keys(seine_only), stage_keys(unet_too)
     assert (base["vae"], base["unet"]) == (changed["vae"], changed["unet"]) and base["seine"] != changed["seine"]
+    assert all(refine_only[s] == base[s] for s in ("vae", "unet", "clips", "seine"))
+    assert refine_only["seine_refine"] != base["seine_refine"]
     assert base["vae"] == earlier["vae"] and base["unet"] != earlier["unet"] and base["seine"] != earlier["seine"]
 
 

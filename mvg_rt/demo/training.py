@@ -84,6 +84,13 @@ class DemoTrainingConfig:
     seine_ema_decay: float = 0.995  # a 0.999 EMA over a few thousand steps lags far behind what was learnt
     seine_high_noise_fraction: float = 0.5  # noise levels drawn from the noisier half of the schedule
     seine_max_loss_weight: float = 50.0  # the epsilon loss weighted by 1 / SNR, between 1 and this
+    seine_refine: StageBudget = StageBudget(steps=1000, batch=8, lr=2e-4)
+    seine_refine_new_layer_lr: float = 5e-4
+    seine_refine_min_level: int = 400  # the refine phase draws noise levels from [this, 1000) only
+    seine_refine_max_loss_weight: float = 1000.0  # ~x0 weighting up to t ~ 800
+    seine_top: StageBudget = StageBudget(steps=600, batch=8, lr=1e-4)
+    seine_top_min_level: int = 800
+    seine_top_max_loss_weight: float = 1e5  # x0 weighting over the whole top range (1 / SNR(999) ~ 25,000)
     threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -91,7 +98,8 @@ class DemoTrainingConfig:
         """The same recipe with every step budget multiplied by ``factor`` (quick runs, tests)."""
         scale = lambda b: StageBudget(max(1, int(b.steps * factor)), b.batch, b.lr)  # noqa: E731
         return DemoTrainingConfig(**{**asdict(self), "vae": scale(self.vae), "unet": scale(self.unet),
-                                     "seine": scale(self.seine)})
+                                     "seine": scale(self.seine), "seine_refine": scale(self.seine_refine),
+                                     "seine_top": scale(self.seine_top)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +112,9 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "clips": ("clip_frames", "train_clips", "near_clip_fraction", "near_clip_change", "retexture_fraction"),
     "seine": ("seine", "seine_new_layer_lr", "seine_ema_decay", "seine_high_noise_fraction", "seine_max_loss_weight",
               "extra"),
+    "seine_refine": ("seine_refine", "seine_refine_new_layer_lr", "seine_refine_min_level",
+                     "seine_refine_max_loss_weight"),
+    "seine_top": ("seine_top", "seine_top_min_level", "seine_top_max_loss_weight"),
 }
 
 
@@ -330,10 +341,11 @@ def train_text_unet(images: np.ndarray, captions: list[str], vae: Any, tokenizer
 # ----------------------------------------------------------------------------- stage 3: SEINE
 
 
-def _noise_levels(batch: int, levels: int, high_fraction: float, generator: torch.Generator) -> Tensor:
-    """Timesteps: uniform, except a ``high_fraction`` share drawn from the noisier half only."""
+def _noise_levels(batch: int, levels: int, min_level: int, high_fraction: float,
+                  generator: torch.Generator) -> Tensor:
+    """Timesteps: uniform, except a ``high_fraction`` share drawn from [min_level, levels) only."""
     uniform = torch.randint(0, levels, (batch,), generator=generator)
-    high = torch.randint(levels // 2, levels, (batch,), generator=generator)
+    high = torch.randint(min_level, levels, (batch,), generator=generator)
     return torch.where(torch.rand(batch, generator=generator) < high_fraction, high, uniform)
 
 
@@ -349,57 +361,79 @@ def _clip_moments(clips: np.ndarray, vae: Any, checkpoints: StageCheckpoints) ->
     return moments
 
 
-def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: Any, unet: Any, tokenizer: Any,
-                config: DemoTrainingConfig, checkpoints: StageCheckpoints, log: Log) -> Any:
-    from mvg_rt.models.seine_checkpoint import CONV_IN, is_temporal, seine_from_unet2d
-    from mvg_rt.models.seine_unet import SeineConfig, SeineUNet3D
+@dataclass(frozen=True)
+class SeinePhase:
+    """One phase of SEINE training: its budget, the noise levels it draws and how it weights the loss."""
 
-    seine_config = SeineConfig.from_dict(config_json("demo_seine"))
-    done = checkpoints.finished("seine")
-    if done is not None:
-        seine = SeineUNet3D(seine_config)
-        seine.load_state_dict(done["seine"])
-        return seine.eval()
-    torch.manual_seed(config.seed + 4)
-    seine = seine_from_unet2d(unet, seine_config)
+    stage: str  # checkpoint stage name
+    budget: StageBudget
+    new_layer_lr: float
+    min_level: int  # timesteps drawn from [min_level, 1000) for the high-noise share
+    high_noise_fraction: float  # the share of the batch drawn from [min_level, 1000); the rest uniform
+    max_loss_weight: float  # the epsilon loss weighted by 1 / SNR, clamped to [1, max_loss_weight]
+    seed_offset: int
+
+
+def seine_phases(config: DemoTrainingConfig) -> tuple[SeinePhase, ...]:
+    """(main, refine, top). The main phase teaches SEINE to use its conditioning; the refine and top phases
+    train only the noisier levels, x0-weighted: sampling starts from pure noise, where the clean clip is
+    ``(x - sqrt(1 - abar) eps) / sqrt(abar)`` with ``1 / sqrt(abar(999)) ~ 160``, so an epsilon bias of a few
+    thousandths becomes a bias of about one latent unit (tens of grey levels) that every later step inherits. After the main
+    phase alone, DDIM from the true clip noised to t = 800 or less landed on the clip (ROI means within 4 grey
+    levels), but from pure noise (t = 999) every frame drifted to a bright heart filling the ROI."""
+    return (SeinePhase("seine", config.seine, config.seine_new_layer_lr, 500, config.seine_high_noise_fraction,
+                       config.seine_max_loss_weight, 5),
+            SeinePhase("seine_refine", config.seine_refine, config.seine_refine_new_layer_lr,
+                       config.seine_refine_min_level, 1.0, config.seine_refine_max_loss_weight, 6),
+            SeinePhase("seine_top", config.seine_top, config.seine_top.lr, config.seine_top_min_level, 1.0,
+                       config.seine_top_max_loss_weight, 7))
+
+
+@dataclass
+class _ClipData:
+    moments: Tensor  # (M, K, 8, h, w) posterior moments of every frame
+    blank: Tensor  # (1, 8, h, w) of the zero image (SEINE's masked frames)
+    captions: list[str]
+    embeddings: dict[str, Tensor]  # caption -> text embedding of the transition prompt
+    scale: float
+
+
+def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTrainingConfig,
+                 checkpoints: StageCheckpoints, log: Log) -> Any:
+    """Train ``seine`` for one phase; returns its EMA weights' module (what is shipped)."""
+    from mvg_rt.models.seine_checkpoint import CONV_IN, is_temporal
+
     seine.train()
-    scale = float(vae.config.scaling_factor)
-    count, frames = clips.shape[:2]
-    frame_moments = _clip_moments(clips, vae, checkpoints)
-    blank_moments = encode_moments(vae, torch.zeros(1, 3, clips.shape[-2], clips.shape[-1]))
-    with torch.no_grad():
-        embeddings_by_text = {}
-        for text in sorted(set(captions)) + [""]:
-            prompt = transition_prompt(text, "smooth transition.") if text else ""
-            embeddings_by_text[text] = text_encoder(tokenize(tokenizer, [prompt])).last_hidden_state[0]
+    count, frames = data.moments.shape[:2]
     alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - linear_betas())).float()
     frame_mask = known_frame_mask(frames).view(1, 1, frames, 1, 1)
-    loss_weight = (1.0 / (alphas_cumprod / (1.0 - alphas_cumprod))).clamp(1.0, config.seine_max_loss_weight)
-    budget = config.seine
+    loss_weight = (1.0 / (alphas_cumprod / (1.0 - alphas_cumprod))).clamp(1.0, phase.max_loss_weight)
+    budget = phase.budget
     new = [p for name, p in seine.named_parameters() if is_temporal(name) or name.startswith(CONV_IN.rsplit(".", 1)[0])]
     old = [p for name, p in seine.named_parameters() if not any(p is q for q in new)]
-    optimizer = torch.optim.AdamW([{"params": old}, {"params": new, "lr": config.seine_new_layer_lr}],
+    optimizer = torch.optim.AdamW([{"params": old}, {"params": new, "lr": phase.new_layer_lr}],
                                   lr=budget.lr, weight_decay=1e-2)
     schedule = _cosine_lr(optimizer, budget.steps)
     ema = Ema(seine, config.seine_ema_decay)
-    generator = torch.Generator().manual_seed(config.seed + 5)
+    generator = torch.Generator().manual_seed(config.seed + phase.seed_offset)
     started = time.perf_counter()
     state = {"seine": seine, "ema": ema, "optimizer": optimizer, "schedule": schedule,
              "generator": GeneratorState(generator)}
-    for step in checkpoints.steps("seine", budget.steps, state):
+    for step in checkpoints.steps(phase.stage, budget.steps, state):
         index = torch.randint(count, (budget.batch,), generator=generator)
-        video = sample_latents(frame_moments[index].flatten(0, 1), scale, generator)
+        video = sample_latents(data.moments[index].flatten(0, 1), data.scale, generator)
         video = video.view(budget.batch, frames, *video.shape[1:]).transpose(1, 2)  # (B, C, K, h, w)
-        blank = sample_latents(blank_moments.expand(budget.batch * (frames - 2), -1, -1, -1), scale, generator)
+        blank = sample_latents(data.blank.expand(budget.batch * (frames - 2), -1, -1, -1), data.scale, generator)
         blank = blank.view(budget.batch, frames - 2, *blank.shape[1:]).transpose(1, 2)
         masked = torch.cat([video[:, :, :1], blank, video[:, :, -1:]], dim=2)
         noise = torch.randn(video.shape, generator=generator)
-        timesteps = _noise_levels(budget.batch, len(alphas_cumprod), config.seine_high_noise_fraction, generator)
+        timesteps = _noise_levels(budget.batch, len(alphas_cumprod), phase.min_level, phase.high_noise_fraction,
+                                  generator)
         abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
         noisy = abar.sqrt() * video + (1 - abar).sqrt() * noise
         condition = torch.cat([frame_mask.expand(budget.batch, 1, -1, *video.shape[-2:]), masked], dim=1)
-        texts = _drop_captions([captions[i] for i in index.tolist()], config.caption_dropout, generator)
-        embeddings = torch.stack([embeddings_by_text[t] for t in texts])
+        texts = _drop_captions([data.captions[i] for i in index.tolist()], config.caption_dropout, generator)
+        embeddings = torch.stack([data.embeddings[t] for t in texts])
         prediction = seine(torch.cat([noisy, condition], dim=1), timesteps.float(), embeddings)
         loss = (loss_weight[timesteps] * ((prediction - noise) ** 2).mean(dim=(1, 2, 3, 4))).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -409,9 +443,39 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
         schedule.step()
         ema.update(seine)
         if _every(step, budget.steps, count=30):
-            log(f"seine step {step + 1}/{budget.steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
-    checkpoints.finish("seine", {"seine": ema.module.state_dict()})
+            log(f"{phase.stage} step {step + 1}/{budget.steps} loss {loss.item():.4f} "
+                f"({time.perf_counter() - started:.0f}s)")
+    checkpoints.finish(phase.stage, {"seine": ema.module.state_dict()})
     return ema.module.eval()
+
+
+def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: Any, unet: Any, tokenizer: Any,
+                config: DemoTrainingConfig, checkpoints: StageCheckpoints, log: Log) -> Any:
+    from mvg_rt.models.seine_checkpoint import seine_from_unet2d
+    from mvg_rt.models.seine_unet import SeineConfig, SeineUNet3D
+
+    seine_config = SeineConfig.from_dict(config_json("demo_seine"))
+    phases = seine_phases(config)
+    done = [checkpoints.finished(phase.stage) for phase in phases]
+    if done[-1] is not None:
+        seine = SeineUNet3D(seine_config)
+        seine.load_state_dict(done[-1]["seine"])
+        return seine.eval()
+    with torch.no_grad():
+        embeddings = {text: text_encoder(tokenize(tokenizer, [transition_prompt(text, "smooth transition.")
+                                                              if text else ""])).last_hidden_state[0]
+                      for text in sorted(set(captions)) + [""]}
+    data = _ClipData(_clip_moments(clips, vae, checkpoints),
+                     encode_moments(vae, torch.zeros(1, 3, clips.shape[-2], clips.shape[-1])), captions, embeddings,
+                     float(vae.config.scaling_factor))
+    torch.manual_seed(config.seed + 4)
+    seine = seine_from_unet2d(unet, seine_config)
+    for phase, result in zip(phases, done):
+        if result is not None:
+            seine.load_state_dict(result["seine"])
+            continue
+        seine = _seine_phase(seine, data, phase, config, checkpoints, log)
+    return seine
 
 
 # ----------------------------------------------------------------------------- all stages

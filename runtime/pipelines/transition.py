@@ -49,9 +49,10 @@ from mvg_rt.runtime.pipelines.text import encode_texts
 
 ClipStepCallback = Callable[[int, int, int], None]  # (clip index from 1, step from 1, steps)
 
-#: ``--transitions`` presets: (sampler, steps). "paper" is SEINE's own sampler. "fast" is the fastest setting
-#: whose transition-quality measures stayed within DDPM-250's seed-to-seed spread in the sampler study
-#: (benchmarks/transition_samplers.py; table in benchmarks/results/cpu-2core/transition_samplers.md).
+#: ``--transitions`` presets: (sampler, steps). "paper" is SEINE's own sampler. "fast" is to be the fastest
+#: setting whose clips all meet the transition standard (mvg_rt/eval/transition_quality.py); on the demo
+#: model no setting does yet, DDPM-250 included (benchmarks/results/cpu-2core/transition_samplers.md), so it
+#: stays the earlier study's choice, DPM-Solver++(2M) at 10 steps, until a SEINE's clips can decide it.
 TRANSITION_PRESETS: dict[str, tuple[str, int]] = {"paper": ("ddpm", 250), "fast": ("dpm++2m", 10)}
 
 
