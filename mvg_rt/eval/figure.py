@@ -21,6 +21,16 @@ def _pyplot():
     return plt
 
 
+def _write(figure: Any, path: str | Path) -> None:
+    """Render ``figure`` and write it to ``path`` whole or not at all (a full disk leaves no half image)."""
+    image = io.BytesIO()
+    try:
+        figure.savefig(image, format=figure_format(path), bbox_inches="tight")
+    finally:
+        _pyplot().close(figure)
+    write_bytes_atomic(path, image.getvalue())
+
+
 def figure_format(path: str | Path, option: str = "--figure") -> str:
     """The image format ``path``'s suffix asks for (no suffix: PNG); a one-line MvgError for one matplotlib
     cannot write, checked before the work."""
@@ -66,12 +76,7 @@ def progression_figure(states: list[np.ndarray], report: dict[str, Any], path: s
         curve.legend(loc="upper left", fontsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
-    image = io.BytesIO()
-    try:
-        figure.savefig(image, format=figure_format(path), bbox_inches="tight")
-    finally:
-        plt.close(figure)
-    write_bytes_atomic(path, image.getvalue())
+    _write(figure, path)
 
 
 def clip_strip_figure(frames: list[np.ndarray], clip: dict[str, Any], path: str | Path, title: str = "") -> None:
@@ -94,9 +99,4 @@ def clip_strip_figure(frames: list[np.ndarray], clip: dict[str, Any], path: str 
                        fontsize=7)
     verdict = "meets the transition standard" if clip["passed"] else "FAILS: " + "; ".join(clip["failures"])
     figure.suptitle((f"{title}: " if title else "") + f"clip {clip['clip']}, {verdict}", fontsize=8, wrap=True)
-    image = io.BytesIO()
-    try:
-        figure.savefig(image, format=figure_format(path), bbox_inches="tight")
-    finally:
-        plt.close(figure)
-    write_bytes_atomic(path, image.getvalue())
+    _write(figure, path)
