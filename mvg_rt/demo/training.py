@@ -24,6 +24,8 @@ disease state. Stages, each seeded and with a step budget:
    layers start at zero (they learn at a higher rate), and the first demo SEINE
    (1,500 steps at batch 4, uniform noise levels, plain epsilon MSE, EMA 0.999) had
    not learnt to use them at all: it drew the prompt's prior instead of a transition.
+   Two shorter phases then train the noisier levels only, x0-weighted (see
+   :func:`seine_phases`); clips sampled from pure noise still drift (issue 19).
 
 Every stage checkpoints (:mod:`mvg_rt.demo.checkpoints`): a stopped training resumes.
 """
