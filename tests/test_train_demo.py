@@ -19,7 +19,7 @@ WEIGHT_FILES = ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytor
 def _small_config() -> DemoTrainingConfig:
     budget = StageBudget(steps=3, batch=2, lr=1e-3)
     return DemoTrainingConfig(train_images=8, train_clips=4, vae=budget, unet=budget, seine=budget,
-                              seine_refine=budget)
+                              seine_refine=budget, seine_top=budget)
 
 
 def _weights(folder: Path) -> dict[str, dict]:
@@ -37,7 +37,7 @@ def test_a_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     train_demo(config, whole, tmp_path / "whole-checkpoints", lambda _: None)
 
     def stop_in_seine(message: str) -> None:
-        if message.startswith("seine_refine step 2/"):
+        if message.startswith("seine_top step 2/"):
             raise _Stop  # a stop in the middle of a step: the last save is after step 1
 
     resumed = tmp_path / "resumed"
@@ -47,13 +47,13 @@ def test_a_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
         train_demo(config, resumed, checkpoints, stop_in_seine, save_every_seconds=0.0)
     keys = stage_keys(config)
     assert sorted(p.name for p in checkpoints.iterdir()) == sorted(
-        [f"{stage}-{keys[stage]}.done.pt" for stage in ("vae", "unet", "clips", "seine")]
-        + [f"seine_refine-{keys['seine_refine']}.progress.pt"])
+        [f"{stage}-{keys[stage]}.done.pt" for stage in ("vae", "unet", "clips", "seine", "seine_refine")]
+        + [f"seine_top-{keys['seine_top']}.progress.pt"])
     messages: list[str] = []
     train_demo(config, resumed, checkpoints, messages.append, save_every_seconds=0.0)
     assert any(m.startswith("vae: finished earlier") for m in messages)
     assert any(m.startswith("seine: finished earlier") for m in messages)
-    assert any(m.startswith("seine_refine: resuming at step 2/3") for m in messages)
+    assert any(m.startswith("seine_top: resuming at step 2/3") for m in messages)
     expected, got = _weights(whole), _weights(resumed)
     for name in WEIGHT_FILES:
         assert expected[name].keys() == got[name].keys()

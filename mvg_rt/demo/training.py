@@ -472,12 +472,11 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
                      float(vae.config.scaling_factor))
     torch.manual_seed(config.seed + 4)
     seine = seine_from_unet2d(unet, seine_config)
-    for phase, result in zip(phases, done):
-        if result is not None:
-            seine.load_state_dict(result["seine"])
-            continue
-        seine = _seine_phase(seine, data, phase, config, checkpoints, log)
-    return seine
+    for phase, result in zip(phases, done):  # each phase starts from the previous one's EMA weights
+        if result is None:
+            result = {"seine": _seine_phase(seine, data, phase, config, checkpoints, log).state_dict()}
+        seine.load_state_dict(result["seine"])
+    return seine.eval()
 
 
 # ----------------------------------------------------------------------------- all stages
