@@ -24,8 +24,9 @@ CALL_BATCH = {"text_encoder": 2, "vae_encoder": 1, "vae_decoder": 1, "unet": 2, 
 
 
 def default_cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return Path(os.environ.get(CACHE_ENV) or base / "mvg-rt" / "bench")
+    from mvg_rt.demo.default import cache_dir
+
+    return Path(os.environ.get(CACHE_ENV) or cache_dir() / "bench")
 
 
 @dataclass(frozen=True)
