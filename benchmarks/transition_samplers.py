@@ -57,6 +57,13 @@ def _cpu_name() -> str:
                 platform.processor())
 
 
+def _commit() -> str | None:
+    """HEAD's short hash, with "-dirty" when the working tree differs from it (the weights may be new)."""
+    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()  # noqa: E731
+    head = git("rev-parse", "--short", "HEAD")
+    return f"{head}-dirty" if head and git("status", "--porcelain", "--untracked-files=no") else head or None
+
+
 def demo_states(rounds: int) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
     """The demo case's PIE states and ROI, from a real ``mvg-rt simulate --no-transition`` run."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,8 +130,7 @@ def run_study(seeds: list[int], grid: tuple[tuple[str, int], ...], frames: int, 
         "study": "transition samplers against the absolute transition standard, demo case",
         "host": {"cpu": _cpu_name(), "machine": platform.machine(), "torch": torch.__version__,
                  "threads": torch.get_num_threads()},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 check=False).stdout.strip() or None,
+        "commit": _commit(),
         "model": provenance, "notice": notice, "resolution": int(roi.shape[0]), "frames": frames, "seeds": seeds,
         "pie": {"rounds": rounds, "seconds": pie_seconds, "state_ctr": record.get("eval", {}).get("ctr")},
         "criterion": "meets the standard: every clip (all pairs x seeds) passes mvg_rt.eval.transition_quality; "

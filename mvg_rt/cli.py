@@ -76,7 +76,7 @@ def _default_out() -> Path:
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint. Default: <model-dir>/seine/.")
 @click.option("--frames", type=INT, default=16, show_default=True, help="Frames K per transition clip.")
 @click.option("--transitions", type=click.Choice(["paper", "fast"]), default="paper", show_default=True,
-              help="Transition preset. paper: SEINE's DDPM, 250 steps; fast: DPM-Solver++(2M), 10 steps, 22x "
+              help="Transition preset. paper: SEINE's DDPM, 250 steps; fast: DDIM, 10 steps, about 20x "
                    "faster (README, Transition samplers).")
 @click.option("--transition-steps", type=INT, help="SEINE sampling steps. Default: from --transitions.")
 @click.option("--transition-sampler", type=click.Choice(["ddpm", "ddim", "dpm++2m", "unipc"]),

@@ -236,7 +236,8 @@ def _open_torch(spec: RuntimeSpec) -> Runtime:
 
         backend = GraphedBackend(backend)
     info = ModelInfo(models.tokenizer, models.scheduler_config, models.vae_scaling_factor,
-                     models.vae_scale_factor, models.latent_channels)
+                     models.vae_scale_factor, models.latent_channels,
+                     seine_module.config.prediction_type if seine_module is not None else "epsilon")
     provenance = {
         "model_dir_sha256": fingerprint([model_dir / p for p in MODEL_DIR_PARTS]),
         "unet_sha256": fingerprint([models.sources["unet"]]) if spec.unet_dir else None,
@@ -264,7 +265,9 @@ def engines_model_info(manifest: Any) -> ModelInfo:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise MvgError(f"engines folder {root}: cannot read its tokenizer ({first}); {REEXPORT}") from err
     m = manifest.model
-    return ModelInfo(tokenizer, scheduler_config, m.vae_scaling_factor, m.vae_scale_factor, m.latent_channels)
+    prediction_type = (m.seine_config or {}).get("prediction_type", "epsilon")  # older manifests: SEINE's epsilon
+    return ModelInfo(tokenizer, scheduler_config, m.vae_scaling_factor, m.vae_scale_factor, m.latent_channels,
+                     prediction_type)
 
 
 def _engines_runtime(spec: RuntimeSpec, manifest: Any, backend: Backend, kind: str) -> Runtime:

@@ -531,3 +531,21 @@ def test_fp16_module_is_within_the_fp16_check(tiny_config: SeineConfig) -> None:
         out = model.half()(sample.half(), timestep, context.half()).float()
     ok, detail = _within_fp16_check(reference, out)
     assert ok, detail
+
+
+def test_a_v_prediction_seine_says_so_to_the_transition_sampler(tmp_path: Path) -> None:
+    """The prediction type travels in the checkpoint's metadata to the runtime's ModelInfo (which picks the
+    sampler tables); an unknown one is refused when the config is read."""
+    from dataclasses import replace
+
+    from mvg_rt.models.builders import build_models, build_seine, write_model_folder
+    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
+
+    models = build_models("tiny", seed=0)
+    seine = build_seine(models.unet, "tiny", seed=0)
+    seine.config = replace(seine.config, prediction_type="v_prediction")
+    folder = write_model_folder(models, tmp_path / "model", seine=seine)
+    with open_runtime(RuntimeSpec(model_dir=folder)) as runtime:
+        assert runtime.model.seine_prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="prediction_type must be one of epsilon, v_prediction"):
+        SeineConfig.from_dict(seine.config.to_dict() | {"prediction_type": "sample"})

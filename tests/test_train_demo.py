@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from mvg_rt.demo.checkpoints import StageCheckpoints
 from mvg_rt.demo.training import DemoTrainingConfig, StageBudget, stage_keys, train_demo
 from mvg_rt.errors import MvgError
+from mvg_rt.models.seine_checkpoint import stored_config
 
 WEIGHT_FILES = ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                 "seine/seine.safetensors")
@@ -19,7 +20,7 @@ WEIGHT_FILES = ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytor
 def _small_config() -> DemoTrainingConfig:
     budget = StageBudget(steps=3, batch=2, lr=1e-3)
     return DemoTrainingConfig(train_images=8, train_clips=4, vae=budget, unet=budget, seine=budget,
-                              seine_refine=budget, seine_top=budget)
+                              seine_v=budget)
 
 
 def _weights(folder: Path) -> dict[str, dict]:
@@ -37,7 +38,7 @@ def test_a_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     train_demo(config, whole, tmp_path / "whole-checkpoints", lambda _: None)
 
     def stop_in_seine(message: str) -> None:
-        if message.startswith("seine_top step 2/"):
+        if message.startswith("seine_v step 2/"):
             raise _Stop  # a stop in the middle of a step: the last save is after step 1
 
     resumed = tmp_path / "resumed"
@@ -47,13 +48,16 @@ def test_a_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
         train_demo(config, resumed, checkpoints, stop_in_seine, save_every_seconds=0.0)
     keys = stage_keys(config)
     assert sorted(p.name for p in checkpoints.iterdir()) == sorted(
-        [f"{stage}-{keys[stage]}.done.pt" for stage in ("vae", "unet", "clips", "seine", "seine_refine")]
-        + [f"seine_top-{keys['seine_top']}.progress.pt"])
+        [f"{stage}-{keys[stage]}.done.pt" for stage in ("vae", "unet", "clips", "seine")]
+        + [f"seine_v-{keys['seine_v']}.progress.pt"])
     messages: list[str] = []
-    train_demo(config, resumed, checkpoints, messages.append, save_every_seconds=0.0)
+    summary = train_demo(config, resumed, checkpoints, messages.append, save_every_seconds=0.0)
+    stage_seconds = {stage: summary["timings"][f"{stage}_seconds"] for stage in keys}
+    assert all(s is not None and s > 0 for s in stage_seconds.values()), stage_seconds  # earlier runs' work too
     assert any(m.startswith("vae: finished earlier") for m in messages)
     assert any(m.startswith("seine: finished earlier") for m in messages)
-    assert any(m.startswith("seine_top: resuming at step 2/3") for m in messages)
+    assert any(m.startswith("seine_v: resuming at step 2/3") for m in messages)
+    assert stored_config(resumed / "seine" / "seine.safetensors").prediction_type == "v_prediction"
     expected, got = _weights(whole), _weights(resumed)
     for name in WEIGHT_FILES:
         assert expected[name].keys() == got[name].keys()
@@ -63,12 +67,12 @@ def test_a_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
 def test_a_stage_setting_changes_only_its_own_and_later_keys() -> None:
     config = _small_config()
     seine_only = dataclasses.replace(config, seine=StageBudget(steps=4, batch=2, lr=1e-3))
-    refine_only = stage_keys(dataclasses.replace(config, seine_refine_min_level=300))
+    v_only = stage_keys(dataclasses.replace(config, seine_v_new_layer_lr=1e-4))
     unet_too = dataclasses.replace(config, caption_dropout=0.2)
     base, changed, earlier = stage_keys(config), stage_keys(seine_only), stage_keys(unet_too)
     assert (base["vae"], base["unet"]) == (changed["vae"], changed["unet"]) and base["seine"] != changed["seine"]
-    assert all(refine_only[s] == base[s] for s in ("vae", "unet", "clips", "seine"))
-    assert refine_only["seine_refine"] != base["seine_refine"]
+    assert all(v_only[s] == base[s] for s in ("vae", "unet", "clips", "seine"))
+    assert v_only["seine_v"] != base["seine_v"]
     assert base["vae"] == earlier["vae"] and base["unet"] != earlier["unet"] and base["seine"] != earlier["seine"]
 
 

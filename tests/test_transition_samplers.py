@@ -64,6 +64,27 @@ def test_ode_samplers_land_on_the_data_point_an_oracle_denoiser_knows(sampler):
     assert torch.allclose(_apply(schedule, x_t, eps_of), x0, atol=1e-4)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_v_tables_follow_the_epsilon_trajectory_of_the_same_denoiser(sampler):
+    """A v denoiser is an epsilon denoiser written differently (eps = sqrt(abar) v + sqrt(1 - abar) x):
+    the folded tables over its v must visit the very samples the epsilon tables visit over its epsilon."""
+    steps = 8
+    abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)))
+    generator = torch.Generator().manual_seed(3)
+    offset = {t: torch.randn(32, generator=generator, dtype=torch.float64) for t in range(1000)}
+    eps_of = lambda x, t: torch.tanh(0.7 * x) + 0.2 * offset[t]  # noqa: E731  (any model; depends on x)
+    v_of = lambda x, t: (eps_of(x, t) - (1 - abar[t]).sqrt() * x) / abar[t].sqrt()  # noqa: E731
+    x_t = torch.randn(32, dtype=torch.float64, generator=generator)
+    on_eps, on_v = clip_schedule(sampler, steps), clip_schedule(sampler, steps, prediction_type="v_prediction")
+    assert torch.equal(on_v.noise_scale, on_eps.noise_scale) and torch.equal(on_v.timesteps, on_eps.timesteps)
+    assert torch.allclose(_apply(on_v, x_t, v_of), _apply(on_eps, x_t, eps_of), rtol=1e-9, atol=1e-9)
+
+
+def test_an_unknown_prediction_type_is_refused():
+    with pytest.raises(ValueError, match="v_prediction"):
+        clip_schedule("ddim", 5, prediction_type="sample")
+
+
 def test_every_sampler_draws_only_its_documented_random_numbers(tiny_runtime, image_64):
     """Deterministic samplers draw nothing after the initial noise; DDPM one draw per step but the last."""
     start = torch.from_numpy(image_64)

@@ -11,7 +11,8 @@ A stage's files are keyed by a fingerprint of the settings it depends on (its ow
 earlier stages'), so changing the SEINE budget reuses a finished VAE and UNet, and a
 checkpoint of other settings is never resumed by mistake. Files are written atomically and
 read with ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain data, and
-nothing in it can run code.
+nothing in it can run code. Each file also keeps the seconds of work the stage has taken so
+far, so a resumed training still reports what every stage cost (:attr:`StageCheckpoints.seconds`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class StageCheckpoints:
     def __init__(self, folder: Path, keys: Mapping[str, str], log: Log,
                  save_every_seconds: float = SAVE_EVERY_SECONDS) -> None:
         self.folder, self.keys, self.log, self.save_every = Path(folder), dict(keys), log, save_every_seconds
+        self.seconds: dict[str, float | None] = {}  # stage -> seconds of work over all runs (None: not recorded)
+        self._started: dict[str, float] = {}  # stage -> monotonic time its work would have started, unbroken
 
     def _path(self, stage: str, kind: str) -> Path:
         return self.folder / f"{stage}-{self.keys[stage]}.{kind}.pt"
@@ -86,11 +89,16 @@ class StageCheckpoints:
         result = self._load(self._path(stage, "done"))
         if result is not None:
             self.log(f"{stage}: finished earlier, loaded from {self._path(stage, 'done')}")
+            self.seconds[stage] = result.get("seconds")  # checkpoints written before it was kept: None
         return result
 
-    def finish(self, stage: str, result: dict[str, Any]) -> None:
-        """Save a stage's result and drop its progress file."""
-        self._save(self._path(stage, "done"), result)
+    def finish(self, stage: str, result: dict[str, Any], seconds: float | None = None) -> None:
+        """Save a stage's result and drop its progress file; ``seconds`` defaults to the time its
+        :meth:`steps` took over all runs."""
+        if seconds is None and stage in self._started:
+            seconds = time.monotonic() - self._started[stage]
+        self.seconds[stage] = seconds
+        self._save(self._path(stage, "done"), {**result, "seconds": seconds})
         self._path(stage, "progress").unlink(missing_ok=True)
 
     def steps(self, stage: str, total: int, state: Mapping[str, Stateful]) -> Iterator[int]:
@@ -105,8 +113,10 @@ class StageCheckpoints:
             first = int(saved["step"])
             self.log(f"{stage}: resuming at step {first + 1}/{total} from {path}")
         last_save = time.monotonic()
+        self._started[stage] = last_save - (saved or {}).get("seconds", 0.0)
         for step in range(first, total):
             yield step
             if time.monotonic() - last_save >= self.save_every and step + 1 < total:
-                self._save(path, {"step": step + 1, "state": {name: part.state_dict() for name, part in state.items()}})
                 last_save = time.monotonic()
+                self._save(path, {"step": step + 1, "seconds": last_save - self._started[stage],
+                                  "state": {name: part.state_dict() for name, part in state.items()}})

@@ -13,7 +13,7 @@ disease state. Stages, each seeded and with a step budget:
    report-style captions dropped 10% of the time so classifier-free guidance works.
 3. SEINE, initialised from the trained UNet by SEINE's own recipe, on severity
    sweeps of one patient (the first and last frames given, as SEINE's "onelast1"),
-   epsilon prediction on guided-diffusion's linear schedule, captions with SEINE's
+   on guided-diffusion's linear schedule (epsilon, then v prediction), captions with SEINE's
    "smooth transition." suffix. Half the clips move a little (as consecutive PIE
    states do), half are re-textured inside the heart ROI towards their end (as every
    PIE round redraws the texture there), and half of the noise levels are drawn from
@@ -24,8 +24,8 @@ disease state. Stages, each seeded and with a step budget:
    layers start at zero (they learn at a higher rate), and the first demo SEINE
    (1,500 steps at batch 4, uniform noise levels, plain epsilon MSE, EMA 0.999) had
    not learnt to use them at all: it drew the prompt's prior instead of a transition.
-   Two shorter phases then train the noisier levels only, x0-weighted (see
-   :func:`seine_phases`); clips sampled from pure noise still drift (issue 19).
+   A second phase then retrains SEINE's output as v prediction (see
+   :func:`seine_phases`), so that sampling from pure noise does not drift.
 
 Every stage checkpoints (:mod:`mvg_rt.demo.checkpoints`): a stopped training resumes.
 """
@@ -37,7 +37,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -86,13 +86,9 @@ class DemoTrainingConfig:
     seine_ema_decay: float = 0.995  # a 0.999 EMA over a few thousand steps lags far behind what was learnt
     seine_high_noise_fraction: float = 0.5  # noise levels drawn from the noisier half of the schedule
     seine_max_loss_weight: float = 50.0  # the epsilon loss weighted by 1 / SNR, between 1 and this
-    seine_refine: StageBudget = StageBudget(steps=1000, batch=8, lr=2e-4)
-    seine_refine_new_layer_lr: float = 5e-4
-    seine_refine_min_level: int = 400  # the refine phase draws noise levels from [this, 1000) only
-    seine_refine_max_loss_weight: float = 1000.0  # ~x0 weighting up to t ~ 800
-    seine_top: StageBudget = StageBudget(steps=600, batch=8, lr=1e-4)
-    seine_top_min_level: int = 800
-    seine_top_max_loss_weight: float = 1e5  # x0 weighting over the whole top range (1 / SNR(999) ~ 25,000)
+    seine_v: StageBudget = StageBudget(steps=3000, batch=8, lr=2e-4)
+    seine_v_new_layer_lr: float = 5e-4
+    seine_v_high_noise_fraction: float = 0.5  # as the main phase: half of the levels from [500, 1000)
     threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -100,8 +96,7 @@ class DemoTrainingConfig:
         """The same recipe with every step budget multiplied by ``factor`` (quick runs, tests)."""
         scale = lambda b: StageBudget(max(1, int(b.steps * factor)), b.batch, b.lr)  # noqa: E731
         return DemoTrainingConfig(**{**asdict(self), "vae": scale(self.vae), "unet": scale(self.unet),
-                                     "seine": scale(self.seine), "seine_refine": scale(self.seine_refine),
-                                     "seine_top": scale(self.seine_top)})
+                                     "seine": scale(self.seine), "seine_v": scale(self.seine_v)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,9 +109,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "clips": ("clip_frames", "train_clips", "near_clip_fraction", "near_clip_change", "retexture_fraction"),
     "seine": ("seine", "seine_new_layer_lr", "seine_ema_decay", "seine_high_noise_fraction", "seine_max_loss_weight",
               "extra"),
-    "seine_refine": ("seine_refine", "seine_refine_new_layer_lr", "seine_refine_min_level",
-                     "seine_refine_max_loss_weight"),
-    "seine_top": ("seine_top", "seine_top_min_level", "seine_top_max_loss_weight"),
+    "seine_v": ("seine_v", "seine_v_new_layer_lr", "seine_v_high_noise_fraction"),
 }
 
 
@@ -343,6 +336,9 @@ def train_text_unet(images: np.ndarray, captions: list[str], vae: Any, tokenizer
 # ----------------------------------------------------------------------------- stage 3: SEINE
 
 
+HIGH_NOISE_LEVEL = 500  # the noisier half of the schedule, where only the conditioning says what to draw
+
+
 def _noise_levels(batch: int, levels: int, min_level: int, high_fraction: float,
                   generator: torch.Generator) -> Tensor:
     """Timesteps: uniform, except a ``high_fraction`` share drawn from [min_level, levels) only."""
@@ -357,38 +353,45 @@ def _clip_moments(clips: np.ndarray, vae: Any, checkpoints: StageCheckpoints) ->
     done = checkpoints.finished("clips")
     if done is not None:
         return done["moments"]
+    clock = time.perf_counter()
     moments = encode_moments(vae, to_model_range(clips.reshape(-1, *clips.shape[2:])))
     moments = moments.view(*clips.shape[:2], *moments.shape[1:])
-    checkpoints.finish("clips", {"moments": moments})
+    checkpoints.finish("clips", {"moments": moments}, seconds=time.perf_counter() - clock)
     return moments
 
 
 @dataclass(frozen=True)
 class SeinePhase:
-    """One phase of SEINE training: its budget, the noise levels it draws and how it weights the loss."""
+    """One phase of SEINE training: its budget, the noise levels it draws and what the network predicts."""
 
     stage: str  # checkpoint stage name
     budget: StageBudget
     new_layer_lr: float
-    min_level: int  # timesteps drawn from [min_level, 1000) for the high-noise share
-    high_noise_fraction: float  # the share of the batch drawn from [min_level, 1000); the rest uniform
-    max_loss_weight: float  # the epsilon loss weighted by 1 / SNR, clamped to [1, max_loss_weight]
+    high_noise_fraction: float  # the share of the batch drawn from [500, 1000); the rest uniform
+    max_loss_weight: float  # the loss weighted by 1 / SNR, clamped to [1, max_loss_weight] (1: unweighted)
     seed_offset: int
+    prediction_type: str  # "epsilon" or "v_prediction" (what the network's output is trained to be)
 
 
 def seine_phases(config: DemoTrainingConfig) -> tuple[SeinePhase, ...]:
-    """(main, refine, top). The main phase teaches SEINE to use its conditioning; the refine and top phases
-    train only the noisier levels, x0-weighted: sampling starts from pure noise, where the clean clip is
-    ``(x - sqrt(1 - abar) eps) / sqrt(abar)`` with ``1 / sqrt(abar(999)) ~ 160``, so an epsilon bias of a few
-    thousandths becomes a bias of about one latent unit (tens of grey levels) that every later step inherits. After the main
-    phase alone, DDIM from the true clip noised to t = 800 or less landed on the clip (ROI means within 4 grey
-    levels), but from pure noise (t = 999) every frame drifted to a bright heart filling the ROI."""
-    return (SeinePhase("seine", config.seine, config.seine_new_layer_lr, 500, config.seine_high_noise_fraction,
-                       config.seine_max_loss_weight, 5),
-            SeinePhase("seine_refine", config.seine_refine, config.seine_refine_new_layer_lr,
-                       config.seine_refine_min_level, 1.0, config.seine_refine_max_loss_weight, 6),
-            SeinePhase("seine_top", config.seine_top, config.seine_top.lr, config.seine_top_min_level, 1.0,
-                       config.seine_top_max_loss_weight, 7))
+    """(main, v). The main phase teaches SEINE to use its conditioning in the UNet's own epsilon
+    parametrization; the v phase then retrains the output as v = sqrt(abar) eps - sqrt(1 - abar) x0, as
+    SD 2 was fine-tuned from epsilon to v.
+
+    Why v: sampling starts from pure noise, where an epsilon model's clean clip is
+    ``(x - sqrt(1 - abar) eps) / sqrt(abar)`` with ``1 / sqrt(abar(999)) ~ 160`` on SEINE's linear
+    schedule, so an epsilon error of a few thousandths is a clip error of about one latent unit (tens
+    of grey levels) that every later step inherits. After the main phase, the clip each seed drew
+    depended on its noise far more than on the guidance or the prompt (ROI-mean excursion 2-53 grey
+    levels over three seeds, the same at guidance 1, 3 and 8), and two further epsilon phases that
+    weighted the noisy levels by up to 1 / SNR did not change that (issue 19's closing note). A v
+    model predicts the clean clip at the top of the schedule directly (v -> -x0 as abar -> 0), with no
+    amplification; the sampler folds v back into epsilon in its step tables
+    (:meth:`~mvg_rt.runtime.pipelines.gaussian_schedule.ClipSchedule.over_model_output`)."""
+    return (SeinePhase("seine", config.seine, config.seine_new_layer_lr, config.seine_high_noise_fraction,
+                       config.seine_max_loss_weight, 5, "epsilon"),
+            SeinePhase("seine_v", config.seine_v, config.seine_v_new_layer_lr, config.seine_v_high_noise_fraction,
+                       1.0, 6, "v_prediction"))
 
 
 @dataclass
@@ -429,7 +432,7 @@ def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTra
         blank = blank.view(budget.batch, frames - 2, *blank.shape[1:]).transpose(1, 2)
         masked = torch.cat([video[:, :, :1], blank, video[:, :, -1:]], dim=2)
         noise = torch.randn(video.shape, generator=generator)
-        timesteps = _noise_levels(budget.batch, len(alphas_cumprod), phase.min_level, phase.high_noise_fraction,
+        timesteps = _noise_levels(budget.batch, len(alphas_cumprod), HIGH_NOISE_LEVEL, phase.high_noise_fraction,
                                   generator)
         abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
         noisy = abar.sqrt() * video + (1 - abar).sqrt() * noise
@@ -437,7 +440,8 @@ def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTra
         texts = _drop_captions([data.captions[i] for i in index.tolist()], config.caption_dropout, generator)
         embeddings = torch.stack([data.embeddings[t] for t in texts])
         prediction = seine(torch.cat([noisy, condition], dim=1), timesteps.float(), embeddings)
-        loss = (loss_weight[timesteps] * ((prediction - noise) ** 2).mean(dim=(1, 2, 3, 4))).mean()
+        target = noise if phase.prediction_type == "epsilon" else abar.sqrt() * noise - (1 - abar).sqrt() * video
+        loss = (loss_weight[timesteps] * ((prediction - target) ** 2).mean(dim=(1, 2, 3, 4))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(seine.parameters(), 1.0)
@@ -448,6 +452,7 @@ def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTra
             log(f"{phase.stage} step {step + 1}/{budget.steps} loss {loss.item():.4f} "
                 f"({time.perf_counter() - started:.0f}s)")
     checkpoints.finish(phase.stage, {"seine": ema.module.state_dict()})
+    ema.module.config = replace(ema.module.config, prediction_type=phase.prediction_type)
     return ema.module.eval()
 
 
@@ -460,7 +465,7 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
     phases = seine_phases(config)
     done = [checkpoints.finished(phase.stage) for phase in phases]
     if done[-1] is not None:
-        seine = SeineUNet3D(seine_config)
+        seine = SeineUNet3D(replace(seine_config, prediction_type=phases[-1].prediction_type))
         seine.load_state_dict(done[-1]["seine"])
         return seine.eval()
     with torch.no_grad():
@@ -476,6 +481,7 @@ def train_seine(clips: np.ndarray, captions: list[str], vae: Any, text_encoder: 
         if result is None:
             result = {"seine": _seine_phase(seine, data, phase, config, checkpoints, log).state_dict()}
         seine.load_state_dict(result["seine"])
+        seine.config = replace(seine.config, prediction_type=phase.prediction_type)
     return seine.eval()
 
 
@@ -492,31 +498,28 @@ def train_demo(config: DemoTrainingConfig, out_dir: Path, checkpoint_dir: Path, 
 
     torch.set_num_threads(config.threads)
     checkpoints = StageCheckpoints(checkpoint_dir, stage_keys(config), log, save_every_seconds)
-    timings: dict[str, float] = {}
     clock = time.perf_counter()
     tokenizer = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER), local_files_only=True)
     images, captions = phantom_dataset(config)
-    timings["data_seconds"] = time.perf_counter() - clock
+    timings: dict[str, float | None] = {"data_seconds": time.perf_counter() - clock}
     log(f"{len(images)} phantoms ({timings['data_seconds']:.0f}s)")
 
-    clock = time.perf_counter()
     vae = train_vae(images, config, checkpoints, log)
-    timings["vae_seconds"] = time.perf_counter() - clock
     scale = float(vae.config.scaling_factor)
-
-    clock = time.perf_counter()
     text_encoder, unet = train_text_unet(images, captions, vae, tokenizer, config, checkpoints, log)
-    timings["unet_seconds"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     clips, clip_captions = phantom_clips(config)
-    log(f"{len(clips)} clips of {config.clip_frames} frames ({time.perf_counter() - clock:.0f}s)")
+    timings["clip_render_seconds"] = time.perf_counter() - clock
+    log(f"{len(clips)} clips of {config.clip_frames} frames ({timings['clip_render_seconds']:.0f}s)")
     seine = train_seine(clips, clip_captions, vae, text_encoder, unet, tokenizer, config, checkpoints, log)
-    timings["seine_seconds"] = time.perf_counter() - clock
 
     models = DiffusersModels(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
                              scheduler_config=builtin_config("sd14_scheduler"))
     write_model_folder(models, out_dir, seine=seine)
-    timings["total_seconds"] = sum(timings.values())
+    # Each stage's seconds of work over every run that contributed to it (kept in its checkpoints).
+    timings |= {f"{stage}_seconds": checkpoints.seconds.get(stage) for stage in STAGE_SETTINGS}
+    timings["total_seconds"] = sum(v for v in timings.values() if v is not None)
     (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    return {"timings": {k: round(v, 1) for k, v in timings.items()}, "vae_scaling_factor": scale}
+    return {"timings": {k: None if v is None else round(v, 1) for k, v in timings.items()},
+            "vae_scaling_factor": scale}

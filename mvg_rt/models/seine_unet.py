@@ -41,6 +41,7 @@ CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock3D", "DownBlock3D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock3D", "UpBlock3D"
 BUILTIN_CONFIGS = ("full", "tiny")
 ROTARY_THETA = 10000.0
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 ROTARY_FREQS_KEY = "rotary_emb.freqs"  # what rotary-embedding-torch saves under each attn_temp
 
 
@@ -68,6 +69,9 @@ class SeineConfig:
     rotary_dim: int = 32
     rel_pos_num_buckets: int = 32
     rel_pos_max_distance: int = 32
+    #: What the output is: "epsilon" (SEINE's) or "v_prediction" (the demo's, see mvg_rt.demo.training).
+    #: It travels with the weights (safetensors metadata, engines manifest) so every sampler reads it.
+    prediction_type: str = "epsilon"
 
     def __post_init__(self) -> None:
         for name in ("down_block_types", "up_block_types", "block_out_channels"):
@@ -81,6 +85,9 @@ class SeineConfig:
             if channels % self.norm_num_groups or channels % self.attention_head_dim:
                 raise ValueError(f"{channels} channels do not divide into {self.norm_num_groups} norm groups "
                                  f"and {self.attention_head_dim} heads")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
+                             f"got {self.prediction_type!r}")
         smallest_head = min(self.block_out_channels) // self.attention_head_dim
         if self.rotary_dim % 2 or not 0 < self.rotary_dim <= smallest_head:
             raise ValueError(f"rotary_dim must be even and at most the smallest head dim ({smallest_head})")
@@ -528,7 +535,8 @@ class UpBlock(nn.Module):
 
 
 class SeineUNet3D(nn.Module):
-    """SEINE's denoiser: (B, 9, F, h, w) latents+mask+masked latents -> (B, 4, F, h, w) predicted noise."""
+    """SEINE's denoiser: (B, 9, F, h, w) latents+mask+masked latents -> (B, 4, F, h, w) predicted noise
+    (or v, as ``config.prediction_type`` says)."""
 
     def __init__(self, config: SeineConfig) -> None:
         super().__init__()

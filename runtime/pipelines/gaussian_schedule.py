@@ -27,6 +27,11 @@ recursion that unrolls into a lower-triangular table (N(N+1)/2 terms: cheap at t
 :class:`ClipSchedule`:
 
     x_{i+1} = sum_l A[i, l] x_{i-l} + sum_l B[i, l] eps_{i-l} + S[i] noise      (l < W)
+
+A denoiser that predicts v instead of epsilon (the demo SEINE does) needs no other
+sampler: eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t is linear in the sample and the
+output at the same step, so :meth:`ClipSchedule.over_model_output` folds it into A
+and B, and the loop stays one linear step over whatever the model returns.
 """
 
 from __future__ import annotations
@@ -151,8 +156,9 @@ class ClipSchedule:
     """A transition sampler as one linear step over a window of W past samples / model outputs.
 
     Rows are in sampling order (descending timesteps); ``A[i, l]`` / ``B[i, l]`` weigh
-    the sample / guided epsilon of step ``i - l``; ``S[i]`` scales the fresh noise drawn
-    after step ``i`` (zero on steps that draw none). DDPM and DDIM have W = 1.
+    the sample / guided model output (epsilon, or v once folded) of step ``i - l``;
+    ``S[i]`` scales the fresh noise drawn after step ``i`` (zero on steps that draw
+    none). DDPM and DDIM have W = 1.
     """
 
     sampler: str
@@ -172,15 +178,37 @@ class ClipSchedule:
     def noisy_steps(self) -> list[bool]:
         return (self.noise_scale > 0).tolist()
 
+    def over_model_output(self, prediction_type: str) -> ClipSchedule:
+        """The same sampler with B weighing the denoiser's own output (``epsilon``: unchanged).
 
-def clip_schedule(sampler: str, steps: int, eta: float = 0.0) -> ClipSchedule:
-    """The schedule of ``sampler`` over the linear schedule respaced to ``steps`` (see the module docstring)."""
+        For v: eps_j = sqrt(abar_j) v_j + sqrt(1 - abar_j) x_j at step j = i - l, so
+        A'[i, l] = A[i, l] + B[i, l] sqrt(1 - abar_j) and B'[i, l] = B[i, l] sqrt(abar_j).
+        Guidance commutes with the fold: it mixes two outputs of the same sample.
+        """
+        if prediction_type == "epsilon":
+            return self
+        if prediction_type != "v_prediction":
+            raise ValueError(f"prediction type must be epsilon or v_prediction, got {prediction_type!r}")
+        abar = torch.from_numpy(np.cumprod(1.0 - linear_betas()))[self.timesteps]  # (N,) per step
+        steps, window = self.sample_coefs.shape
+        rows, lags = torch.arange(steps)[:, None], torch.arange(window)[None, :]
+        source = (rows - lags).clamp(min=0)  # step j = i - l whose sample / output B[i, l] weighs
+        b = self.eps_coefs.double()
+        return ClipSchedule(self.sampler, self.timesteps, self.sample_coefs.double() + b * (1 - abar[source]).sqrt(),
+                            b * abar[source].sqrt(), self.noise_scale)
+
+
+def clip_schedule(sampler: str, steps: int, eta: float = 0.0, prediction_type: str = "epsilon") -> ClipSchedule:
+    """The schedule of ``sampler`` over the linear schedule respaced to ``steps`` (see the module docstring),
+    over a denoiser whose output is ``prediction_type``."""
     if sampler in MULTISTEP:
         tables = multistep_tables(sampler, steps)
-        return ClipSchedule(sampler, tables.timesteps.round().long(), tables.sample_coefs.double(),
-                            tables.eps_coefs.double(), torch.zeros(len(tables), dtype=torch.float64))
-    single = RespacedSchedule.linear(steps).tables(sampler, eta)
-    return ClipSchedule(sampler, single.timesteps, single.a[:, None], single.b[:, None], single.s)
+        schedule = ClipSchedule(sampler, tables.timesteps.round().long(), tables.sample_coefs.double(),
+                                tables.eps_coefs.double(), torch.zeros(len(tables), dtype=torch.float64))
+    else:
+        single = RespacedSchedule.linear(steps).tables(sampler, eta)
+        schedule = ClipSchedule(sampler, single.timesteps, single.a[:, None], single.b[:, None], single.s)
+    return schedule.over_model_output(prediction_type)
 
 
 def multistep_scheduler(sampler: str, steps: int) -> DPMSolverMultistepScheduler | UniPCMultistepScheduler:

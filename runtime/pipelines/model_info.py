@@ -15,3 +15,4 @@ class ModelInfo:
     vae_scaling_factor: float = 0.18215
     vae_scale_factor: int = 8
     latent_channels: int = 4
+    seine_prediction_type: str = "epsilon"  # what the SEINE denoiser outputs (its config's prediction_type)
