@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mvg_rt.components import COMPONENTS
-from mvg_rt.errors import MvgError
+from mvg_rt.errors import MvgError, first_line
 from mvg_rt.artifacts.hashing import HashCache
 from mvg_rt.artifacts.manifest import Artifact, Manifest
 from mvg_rt.artifacts.profiles import ProfileSettings, ShapeRange, profiles_for
@@ -265,7 +265,7 @@ def build_engines(engines_dir: str | Path, settings: BuildSettings, progress: Pr
             engine = loader()
         except Exception as err:  # noqa: BLE001 - polygraphy/TensorRT raise their own types
             partial.unlink(missing_ok=True)
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            first = first_line(err)
             raise MvgError(f"TensorRT could not build the {component} engine from {source.onnx.file} ({first}); "
                            "rerun with --debug for the log, or lower --builder-level / raise --workspace") from err
         partial.replace(plan)

@@ -24,6 +24,13 @@ class MvgError(Exception):
         super().__init__(one_line)
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's first line, at most ``limit`` characters (its type's name if it says nothing):
+    what a one-line error quotes of a library's long, multi-line message."""
+    lines = str(err).strip().splitlines()
+    return (lines[0].strip() if lines else "")[:limit] or type(err).__name__
+
+
 _ENVIRONMENT_ERRNOS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",

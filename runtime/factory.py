@@ -23,7 +23,7 @@ import torch
 
 from mvg_rt.components import PIE_COMPONENTS
 from mvg_rt.artifacts.manifest import REEXPORT
-from mvg_rt.errors import MvgError
+from mvg_rt.errors import MvgError, first_line
 from mvg_rt.io.jsonio import read_json
 from mvg_rt.models.agreement import check_widths, manifest_widths
 from mvg_rt.runtime.backends.base import Backend
@@ -262,7 +262,7 @@ def engines_model_info(manifest: Any) -> ModelInfo:
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(root / manifest.model.tokenizer), local_files_only=True)
     except Exception as err:  # noqa: BLE001 - missing or damaged files: one line, with the fix
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err)
         raise MvgError(f"engines folder {root}: cannot read its tokenizer ({first}); {REEXPORT}") from err
     m = manifest.model
     prediction_type = (m.seine_config or {}).get("prediction_type", "epsilon")  # older manifests: SEINE's epsilon

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mvg_rt.errors import MvgError
+from mvg_rt.errors import MvgError, first_line
 from mvg_rt.runtime.pipelines.schedulers import SCHEDULERS
 
 SUPPORTED = {cls.__name__: cls for cls in SCHEDULERS.values()}
@@ -42,7 +42,7 @@ def check_scheduler_config(config: dict[str, Any], path: Path | str) -> dict[str
         levels = scheduler.alphas_cumprod
         usable = bool(torch.isfinite(levels).all() and (levels > 0).all() and (levels <= 1).all())
     except Exception as err:  # noqa: BLE001 - diffusers raises anything from TypeError to NotImplementedError
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        first = first_line(err, 160)
         raise MvgError(f"{path} holds values {scheduler_class.__name__} cannot use ({type(err).__name__}: "
                        f"{first}); {fix}") from err
     if not usable:

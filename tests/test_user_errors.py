@@ -297,3 +297,11 @@ def test_an_integer_of_hundreds_of_digits_is_one_line(run_cli, value: str, shown
     code, _, err = run_cli(["simulate", "--seed", value, "--out", "never"])
     assert code == 2 and err.count("\n") == 1, err
     assert f"--seed must be an integer in [0, 9223372036854775807] (got {shown})" in err, err
+
+
+def test_first_line_quotes_one_line_of_a_long_library_message():
+    from mvg_rt.errors import first_line
+
+    assert first_line(RuntimeError("  shape mismatch\n  at node 3\n")) == "shape mismatch"
+    assert first_line(ValueError("x" * 500), 160) == "x" * 160
+    assert first_line(KeyError()) == "KeyError"  # says nothing: its type

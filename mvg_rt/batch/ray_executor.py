@@ -31,7 +31,7 @@ from typing import Any
 
 from mvg_rt.batch.case import BatchEvents, CaseOutcome, CaseRunner, worker_name
 from mvg_rt.batch.plan import PlannedCase
-from mvg_rt.errors import MvgError
+from mvg_rt.errors import MvgError, first_line
 from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
 READY_TIMEOUT_S = 900.0  # opening a full-size runtime (SD 1.4 + SEINE from disk) on a slow node
@@ -84,7 +84,7 @@ def _connect(address: str, workers: int | None) -> bool:
         else:
             ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err)
         raise MvgError(f"cannot connect to a Ray cluster at --ray {address} ({first}): start one with "
                        "`ray start --head` and pass its address, or use --ray local") from err
     return True
@@ -134,7 +134,7 @@ def run_on_ray(address: str, workers: int | None, retries: int, spec: RuntimeSpe
             raise MvgError(f"Ray workers did not open the runtime within {READY_TIMEOUT_S:.0f} s: check that "
                            "every node has mvg-rt installed and sees the model folder") from err
         except RayError as err:  # e.g. killed by Ray's out-of-memory monitor while loading the models
-            first = (str(err).strip().splitlines() or [""])[0][:200]
+            first = first_line(err)
             raise MvgError(f"a Ray worker died while opening the runtime ({type(err).__name__}: {first}); check "
                            "the node's memory and that mvg-rt is installed on every node") from err
         if problem := next((p for p in problems if p), None):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvg_rt.errors import MvgError
+from mvg_rt.errors import MvgError, first_line
 from mvg_rt.io.jsonio import read_json
 from mvg_rt.models.agreement import ModelWidths, check_widths, folder_widths
 
@@ -87,9 +87,8 @@ def _load(part: str, loader: Any, folder: Path) -> Any:
     try:
         return loader.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here is a bad folder, reported in one line
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MvgError(
-            f"could not load {part} from {folder}: {first_line[:200]}; re-copy or re-export that folder"
+            f"could not load {part} from {folder}: {first_line(err)}; re-copy or re-export that folder"
         ) from err
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from mvg_rt.components import COMPONENTS, ComponentSpec
-from mvg_rt.errors import MvgError
+from mvg_rt.errors import MvgError, first_line
 from mvg_rt.artifacts.graph_contract import check_signature, read_onnx_signature
 from mvg_rt.artifacts.manifest import Artifact, Manifest, TensorDecl
 from mvg_rt.runtime.backends.base import Backend
@@ -279,7 +279,7 @@ class OrtBackend(Backend):
             optimized = optimize_model(str(path), model_type=model_type, opt_level=0, optimization_options=options,
                                        use_gpu=self.device.type == "cuda", only_onnxruntime=False)
         except Exception as err:  # noqa: BLE001 - its pattern matchers assume graphs shaped like its own exports
-            self.notes.append(f"{name}: transformer fusions failed ({type(err).__name__}: {_first_line(err)}); "
+            self.notes.append(f"{name}: transformer fusions failed ({type(err).__name__}: {first_line(err)}); "
                               "running the graph unfused")
             return str(path)
         return optimized.model.SerializeToString()
@@ -295,10 +295,10 @@ class OrtBackend(Backend):
                                                 providers=self._providers(want_graph))
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             if not want_graph:
-                raise MvgError(f"onnxruntime cannot load {self.paths[name]} ({_first_line(err)}); "
+                raise MvgError(f"onnxruntime cannot load {self.paths[name]} ({first_line(err)}); "
                                f"re-export it (mvg-rt export --help)") from err
             # Capture needs every node on the CUDA EP; dynamic-axis graphs keep shape math on the CPU.
-            self.notes.append(f"{name}: CUDA graph refused by onnxruntime ({_first_line(err)}); running without")
+            self.notes.append(f"{name}: CUDA graph refused by onnxruntime ({first_line(err)}); running without")
             session = self.ort.InferenceSession(source, self.session_options(), providers=self._providers(False))
             want_graph = False
         dtypes = {i.name: _ort_type_to_torch(i.type) for i in session.get_inputs()}
@@ -354,10 +354,6 @@ class OrtBackend(Backend):
         state.session.run_with_iobinding(slot.binding, options)  # first run per id captures, later runs replay
         return {name: t.float().clone() for name, t in slot.outputs.items()}
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
 
 
 def _ort_type_to_torch(ort_type: str) -> torch.dtype:
