@@ -170,16 +170,12 @@ def test_int8_demo_unet_passes_check(demo_engines, demo_runtime, tmp_path, run_c
     assert code == 0, out + err
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 is open: with the v-prediction demo SEINE every clip moves from "
-                   "state to state (ROI mean within the endpoints' range), but frames still jitter: the third clip's "
-                   "path ratio is 2.13 with the demo's DDIM-25 and 2.14 with fast (DDIM-10), at most 2 allowed; "
-                   "strict, so the suite says so the day new weights pass")
 @pytest.mark.parametrize("preset", ["demo default", "fast"])
 def test_a_quick_demo_run_has_only_clips_that_meet_the_transition_standard(tmp_path, run_cli, preset):
     """The README's first command, 3 rounds instead of 10: every clip moves from its start state to its end
     state (mvg_rt/eval/transition_quality.py). The first demo SEINE failed this on every clip: its generated
     frames flashed to the prompt's prior, a saturated blob, 30-72 grey levels outside the endpoints' range;
-    the v-prediction SEINE passes the first two clips (path ratios 1.94, 1.93) but not the third (2.13)."""
+    the v-prediction SEINE with 3,000 v steps passed the first two clips but not the third (path ratio 2.13)."""
     out = tmp_path / "demo"
     code, _, err = run_cli(["simulate", "--rounds", "3", "--out", str(out)]
                            + (["--transitions", preset] if preset == "fast" else []))

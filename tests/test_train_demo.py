@@ -20,7 +20,7 @@ WEIGHT_FILES = ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytor
 def _small_config() -> DemoTrainingConfig:
     budget = StageBudget(steps=3, batch=2, lr=1e-3)
     return DemoTrainingConfig(train_images=8, train_clips=4, vae=budget, unet=budget, seine=budget,
-                              seine_v=budget)
+                              seine_v=budget, seine_v_fine=budget)
 
 
 def _weights(folder: Path) -> dict[str, dict]:

@@ -24,7 +24,7 @@ disease state. Stages, each seeded and with a step budget:
    layers start at zero (they learn at a higher rate), and the first demo SEINE
    (1,500 steps at batch 4, uniform noise levels, plain epsilon MSE, EMA 0.999) had
    not learnt to use them at all: it drew the prompt's prior instead of a transition.
-   A second phase then retrains SEINE's output as v prediction (see
+   Two more phases then retrain SEINE's output as v prediction (see
    :func:`seine_phases`), so that sampling from pure noise does not drift.
 
 Every stage checkpoints (:mod:`mvg_rt.demo.checkpoints`): a stopped training resumes.
@@ -89,6 +89,8 @@ class DemoTrainingConfig:
     seine_v: StageBudget = StageBudget(steps=3000, batch=8, lr=2e-4)
     seine_v_new_layer_lr: float = 5e-4
     seine_v_high_noise_fraction: float = 0.5  # as the main phase: half of the levels from [500, 1000)
+    seine_v_fine: StageBudget = StageBudget(steps=1500, batch=8, lr=1e-4)  # the v phase again, at a lower rate
+    seine_v_fine_new_layer_lr: float = 2.5e-4
     threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,7 +98,8 @@ class DemoTrainingConfig:
         """The same recipe with every step budget multiplied by ``factor`` (quick runs, tests)."""
         scale = lambda b: StageBudget(max(1, int(b.steps * factor)), b.batch, b.lr)  # noqa: E731
         return DemoTrainingConfig(**{**asdict(self), "vae": scale(self.vae), "unet": scale(self.unet),
-                                     "seine": scale(self.seine), "seine_v": scale(self.seine_v)})
+                                     "seine": scale(self.seine), "seine_v": scale(self.seine_v),
+                                     "seine_v_fine": scale(self.seine_v_fine)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +113,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "seine": ("seine", "seine_new_layer_lr", "seine_ema_decay", "seine_high_noise_fraction", "seine_max_loss_weight",
               "extra"),
     "seine_v": ("seine_v", "seine_v_new_layer_lr", "seine_v_high_noise_fraction"),
+    "seine_v_fine": ("seine_v_fine", "seine_v_fine_new_layer_lr"),
 }
 
 
@@ -374,7 +378,7 @@ class SeinePhase:
 
 
 def seine_phases(config: DemoTrainingConfig) -> tuple[SeinePhase, ...]:
-    """(main, v). The main phase teaches SEINE to use its conditioning in the UNet's own epsilon
+    """(main, v, v at a lower rate). The main phase teaches SEINE to use its conditioning in the UNet's own epsilon
     parametrization; the v phase then retrains the output as v = sqrt(abar) eps - sqrt(1 - abar) x0, as
     SD 2 was fine-tuned from epsilon to v.
 
@@ -391,7 +395,10 @@ def seine_phases(config: DemoTrainingConfig) -> tuple[SeinePhase, ...]:
     return (SeinePhase("seine", config.seine, config.seine_new_layer_lr, config.seine_high_noise_fraction,
                        config.seine_max_loss_weight, 5, "epsilon"),
             SeinePhase("seine_v", config.seine_v, config.seine_v_new_layer_lr, config.seine_v_high_noise_fraction,
-                       1.0, 6, "v_prediction"))
+                       1.0, 6, "v_prediction"),
+            # The same seed stream as the v phase: this phase was first run as that phase continued (issue 19).
+            SeinePhase("seine_v_fine", config.seine_v_fine, config.seine_v_fine_new_layer_lr,
+                       config.seine_v_high_noise_fraction, 1.0, 6, "v_prediction"))
 
 
 @dataclass
