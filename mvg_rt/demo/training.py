@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from mvg_rt.demo.checkpoints import SAVE_EVERY_SECONDS, GeneratorState, StageCheckpoints, fingerprint
 from mvg_rt.demo.phantom import DiseaseState, PatientAnatomy, caption_for, progression_clip, sample_dataset
-from mvg_rt.runtime.pipelines.gaussian_schedule import linear_betas
+from mvg_rt.runtime.pipelines.gaussian_schedule import linear_alphas_cumprod
 from mvg_rt.runtime.pipelines.transition import known_frame_mask, transition_prompt
 
 Log = Callable[[str], None]
@@ -343,11 +343,10 @@ def train_text_unet(images: np.ndarray, captions: list[str], vae: Any, tokenizer
 HIGH_NOISE_LEVEL = 500  # the noisier half of the schedule, where only the conditioning says what to draw
 
 
-def _noise_levels(batch: int, levels: int, min_level: int, high_fraction: float,
-                  generator: torch.Generator) -> Tensor:
-    """Timesteps: uniform, except a ``high_fraction`` share drawn from [min_level, levels) only."""
+def _noise_levels(batch: int, levels: int, high_fraction: float, generator: torch.Generator) -> Tensor:
+    """Timesteps: uniform, except a ``high_fraction`` share drawn from [HIGH_NOISE_LEVEL, levels) only."""
     uniform = torch.randint(0, levels, (batch,), generator=generator)
-    high = torch.randint(min_level, levels, (batch,), generator=generator)
+    high = torch.randint(HIGH_NOISE_LEVEL, levels, (batch,), generator=generator)
     return torch.where(torch.rand(batch, generator=generator) < high_fraction, high, uniform)
 
 
@@ -417,7 +416,7 @@ def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTra
 
     seine.train()
     count, frames = data.moments.shape[:2]
-    alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - linear_betas())).float()
+    alphas_cumprod = torch.from_numpy(linear_alphas_cumprod()).float()
     frame_mask = known_frame_mask(frames).view(1, 1, frames, 1, 1)
     loss_weight = (1.0 / (alphas_cumprod / (1.0 - alphas_cumprod))).clamp(1.0, phase.max_loss_weight)
     budget = phase.budget
@@ -439,8 +438,7 @@ def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTra
         blank = blank.view(budget.batch, frames - 2, *blank.shape[1:]).transpose(1, 2)
         masked = torch.cat([video[:, :, :1], blank, video[:, :, -1:]], dim=2)
         noise = torch.randn(video.shape, generator=generator)
-        timesteps = _noise_levels(budget.batch, len(alphas_cumprod), HIGH_NOISE_LEVEL, phase.high_noise_fraction,
-                                  generator)
+        timesteps = _noise_levels(budget.batch, len(alphas_cumprod), phase.high_noise_fraction, generator)
         abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
         noisy = abar.sqrt() * video + (1 - abar).sqrt() * noise
         condition = torch.cat([frame_mask.expand(budget.batch, 1, -1, *video.shape[-2:]), masked], dim=1)
@@ -459,7 +457,6 @@ def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTra
             log(f"{phase.stage} step {step + 1}/{budget.steps} loss {loss.item():.4f} "
                 f"({time.perf_counter() - started:.0f}s)")
     checkpoints.finish(phase.stage, {"seine": ema.module.state_dict()})
-    ema.module.config = replace(ema.module.config, prediction_type=phase.prediction_type)
     return ema.module.eval()
 
 

@@ -355,7 +355,6 @@ class OrtBackend(Backend):
         return {name: t.float().clone() for name, t in slot.outputs.items()}
 
 
-
 def _ort_type_to_torch(ort_type: str) -> torch.dtype:
     name = ort_type.removeprefix("tensor(").removesuffix(")")
     return {"float": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}[name]

@@ -56,6 +56,11 @@ def linear_betas(train_steps: int = TRAIN_STEPS) -> np.ndarray:
     return np.linspace(scale * BETA_START, scale * BETA_END, train_steps, dtype=np.float64)
 
 
+def linear_alphas_cumprod(train_steps: int = TRAIN_STEPS) -> np.ndarray:
+    """abar_t = prod_{s <= t} (1 - beta_s) of the linear schedule, for every training timestep."""
+    return np.cumprod(1.0 - linear_betas(train_steps))
+
+
 def respaced_timesteps(train_steps: int, steps: int) -> np.ndarray:
     """The ``steps`` timesteps guided-diffusion's ``space_timesteps(train_steps, str(steps))`` keeps.
 
@@ -95,7 +100,7 @@ class RespacedSchedule:
     @classmethod
     def linear(cls, steps: int, train_steps: int = TRAIN_STEPS) -> RespacedSchedule:
         timesteps = respaced_timesteps(train_steps, steps)
-        alphas_cumprod = np.cumprod(1.0 - linear_betas(train_steps))[timesteps]
+        alphas_cumprod = linear_alphas_cumprod(train_steps)[timesteps]
         return cls(timesteps, alphas_cumprod)
 
     @property
@@ -189,7 +194,7 @@ class ClipSchedule:
             return self
         if prediction_type != "v_prediction":
             raise ValueError(f"prediction type must be epsilon or v_prediction, got {prediction_type!r}")
-        abar = torch.from_numpy(np.cumprod(1.0 - linear_betas()))[self.timesteps]  # (N,) per step
+        abar = torch.from_numpy(linear_alphas_cumprod())[self.timesteps]  # (N,) per step
         steps, window = self.sample_coefs.shape
         rows, lags = torch.arange(steps)[:, None], torch.arange(window)[None, :]
         source = (rows - lags).clamp(min=0)  # step j = i - l whose sample / output B[i, l] weighs
