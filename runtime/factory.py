@@ -190,7 +190,7 @@ def _require_device(spec: RuntimeSpec) -> None:
     if spec.cuda and not torch.cuda.is_available():
         raise MvgError(f"--device {spec.device}: no CUDA device is visible to PyTorch; use --device cpu")
     if spec.cuda_graphs:
-        from mvg_rt.runtime.graph_capture import require_cuda_graphs
+        from mvg_rt.runtime.graphs.capture import require_cuda_graphs
 
         require_cuda_graphs(spec.device)
 
@@ -232,7 +232,7 @@ def _open_torch(spec: RuntimeSpec) -> Runtime:
     backend: Backend = TorchBackend(component_modules(models, seine_module), torch.device(spec.device), dtype,
                                     channels_last=spec.channels_last)
     if spec.cuda_graphs:
-        from mvg_rt.runtime.backends.cuda_graphs import GraphedBackend
+        from mvg_rt.runtime.graphs.component_graphs import GraphedBackend
 
         backend = GraphedBackend(backend)
     info = ModelInfo(models.tokenizer, models.scheduler_config, models.vae_scaling_factor,

@@ -14,9 +14,10 @@ import torch
 
 from mvg_rt.components import UNET, VAE_ENCODER
 from mvg_rt.errors import MvgError
-from mvg_rt.runtime.backends.cuda_graphs import GraphCache, GraphedBackend, GraphKey
-from mvg_rt.runtime.graph_capture import EagerCapture
-from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession, GraphedTransitionSampler, LoopGraph
+from mvg_rt.runtime.graphs.component_graphs import GraphCache, GraphedBackend, GraphKey
+from mvg_rt.runtime.graphs.capture import EagerCapture
+from mvg_rt.runtime.graphs.step_graph import LoopGraph
+from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession, GraphedTransitionSampler
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings
 from mvg_rt.runtime.pipelines.roi import latent_mask
 from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
@@ -244,15 +245,8 @@ def test_gpu_only_options_are_refused_on_cpu_in_one_line(run_cli, tmp_path, tiny
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_whole_step_capture_refuses_ort(tiny_runtime):
-    from mvg_rt.runtime.pipelines.graphed_loops import StaticPieLoop
-    from mvg_rt.runtime.pipelines.linear_steps import pie_step_tables
+def test_ort_captures_its_own_graphs_and_runs_whole_steps_eagerly(tiny_engines):
+    """ONNX Runtime's calls are not captured inside a whole-step graph: its capability says so, no name test."""
+    from mvg_rt.runtime.backends.onnxruntime_backend import OrtBackend
 
-    class Ort(type(tiny_runtime.backend)):
-        name = "ort"
-
-    backend = Ort({}, "cpu")
-    tables = pie_step_tables(tiny_runtime.model.scheduler_config, "ddim", 4, 1.0)
-    with pytest.raises(MvgError, match="whole-step CUDA graphs need the torch or trt backend"):
-        StaticPieLoop(backend, tables, torch.zeros(2, 77, 32), torch.ones(1, 4, 8, 8), 7.5, (1, 4, 8, 8),
-                      capture=lambda call, inputs: None)
+    assert OrtBackend(tiny_engines).step_capture() is None

@@ -148,7 +148,7 @@ def test_shape_outside_the_profile_is_one_line_with_the_build_command(trt_engine
 
 @needs_cuda
 def test_torch_cuda_graph_replay_equals_eager(tiny_model_dir: Path):
-    from mvg_rt.runtime.backends.cuda_graphs import GraphedBackend
+    from mvg_rt.runtime.graphs.component_graphs import GraphedBackend
     from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 
     eager = open_runtime(RuntimeSpec(model_dir=tiny_model_dir, device="cuda")).backend

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mvg_rt.components import SEINE, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
 from mvg_rt.errors import MvgError
+from mvg_rt.runtime.graphs.capture import CaptureFn, torch_capture
 
 
 class Backend(ABC):
@@ -44,6 +45,24 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release device memory held by the backend (engines, sessions, graphs)."""
+
+    # Capabilities the denoising loops ask for (defaults: a backend with nothing special) -------------
+
+    def graph_generation(self, component: str) -> int:
+        """A number that changes whenever graphs captured over ``component``'s calls hold stale state (its
+        engine was reloaded or released); a step loop captures again when it changes. Default: never."""
+        return 0
+
+    def step_capture(self) -> CaptureFn | None:
+        """How to capture one whole denoising step, this backend's calls included, as one graph.
+
+        None: it cannot be, and the step loops run the same static-buffer step eagerly.
+        Default: a CUDA graph on a CUDA device (the step warms up with real steps first,
+        so the capture itself runs nothing).
+        """
+        if self.device.type != "cuda":
+            return None
+        return lambda call, inputs: torch_capture(call, inputs, warm=False)
 
     def __enter__(self) -> Backend:
         return self

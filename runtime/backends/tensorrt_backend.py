@@ -41,8 +41,8 @@ from mvg_rt.artifacts.graph_contract import GraphTensor, Signature, check_signat
 from mvg_rt.artifacts.manifest import REBUILD, Artifact, Manifest
 from mvg_rt.artifacts.tensorrt import check_engine, current_environment, import_tensorrt, rebuild_command
 from mvg_rt.runtime.backends.base import Backend
-from mvg_rt.runtime.backends.cuda_graphs import GraphCache
-from mvg_rt.runtime.graph_capture import cuda_capturing, torch_capture
+from mvg_rt.runtime.graphs.component_graphs import GraphCache
+from mvg_rt.runtime.graphs.capture import cuda_capturing, torch_capture
 
 ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 DENOISERS = ("unet", "seine")

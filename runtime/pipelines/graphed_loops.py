@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.base import Backend
-from mvg_rt.runtime.graph_capture import CaptureFn, Captured
+from mvg_rt.runtime.graphs.capture import CaptureFn
+from mvg_rt.runtime.graphs.step_graph import LoopGraph
 from mvg_rt.runtime.pipelines.gaussian_schedule import StepTables
 from mvg_rt.runtime.pipelines.guidance import guided
 from mvg_rt.runtime.pipelines.latents import cpu_randn
@@ -45,72 +45,6 @@ from mvg_rt.runtime.pipelines.linear_steps import DeviceTables, LinearStepTables
 from mvg_rt.runtime.pipelines.pie import PieSession, StepCallback
 from mvg_rt.runtime.pipelines.roi import replace_outside_roi
 from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSampler
-
-
-def loop_capture(device: torch.device) -> CaptureFn | None:
-    """The capture function for whole-step graphs on ``device`` (None: run the step eagerly)."""
-    if torch.device(device).type != "cuda":
-        return None
-    from mvg_rt.runtime.graph_capture import torch_capture
-
-    return lambda call, inputs: torch_capture(call, inputs, warm=False)
-
-
-class LoopGraph:
-    """Runs a side-effecting ``step`` N times: ``warmup`` eager steps, then one capture, then replays.
-
-    The graph is kept across loops (rounds, clips) and captured again if the backend's
-    ``graph_generation(component)`` changed (the TensorRT backend reallocated buffers,
-    saw new shapes or reloaded the engine).
-    """
-
-    def __init__(self, step: Callable[[], None], capture: CaptureFn | None, warmup: int = 1,
-                 generation: Callable[[], int] = lambda: 0) -> None:
-        self.step, self.capture, self.warmup, self.generation = step, capture, warmup, generation
-        self.graph: Captured | None = None
-        self.captured_generation = -1
-        self.eager_steps = 0  # since the last (re)capture decision
-        self.captures = self.replays = 0
-
-    def _call(self, _: dict[str, Tensor]) -> dict[str, Tensor]:
-        self.step()
-        return {}
-
-    def run(self, steps: int, on_step: Callable[[int], None] | None = None) -> None:
-        for i in range(steps):
-            if self.capture is None:
-                self.step()
-            else:
-                if self.graph is not None and self.captured_generation != self.generation():
-                    self.graph, self.eager_steps = None, 0
-                if self.graph is None and self.eager_steps < self.warmup:
-                    self.step()
-                    self.eager_steps += 1
-                else:
-                    if self.graph is None:
-                        self.captured_generation = self.generation()  # what the graph's buffers belong to
-                        self.graph = self.capture(self._call, {})
-                        self.captures += 1
-                    self.graph.replay()
-                    self.replays += 1
-            if on_step is not None:
-                on_step(i)
-
-    def describe(self) -> dict[str, Any]:
-        return {"captured": self.graph is not None, "captures": self.captures, "replays": self.replays}
-
-
-def _generation(backend: Backend, component: str) -> Callable[[], int]:
-    generation = getattr(backend, "graph_generation", None)
-    if not callable(generation):
-        return lambda: 0
-    return lambda: int(generation(component))
-
-
-def _check_capturable(backend: Backend, capture: CaptureFn | None) -> None:
-    if capture is not None and backend.name == "ort":
-        raise MvgError("whole-step CUDA graphs need the torch or trt backend: ONNX Runtime captures its own graphs "
-                       "(--backend ort --cuda-graphs captures per component)")
 
 
 # ------------------------------------------------------------------ PIE
@@ -122,7 +56,6 @@ class StaticPieLoop:
     def __init__(self, backend: Backend, tables: LinearStepTables, text_embeddings: Tensor, mask: Tensor,
                  guidance_scale: float, latent_shape: tuple[int, ...], capture: CaptureFn | None = None,
                  warmup: int = 1) -> None:
-        _check_capturable(backend, capture)
         device = backend.device
         self.backend, self.guidance_scale, self.steps = backend, guidance_scale, len(tables)
         self.use_cfg = text_embeddings.shape[0] == 2
@@ -134,7 +67,7 @@ class StaticPieLoop:
         self.text = text_embeddings.to(device).clone()
         self.replace = (torch.arange(self.steps) >= 1).to(device)  # the reference replaces for every i >= 1
         self.index = torch.zeros(1, dtype=torch.int64, device=device)
-        self.graph = LoopGraph(self.step, capture, warmup, _generation(backend, "unet"))
+        self.graph = LoopGraph(self.step, capture, warmup, lambda: backend.graph_generation("unet"))
 
     def step(self) -> None:
         index, z = self.index, self.latents
@@ -175,7 +108,7 @@ class GraphedPieSession(PieSession):
         if self.step_tables is None:  # a scheduler that draws noise: refused with its name and the fix
             s = self.settings
             pie_step_tables(self.model.scheduler_config, s.scheduler, s.steps, s.strength, s.eta)
-        self.capture = loop_capture(self.device) if capture == "auto" else capture
+        self.capture = self.backend.step_capture() if capture == "auto" else capture
         self.warmup = warmup
         self.loop: StaticPieLoop | None = None
 
@@ -202,7 +135,6 @@ class StaticClipLoop:
     def __init__(self, backend: Backend, tables: StepTables, noisy_steps: list[bool], text_embeddings: Tensor,
                  guidance_scale: float, latent_shape: tuple[int, ...], condition_channels: int,
                  capture: CaptureFn | None = None, warmup: int = 1, noise_chunk: int | None = None) -> None:
-        _check_capturable(backend, capture)
         device = backend.device
         self.backend, self.guidance_scale, self.steps = backend, guidance_scale, len(tables)
         self.timesteps = tables.timesteps.to(device, torch.float32)
@@ -219,7 +151,7 @@ class StaticClipLoop:
         self.noise_ordinal = ordinal.clamp(min=0).tolist()
         self.noise_slot = (ordinal.clamp(min=0) % max(self.chunk, 1)).to(device)
         self.noise = torch.zeros((max(self.chunk, 1), *latent_shape[1:]), device=device) if self.chunk else None
-        self.graph = LoopGraph(self.step, capture, warmup, _generation(backend, "seine"))
+        self.graph = LoopGraph(self.step, capture, warmup, lambda: backend.graph_generation("seine"))
 
     def step(self) -> None:
         index = self.index
@@ -270,7 +202,7 @@ class GraphedTransitionSampler(TransitionSampler):
     def __init__(self, *args: Any, capture: CaptureFn | None | str = "auto", warmup: int = 1,
                  noise_chunk: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.capture = loop_capture(self.device) if capture == "auto" else capture
+        self.capture = self.backend.step_capture() if capture == "auto" else capture
         self.warmup, self.noise_chunk = warmup, noise_chunk
         self.loop: StaticClipLoop | None = None
 

@@ -4,7 +4,7 @@ A graph replays the kernels of one call with the shapes and buffer addresses it 
 captured with, so every captured call needs its own *static* input buffers (feeds are
 copied into them) and keeps the output buffers the capture allocated. This module
 decides what to do with each call; *how* a graph is captured is injected (both
-capture functions live in :mod:`mvg_rt.runtime.graph_capture`):
+capture functions live in :mod:`mvg_rt.runtime.graphs.capture`):
 
 * :func:`torch_capture` (GPU): ``torch.cuda.CUDAGraph`` around the call, after one
   eager run on a side stream, as the PyTorch CUDA-graph notes prescribe. The TensorRT
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from mvg_rt.components import ComponentSpec
 from mvg_rt.runtime.backends.base import Backend
-from mvg_rt.runtime.graph_capture import Call, CaptureFn, Captured, cuda_capturing, torch_capture
+from mvg_rt.runtime.graphs.capture import Call, CaptureFn, Captured, cuda_capturing, torch_capture
 
 DEFAULT_COMPONENTS = ("unet", "seine")  # the denoisers: thousands of calls; the rest run a few times per round
 
@@ -168,19 +168,25 @@ class GraphedBackend(Backend):
     session keeps the original image's VAE moments for the whole run).
     """
 
-    def __init__(self, inner: Backend, cache: GraphCache | None = None) -> None:
+    def __init__(self, inner: Backend, cache: GraphCache | None = None,
+                 step_capture: CaptureFn | None | str = "inner") -> None:
+        """``step_capture``: how whole steps are captured ("inner": as ``inner`` captures them; the CPU tests
+        pass :meth:`EagerCapture.capture` with an :class:`EagerCapture` cache)."""
         super().__init__(inner.device)
         self.inner = inner
         self.name = inner.name
         self.cache = cache or GraphCache(torch_capture, is_capturing=cuda_capturing)
+        self._step_capture = inner.step_capture() if step_capture == "inner" else step_capture
 
     @property
     def components(self) -> frozenset[str]:
         return self.inner.components
 
     def graph_generation(self, component: str) -> int:
-        generation = getattr(self.inner, "graph_generation", None)
-        return int(generation(component)) if callable(generation) else 0
+        return self.inner.graph_generation(component)
+
+    def step_capture(self) -> CaptureFn | None:
+        return self._step_capture
 
     def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         outputs = self.cache.run(component.name, feeds, lambda f: self.inner.infer(component, f))

@@ -1,7 +1,7 @@
 """Capturing a call as a CUDA graph, and its CPU stand-in: the primitive both graph users share.
 
-Two users capture: per-component graphs in a backend (:mod:`mvg_rt.runtime.backends.cuda_graphs`)
-and whole denoising steps in the pipelines (:mod:`mvg_rt.runtime.pipelines.graphed_loops`).
+Two users capture: per-component graphs in a backend (:mod:`mvg_rt.runtime.graphs.component_graphs`)
+and whole denoising steps in the pipelines (:mod:`mvg_rt.runtime.graphs.step_graph`).
 Neither owns the other, so the primitive lives here, below both.
 
 * :func:`torch_capture` (GPU): ``torch.cuda.CUDAGraph`` around the call, after one
