@@ -45,7 +45,7 @@ from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import choose_mask
 from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
 from mvg_rt.runtime.pipelines.pie import PieSettings, run_pie
-from mvg_rt.runtime.pipelines.sessions import pie_session
+from mvg_rt.runtime.pipelines.pie import pie_session
 
 CTR_MODULE = "mvg_rt/eval/ctr.py"
 PHANTOM_SEED = 5

@@ -62,7 +62,7 @@ from mvg_rt.runtime.backends.base import Backend
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
 from mvg_rt.runtime.pipelines.roi import latent_mask
-from mvg_rt.runtime.pipelines.sessions import run_transitions, transition_sampler
+from mvg_rt.runtime.pipelines.transition import run_transitions, transition_sampler
 from mvg_rt.runtime.pipelines.transition import TransitionSettings
 
 DEMO_RESOLUTION = 128

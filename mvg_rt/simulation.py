@@ -36,9 +36,9 @@ from mvg_rt.io.video import write_gif, write_mp4
 from mvg_rt.versions import package_versions
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime, without_paths
 from mvg_rt.runtime.pipelines.latents import images_to_model_range
-from mvg_rt.runtime.pipelines.pie import PieSettings, StepCallback, run_pie
-from mvg_rt.runtime.pipelines.sessions import pie_session, run_transitions, transition_sampler
-from mvg_rt.runtime.pipelines.transition import ClipStepCallback, TransitionSettings
+from mvg_rt.runtime.pipelines.pie import PieSettings, StepCallback, pie_session, run_pie
+from mvg_rt.runtime.pipelines.transition import (ClipStepCallback, TransitionSettings, run_transitions,
+                                                transition_sampler)
 
 
 @dataclass
@@ -190,6 +190,7 @@ class SimulationResult:
     frames: list[np.ndarray] | None = None  # the joined video, when transitions ran
     clips: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    step_graphs: dict[str, Any] = field(default_factory=dict)  # per pipeline: the step graph's captures, replays
 
 
 def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptions, original: np.ndarray,
@@ -215,6 +216,7 @@ def _run_pie(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
 
     run_pie(session, generator, on_step, finished)
     result.timings["pie_seconds"] = round(time.perf_counter() - started, 4)
+    result.step_graphs["pie"] = session.describe_graphs()
     return result
 
 
@@ -239,6 +241,7 @@ def _run_transitions(runtime: Runtime, inputs: SimulationInputs, options: Simula
                              generator, on_clip_step, finished)
     result.frames = [frame.numpy() for frame in frames]
     result.timings["transition_seconds"] = round(time.perf_counter() - started, 4)
+    result.step_graphs["transitions"] = sampler.describe_graphs()
 
 
 def _graphed(runtime: Runtime, options: SimulationOptions) -> bool:
@@ -270,6 +273,7 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "pie": options.pie.to_dict(),
         "transition": options.transition.to_dict() if options.transition else None,
         "graphed_loops": _graphed(runtime, options),
+        **({"step_graphs": result.step_graphs} if _graphed(runtime, options) else {}),
         "video": {"frames": len(result.frames or result.states), "fps": options.fps},
         "backend": runtime.describe(record_paths),
         "model": runtime.provenance if record_paths else without_paths(runtime.provenance),
@@ -326,8 +330,6 @@ def simulate(runtime: Runtime, inputs: SimulationInputs, options: SimulationOpti
                 f"the {runtime.backend.name} backend has no SEINE transition network (a model folder without "
                 "seine/, or engines exported without it): pass --seine CKPT (the SEINE checkpoint), or "
                 "--no-transition for the PIE states only")
-        if _graphed(runtime, options):
-            options.transition.require_capturable()  # the captured clip loop replays single-step tables
     original = resize_and_crop(inputs.image.pixels, resolution)
     roi = inputs.roi.resolve(inputs.image.pixels.shape, resolution) if isinstance(inputs.roi, RoiRequest) \
         else inputs.roi or full_mask(resolution)

@@ -39,7 +39,7 @@ class RuntimeSpec:
     """What to run and how: the single description every job opens a backend from.
 
     ``cuda_graphs`` means both per-component graphs (the backend's own mechanism) and
-    whole-denoising-step graphs (the pipelines' graphed loops, :attr:`Runtime.graphed_loops`).
+    whole-denoising-step graphs (the pipelines' step loops, :attr:`Runtime.graphed_loops`).
     ``tf32`` lets CUDA run FP32 convolutions/matmuls as TF32 (off: ``fp32`` means FP32).
     ``ort`` holds :class:`OrtSettings` fields that differ from the defaults.
     """

@@ -13,11 +13,9 @@ import pytest
 import torch
 
 from mvg_rt.components import UNET, VAE_ENCODER
-from mvg_rt.errors import MvgError
 from mvg_rt.runtime.graphs.component_graphs import GraphCache, GraphedBackend, GraphKey
 from mvg_rt.runtime.graphs.capture import EagerCapture
 from mvg_rt.runtime.graphs.step_graph import LoopGraph
-from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession, GraphedTransitionSampler
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings
 from mvg_rt.runtime.pipelines.roi import latent_mask
 from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
@@ -176,14 +174,14 @@ def mask() -> torch.Tensor:
 
 @torch.no_grad()
 @pytest.mark.parametrize("scheduler, guidance", [(None, 7.5), ("ddim", 7.5), ("euler", 1.0), ("dpm-multistep", 7.5)])
-@pytest.mark.parametrize("host_indexed", [False, True], ids=["device-indexed", "host-indexed"])
-def test_static_pie_round_equals_the_eager_round(tiny_runtime, image, mask, scheduler, guidance, host_indexed):
-    """Two rounds, same seed: the static-buffer step (the one a GPU captures) and the eager loop's
-    host-indexed table step give the latents of PieSession stepping with diffusers' own scheduler."""
+@pytest.mark.parametrize("captured", [False, True], ids=["eager", "captured"])
+def test_static_pie_round_equals_the_eager_round(tiny_runtime, image, mask, scheduler, guidance, captured):
+    """Two rounds, same seed: the device-table step, run eagerly or as replays of a captured step, gives the
+    latents of PieSession stepping with diffusers' own scheduler."""
     settings = PieSettings(rounds=2, steps=10, strength=0.6, scheduler=scheduler, guidance_scale=guidance)
     args = (tiny_runtime.backend, tiny_runtime.model, settings, image, mask, "severe cardiomegaly")
     eager = PieSession(*args, stepper="scheduler")
-    static = PieSession(*args, stepper="tables") if host_indexed else GraphedPieSession(*args, capture=None)
+    static = PieSession(*args, stepper="tables", capture=_capture_recorder()[0] if captured else None)
     g_eager, g_static = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     previous = image
     steps_seen: list[tuple[int, int, int]] = []
@@ -198,30 +196,34 @@ def test_static_pie_round_equals_the_eager_round(tiny_runtime, image, mask, sche
 
 @torch.no_grad()
 def test_pie_loop_capture_logic_with_eager_capture(tiny_runtime, image, mask):
-    """One step captured per session and replayed for every other step of every round."""
+    """One step captured per session and replayed for every other step of every round; the parity policy:
+    eager and captured loops run the same table step, so they agree bitwise."""
     capture, captures = _capture_recorder()
     settings = PieSettings(rounds=2, steps=8, strength=0.5, scheduler="ddim")
     args = (tiny_runtime.backend, tiny_runtime.model, settings, image, mask, "severe cardiomegaly")
-    graphed = GraphedPieSession(*args, capture=capture, warmup=1)
+    graphed = PieSession(*args, capture=capture, warmup=1)
     eager = PieSession(*args)
     for seed in (1, 2):
         expected = eager.round_latents(image, torch.Generator().manual_seed(seed))
         got = graphed.round_latents(image, torch.Generator().manual_seed(seed))
-        assert float((got - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
+        assert torch.equal(got, expected)
     steps = graphed.loop.steps
     assert len(captures) == 1 and captures[0].replays == 2 * steps - 1  # round 1: 1 warm-up step
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("sampler, chunk", [("ddpm", None), ("ddpm", 2), ("ddim", None)])
+@pytest.mark.parametrize("sampler, chunk", [("ddpm", None), ("ddpm", 2), ("ddim", None), ("dpm++2m", None),
+                                            ("unipc", None)])
 def test_static_clip_equals_the_eager_clip(tiny_runtime, image, sampler, chunk):
-    """SEINE clip, same seed: identical latents; DDPM noise pre-drawn (whole or in chunks) in order."""
+    """SEINE clip, same seed, every sampler (multistep ones included): the captured step's latents are the eager
+    step's, bitwise; DDPM noise drawn (whole or in chunks) in the same order."""
     settings = TransitionSettings(frames=4, steps=5, sampler=sampler)
     start, end = image, image.flip(0).contiguous()
-    eager = TransitionSampler(tiny_runtime.backend, tiny_runtime.model, settings, "severe cardiomegaly")
+    eager = TransitionSampler(tiny_runtime.backend, tiny_runtime.model, settings, "severe cardiomegaly",
+                              noise_chunk=None if chunk is None else chunk + 1)
     capture, captures = _capture_recorder()
-    static = GraphedTransitionSampler(tiny_runtime.backend, tiny_runtime.model, settings, "severe cardiomegaly",
-                                      capture=capture, noise_chunk=chunk)
+    static = TransitionSampler(tiny_runtime.backend, tiny_runtime.model, settings, "severe cardiomegaly",
+                               capture=capture, noise_chunk=chunk)
     for seed in (0, 1):
         g_eager, g_static = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
         expected = eager.sample_latents(start, end, g_eager)

@@ -50,9 +50,9 @@ def test_ddpm_tables_match_diffusers_ddpm_with_custom_timesteps():
     for i, t in enumerate(tables.timesteps.tolist()):
         theirs = reference.step(eps.float(), t, x.float(), generator=torch.Generator().manual_seed(i)).prev_sample
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(i))  # the draw diffusers makes
-        ours = tables.a[i] * x + tables.b[i] * eps + tables.s[i] * noise.double()
+        ours = tables.sample_coefs[i, 0] * x + tables.eps_coefs[i, 0] * eps + tables.noise_scale[i] * noise.double()
         assert torch.allclose(ours.float(), theirs, atol=2e-5), t
-    assert tables.s[-1] == 0  # no noise on the last step (t = 0)
+    assert tables.noise_scale[-1] == 0  # no noise on the last step (t = 0)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
@@ -66,8 +66,8 @@ def test_ddim_tables_are_song_et_al_eq12(eta):
         x0 = (x - np.sqrt(1 - abar[i]) * eps) / np.sqrt(abar[i])
         sigma = eta * np.sqrt((1 - abar_prev[i]) / (1 - abar[i])) * np.sqrt(1 - abar[i] / abar_prev[i])
         mean = np.sqrt(abar_prev[i]) * x0 + np.sqrt(1 - abar_prev[i] - sigma**2) * eps
-        assert torch.allclose(tables.a[i] * x + tables.b[i] * eps, mean, rtol=1e-9, atol=1e-12)
-        assert float(tables.s[i]) == pytest.approx(sigma if i < len(tables) - 1 else 0.0, abs=1e-15)
+        assert torch.allclose(tables.sample_coefs[i, 0] * x + tables.eps_coefs[i, 0] * eps, mean, rtol=1e-9, atol=1e-12)
+        assert float(tables.noise_scale[i]) == pytest.approx(sigma if i < len(tables) - 1 else 0.0, abs=1e-15)
     assert tables.timesteps[0] == 999 and tables.timesteps[-1] == 0
 
 
@@ -78,4 +78,4 @@ def test_deterministic_ddim_recovers_x0_in_one_step_from_the_clean_limit():
     x0, noise = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
     abar_last = schedule.alphas_cumprod[0]  # the final step is from t=0 to "before 0"
     xt = np.sqrt(abar_last) * x0 + np.sqrt(1 - abar_last) * noise
-    assert torch.allclose(tables.a[-1] * xt + tables.b[-1] * noise, x0, atol=1e-12)
+    assert torch.allclose(tables.sample_coefs[-1, 0] * xt + tables.eps_coefs[-1, 0] * noise, x0, atol=1e-12)

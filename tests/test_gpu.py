@@ -193,12 +193,12 @@ def _pie_args(runtime, device: str, scheduler: str | None = None):
 @pytest.mark.parametrize("scheduler", [None, "euler"])
 def test_whole_step_graph_pie_round_equals_eager_torch(tiny_model_dir: Path, scheduler):
     from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
-    from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession
     from mvg_rt.runtime.pipelines.pie import PieSession
 
     runtime = open_runtime(RuntimeSpec(model_dir=tiny_model_dir, device="cuda"))
     args, image = _pie_args(runtime, "cuda", scheduler)
-    eager, static, graphed = PieSession(*args), GraphedPieSession(*args, capture=None), GraphedPieSession(*args)
+    capture = runtime.backend.step_capture()
+    eager, static, graphed = PieSession(*args, stepper="scheduler"), PieSession(*args), PieSession(*args, capture=capture)
     for seed in (0, 1):  # round 1 captures, round 2 only replays
         a = eager.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
         b = static.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
@@ -211,20 +211,21 @@ def test_whole_step_graph_pie_round_equals_eager_torch(tiny_model_dir: Path, sch
 @needs_trt
 def test_whole_step_graphs_with_tensorrt(trt_engines: Path):
     from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
-    from mvg_rt.runtime.pipelines.graphed_loops import GraphedPieSession, GraphedTransitionSampler
-    from mvg_rt.runtime.pipelines.transition import TransitionSettings
+    from mvg_rt.runtime.pipelines.pie import PieSession
+    from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
 
     runtime = open_runtime(RuntimeSpec(backend="trt", engines_dir=trt_engines, precision="fp16", device="cuda"))
     args, image = _pie_args(runtime, "cuda")
-    static, graphed = GraphedPieSession(*args, capture=None), GraphedPieSession(*args)
+    capture = runtime.backend.step_capture()
+    static, graphed = PieSession(*args), PieSession(*args, capture=capture)
     for seed in (0, 1):
         b = static.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
         c = graphed.round_latents(image.cuda(), torch.Generator().manual_seed(seed))
         assert torch.allclose(b, c, atol=1e-6, rtol=0)
     settings = TransitionSettings(frames=5, steps=6)
     start, end = image.cuda(), image.flip(0).contiguous().cuda()
-    eager_clip = GraphedTransitionSampler(runtime.backend, runtime.model, settings, "p", capture=None)
-    graphed_clip = GraphedTransitionSampler(runtime.backend, runtime.model, settings, "p")
+    eager_clip = TransitionSampler(runtime.backend, runtime.model, settings, "p")
+    graphed_clip = TransitionSampler(runtime.backend, runtime.model, settings, "p", capture=capture)
     for seed in (0, 1):
         b = eager_clip.sample_latents(start, end, torch.Generator().manual_seed(seed))
         c = graphed_clip.sample_latents(start, end, torch.Generator().manual_seed(seed))

@@ -116,17 +116,15 @@ def test_presets_and_overrides():
         TransitionSettings.from_preset("slow")
 
 
-def test_multistep_samplers_are_refused_by_the_captured_loop_in_one_line(tiny_runtime, image_64):
-    from mvg_rt.runtime.pipelines.graphed_loops import GraphedTransitionSampler
-
-    for sampler in SAMPLERS:
-        assert TransitionSettings(sampler=sampler).capturable == (sampler in ("ddpm", "ddim"))
-    settings = TransitionSettings(frames=4, steps=3, sampler="unipc")
-    graphed = GraphedTransitionSampler(tiny_runtime.backend, tiny_runtime.model, settings, "p", capture=None)
-    start = torch.from_numpy(image_64)
-    with pytest.raises(MvgError, match="--transition-sampler unipc .* --cuda-graphs") as error, torch.no_grad():
-        graphed.sample_latents(start, start, torch.Generator().manual_seed(0))
-    assert "\n" not in str(error.value)
+@pytest.mark.parametrize("sampler", ["dpm++2m", "unipc"])
+def test_multistep_samplers_are_accepted_with_cuda_graphs(tmp_path, tiny_model_dir, image_64, run_cli, sampler):
+    """--transitions fast (and any sampler) with --cuda-graphs: on a CPU the only refusal is the missing device."""
+    Image.fromarray(image_64).save(tmp_path / "x.png")
+    code, _, err = run_cli(["simulate", "--model-dir", str(tiny_model_dir), "--image", str(tmp_path / "x.png"),
+                            "--prompt", "p", "--transitions", "fast", "--transition-sampler", sampler,
+                            "--cuda-graphs", "--out", str(tmp_path / "out")])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--cuda-graphs needs a CUDA device" in err and sampler not in err
 
 
 def test_cli_choices_match_the_pipeline():

@@ -96,7 +96,7 @@ def component_row(runtime: Runtime, component: str, feeds: dict[str, Tensor], co
 
 def round_row(runtime: Runtime, settings: E2ESettings, original: np.ndarray, stepper: str) -> Row:
     """One PIE round with the ROI = the whole image and beta2 = 1 (img2img), after its session setup."""
-    from mvg_rt.runtime.pipelines.sessions import pie_session
+    from mvg_rt.runtime.pipelines.pie import pie_session
 
     device = runtime.backend.device
     session, setup = clocked(lambda: pie_session(

@@ -49,7 +49,7 @@ class StepClock:
 
 def mvg_round(runtime: Runtime, settings: E2ESettings, stepper: str) -> Round:
     """mvg-rt's PIE round (full ROI, beta2 = 1) with ``stepper``, as a :data:`Round`."""
-    from mvg_rt.runtime.pipelines.sessions import pie_session
+    from mvg_rt.runtime.pipelines.pie import pie_session
 
     original = demo_original(settings.resolution)
     session = pie_session(runtime.backend, runtime.model, settings.pie(rounds=1, beta2=1.0), original,

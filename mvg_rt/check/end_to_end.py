@@ -17,9 +17,8 @@ import torch
 from mvg_rt.check.tolerances import END_TO_END
 from mvg_rt.components import SEINE
 from mvg_rt.eval.metrics import psnr, ssim
-from mvg_rt.runtime.pipelines.pie import PieSettings, run_pie
-from mvg_rt.runtime.pipelines.sessions import pie_session, transition_sampler
-from mvg_rt.runtime.pipelines.transition import TransitionSettings
+from mvg_rt.runtime.pipelines.pie import PieSettings, pie_session, run_pie
+from mvg_rt.runtime.pipelines.transition import TransitionSettings, transition_sampler
 
 PROMPT = "severe cardiomegaly"
 

@@ -22,7 +22,7 @@ graphs kept per component (least recently used is dropped; TensorRT keeps 1, bec
 its execution context holds one set of input shapes). ``invalidate`` drops graphs
 explicitly (the TensorRT backend calls it when a component gets new input shapes or
 buffers, or its engine is released). Calls made while a graph is being captured run straight through, so a
-backend call can be part of a larger captured step (see ``graphed_loops``).
+backend call can be part of a larger captured step (see :mod:`mvg_rt.runtime.pipelines.steps.loop`).
 """
 
 from __future__ import annotations

@@ -18,36 +18,37 @@ settings diffusers recommends for guided sampling), are diffusers' own scheduler
 configured with the same 1000 linear betas and visiting the same respaced
 timesteps (final step to sigma 0, so both end on a clean sample as DDPM does). They
 are deterministic and linear in the samples and model outputs they were fed, so
-:func:`mvg_rt.runtime.pipelines.linear_steps.probe_tables` measures them as tables
+:func:`mvg_rt.runtime.pipelines.steps.probe.probe_tables` measures them as tables
 with a history window W: 2 for DPM-Solver++(2M) (the step uses the previous
 model output and the previous sample's x0 prediction); the whole history for UniPC,
 whose corrector refines the previous sample and feeds the corrected one forward, a
 recursion that unrolls into a lower-triangular table (N(N+1)/2 terms: cheap at the
 10-50 steps it is meant for). Every transition sampler is then one step form, a
-:class:`ClipSchedule`:
+:class:`~mvg_rt.runtime.pipelines.steps.tables.StepTables`:
 
     x_{i+1} = sum_l A[i, l] x_{i-l} + sum_l B[i, l] eps_{i-l} + S[i] noise      (l < W)
 
 A denoiser that predicts v instead of epsilon (the demo SEINE does) needs no other
 sampler: eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t is linear in the sample and the
-output at the same step, so :meth:`ClipSchedule.over_model_output` folds it into A
+output at the same step, so :meth:`~mvg_rt.runtime.pipelines.steps.tables.StepTables.over_model_output` folds it into A
 and B, and the loop stays one linear step over whatever the model returns.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from mvg_rt.runtime.pipelines.linear_steps import LinearStepTables, probe_tables
+from mvg_rt.runtime.pipelines.steps.probe import probe_tables
+from mvg_rt.runtime.pipelines.steps.tables import StepTables
 
 TRAIN_STEPS = 1000
 BETA_START, BETA_END = 1e-4, 2e-2
 SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc")
-MULTISTEP = ("dpm++2m", "unipc")  # history window W > 1: not the single-step (A, B, S) tables
+MULTISTEP = ("dpm++2m", "unipc")  # diffusers' multistep solvers, measured by probing (window W > 1)
 
 
 def linear_betas(train_steps: int = TRAIN_STEPS) -> np.ndarray:
@@ -75,19 +76,6 @@ def respaced_timesteps(train_steps: int, steps: int) -> np.ndarray:
         taken.append(round(position))
         position += stride
     return np.array(sorted(set(taken)), dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class StepTables:
-    """Per sampling step (in sampling order, i.e. descending timesteps) ``x_prev = A x + B eps + S noise``."""
-
-    timesteps: torch.Tensor  # (N,) original training timesteps fed to the denoiser
-    a: torch.Tensor  # (N,) float64
-    b: torch.Tensor
-    s: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
 
 
 @dataclass(frozen=True)
@@ -130,7 +118,7 @@ class RespacedSchedule:
         b = -coef_x0 * np.sqrt(1.0 / abar - 1.0)
         s = np.sqrt(self.fixed_large_variance)
         s[0] = 0.0
-        return self._tables(a, b, s)
+        return self._tables("ddpm", a, b, s)
 
     def ddim_tables(self, eta: float = 0.0) -> StepTables:
         """DDIM (Song et al. Eq 12) with stochasticity ``eta``; eta = 0 is deterministic."""
@@ -139,7 +127,7 @@ class RespacedSchedule:
         a = np.sqrt(abar_prev / abar)
         b = np.sqrt(np.clip(1.0 - abar_prev - sigma**2, 0.0, None)) - np.sqrt(abar_prev) * np.sqrt(1.0 / abar - 1.0)
         sigma[0] = 0.0
-        return self._tables(a, b, sigma)
+        return self._tables("ddim", a, b, sigma)
 
     def tables(self, sampler: str, eta: float = 0.0) -> StepTables:
         if sampler == "ddpm":
@@ -148,72 +136,23 @@ class RespacedSchedule:
             return self.ddim_tables(eta)
         raise ValueError(f"single-step tables exist for ddpm and ddim, got {sampler!r}")
 
-    def _tables(self, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> StepTables:
-        descending = slice(None, None, -1)
+    def _tables(self, sampler: str, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> StepTables:
+        """Rows in sampling order (descending timesteps); window 1; SEINE is fed x itself (C = 1)."""
         # .copy(), not np.ascontiguousarray: a 1-step table reversed is "contiguous" yet keeps its negative stride
-        as_tensor = lambda v: torch.from_numpy(v[descending].copy())  # noqa: E731
-        return StepTables(torch.from_numpy(self.timesteps[descending].copy()), as_tensor(a), as_tensor(b),
-                          as_tensor(s))
+        descending = lambda v: torch.from_numpy(v[::-1].copy())  # noqa: E731
+        return StepTables(sampler, descending(self.timesteps), torch.ones(len(a), dtype=torch.float64),
+                          descending(a)[:, None], descending(b)[:, None], descending(s))
 
 
-@dataclass(frozen=True)
-class ClipSchedule:
-    """A transition sampler as one linear step over a window of W past samples / model outputs.
-
-    Rows are in sampling order (descending timesteps); ``A[i, l]`` / ``B[i, l]`` weigh
-    the sample / guided model output (epsilon, or v once folded) of step ``i - l``;
-    ``S[i]`` scales the fresh noise drawn after step ``i`` (zero on steps that draw
-    none). DDPM and DDIM have W = 1.
-    """
-
-    sampler: str
-    timesteps: torch.Tensor  # (N,) int64 training timesteps fed to the denoiser
-    sample_coefs: torch.Tensor  # (N, W) A
-    eps_coefs: torch.Tensor  # (N, W) B
-    noise_scale: torch.Tensor  # (N,) S
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-    @property
-    def window(self) -> int:
-        return int(self.sample_coefs.shape[1])
-
-    @property
-    def noisy_steps(self) -> list[bool]:
-        return (self.noise_scale > 0).tolist()
-
-    def over_model_output(self, prediction_type: str) -> ClipSchedule:
-        """The same sampler with B weighing the denoiser's own output (``epsilon``: unchanged).
-
-        For v: eps_j = sqrt(abar_j) v_j + sqrt(1 - abar_j) x_j at step j = i - l, so
-        A'[i, l] = A[i, l] + B[i, l] sqrt(1 - abar_j) and B'[i, l] = B[i, l] sqrt(abar_j).
-        Guidance commutes with the fold: it mixes two outputs of the same sample.
-        """
-        if prediction_type == "epsilon":
-            return self
-        if prediction_type != "v_prediction":
-            raise ValueError(f"prediction type must be epsilon or v_prediction, got {prediction_type!r}")
-        abar = torch.from_numpy(linear_alphas_cumprod())[self.timesteps]  # (N,) per step
-        steps, window = self.sample_coefs.shape
-        rows, lags = torch.arange(steps)[:, None], torch.arange(window)[None, :]
-        source = (rows - lags).clamp(min=0)  # step j = i - l whose sample / output B[i, l] weighs
-        b = self.eps_coefs.double()
-        return ClipSchedule(self.sampler, self.timesteps, self.sample_coefs.double() + b * (1 - abar[source]).sqrt(),
-                            b * abar[source].sqrt(), self.noise_scale)
-
-
-def clip_schedule(sampler: str, steps: int, eta: float = 0.0, prediction_type: str = "epsilon") -> ClipSchedule:
-    """The schedule of ``sampler`` over the linear schedule respaced to ``steps`` (see the module docstring),
+def clip_schedule(sampler: str, steps: int, eta: float = 0.0, prediction_type: str = "epsilon") -> StepTables:
+    """The tables of ``sampler`` over the linear schedule respaced to ``steps`` (see the module docstring),
     over a denoiser whose output is ``prediction_type``."""
     if sampler in MULTISTEP:
         tables = multistep_tables(sampler, steps)
-        schedule = ClipSchedule(sampler, tables.timesteps.round().long(), tables.sample_coefs.double(),
-                                tables.eps_coefs.double(), torch.zeros(len(tables), dtype=torch.float64))
+        tables = replace(tables, sampler=sampler, timesteps=tables.timesteps.round().long())
     else:
-        single = RespacedSchedule.linear(steps).tables(sampler, eta)
-        schedule = ClipSchedule(sampler, single.timesteps, single.a[:, None], single.b[:, None], single.s)
-    return schedule.over_model_output(prediction_type)
+        tables = RespacedSchedule.linear(steps).tables(sampler, eta)
+    return tables.over_model_output(prediction_type, torch.from_numpy(linear_alphas_cumprod()))
 
 
 def multistep_scheduler(sampler: str, steps: int) -> DPMSolverMultistepScheduler | UniPCMultistepScheduler:
@@ -243,7 +182,7 @@ def multistep_scheduler(sampler: str, steps: int) -> DPMSolverMultistepScheduler
     raise ValueError(f"multistep sampler must be one of {MULTISTEP}, got {sampler!r}")
 
 
-def multistep_tables(sampler: str, steps: int) -> LinearStepTables:
+def multistep_tables(sampler: str, steps: int) -> StepTables:
     """The measured (A, B) tables of a diffusers multistep scheduler over the respaced schedule."""
 
     def fresh() -> tuple[DPMSolverMultistepScheduler | UniPCMultistepScheduler, torch.Tensor]:

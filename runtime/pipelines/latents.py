@@ -30,7 +30,7 @@ def posterior_sample(moments: Tensor, generator: torch.Generator) -> Tensor:
 
 def images_to_model_range(images_uint8: Tensor) -> Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1], as the SD pipelines preprocess."""
-    return images_uint8.permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
+    return images_uint8.permute(0, 3, 1, 2).float().contiguous() / 255.0 * 2.0 - 1.0
 
 
 def model_range_to_images(images: Tensor) -> Tensor:

@@ -24,18 +24,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mvg_rt.errors import MvgError
 from mvg_rt.limits import check
 from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.graphs.capture import CaptureFn
 from mvg_rt.runtime.pipelines.guidance import guided
-from mvg_rt.runtime.pipelines.model_info import ModelInfo
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
-from mvg_rt.runtime.pipelines.roi import blend_with_original, replace_outside_roi
-from mvg_rt.runtime.pipelines.linear_steps import SchedulerStepper, TableStepper, is_stochastic, pie_step_tables
+from mvg_rt.runtime.pipelines.model_info import ModelInfo
+from mvg_rt.runtime.pipelines.roi import blend_with_original, latent_mask, replace_outside_roi
 from mvg_rt.runtime.pipelines.schedulers import check_scheduler, check_steps, img2img_timesteps, make_scheduler
+from mvg_rt.runtime.pipelines.steps.loop import DenoisingLoop
+from mvg_rt.runtime.pipelines.steps.probe import pie_step_tables, stochastic_reason
+from mvg_rt.runtime.pipelines.steps.steppers import SchedulerStepper, TableStepper
 from mvg_rt.runtime.pipelines.text import encode_texts
 
 StepCallback = Callable[[int, int, int], None]  # (round index from 1, step index from 1, steps in round)
@@ -68,8 +72,47 @@ class PieSettings:
         return asdict(self)
 
 
+class OutsideRoiReplacement:
+    """PIE's pre-step (Eq 5): for every step but the first, the original noised to t_i outside the ROI.
+
+    The round's references ``inter[i]`` live in a static buffer (loaded before each
+    round), so the step reads its own with the step index.
+    """
+
+    def __init__(self, mask: Tensor, steps: int, latent_shape: tuple[int, ...], device: torch.device) -> None:
+        self.mask = mask.to(device).clone()
+        self.references = torch.zeros((steps, *latent_shape[1:]), device=device)
+        self.replaces = (torch.arange(steps) >= 1).to(device)  # the reference replaces for every i >= 1
+
+    def load(self, references: Tensor) -> None:
+        if references.shape != self.references.shape:
+            raise ValueError(f"{references.shape[0]} references for {self.references.shape[0]} steps")
+        self.references.copy_(references)
+
+    def __call__(self, latents: Tensor, index: Tensor) -> Tensor:
+        replaced = replace_outside_roi(latents, self.references.index_select(0, index), self.mask)
+        return torch.where(self.replaces.index_select(0, index).view(1, 1, 1, 1), replaced, latents)
+
+
+class GuidedUnet:
+    """PIE's denoiser: the UNet on the batch [uncond, cond] (diffusers' order), combined by CFG."""
+
+    def __init__(self, backend: Backend, text_embeddings: Tensor, guidance_scale: float) -> None:
+        self.backend, self.guidance_scale = backend, guidance_scale
+        self.text = text_embeddings
+        self.use_cfg = text_embeddings.shape[0] == 2
+
+    def __call__(self, sample: Tensor, timestep: Tensor) -> Tensor:
+        batch = torch.cat([sample, sample]) if self.use_cfg else sample
+        noise = self.backend.predict_noise(batch, timestep.expand(batch.shape[0]), self.text)
+        if not self.use_cfg:
+            return noise
+        uncond, cond = noise.chunk(2)
+        return guided(cond, uncond, self.guidance_scale)
+
+
 class PieSession:
-    """The PIE state shared by all rounds of one simulation: prompt embeddings, original, mask."""
+    """The PIE state shared by all rounds of one simulation: prompt embeddings, original, mask, the loop."""
 
     def __init__(
         self,
@@ -81,30 +124,40 @@ class PieSession:
         prompt: str,
         negative_prompt: str = "",
         stepper: str = "auto",
+        capture: CaptureFn | None = None,
+        warmup: int = 1,
     ) -> None:
         """``original`` is (H, W, 3) uint8; ``latent_mask`` is (1, C, H/8, W/8) in [0, 1].
 
-        ``stepper``: how the eager loop applies the scheduler update. ``auto``: from the
-        scheduler's coefficient tables when it is linear (the lean step), else diffusers'
-        ``step``; ``scheduler``: always diffusers' ``step`` (the reference); ``tables``.
+        ``stepper``: how the scheduler update is applied. ``auto``: the device-table
+        step when the scheduler is linear, else diffusers' ``step``; ``scheduler``:
+        always diffusers' ``step`` (the reference); ``tables``: the table step or an
+        error. ``capture``: how the round's step is captured (None: eager); it needs
+        the table step, so a scheduler that draws noise is refused with its name.
         """
         if stepper not in ("auto", "scheduler", "tables"):
             raise ValueError(f"unknown stepper {stepper!r}")
+        if stepper == "scheduler" and capture is not None:
+            raise ValueError("diffusers' step is host-indexed: a captured round needs the table step")
         self.backend, self.model, self.settings = backend, model, settings
         self.device = backend.device
-        self.use_cfg = settings.guidance_scale > 1.0
-        texts = [negative_prompt, prompt] if self.use_cfg else [prompt]  # [uncond, cond], as diffusers
+        use_cfg = settings.guidance_scale > 1.0
+        texts = [negative_prompt, prompt] if use_cfg else [prompt]  # [uncond, cond], as diffusers
         self.text_embeddings = encode_texts(backend, model.tokenizer, texts)
+        self.denoise = GuidedUnet(backend, self.text_embeddings, settings.guidance_scale)
         self.original = original
         self.mask = latent_mask.to(self.device)
         self.original_moments = backend.encode_images(images_to_model_range(original[None]).to(self.device))
         probe = make_scheduler(model.scheduler_config, settings.scheduler)
         check_steps(probe, settings.steps)
-        self.step_tables = None if is_stochastic(probe, settings.eta) else pie_step_tables(
-            model.scheduler_config, settings.scheduler, settings.steps, settings.strength, settings.eta)
-        if stepper == "tables" and self.step_tables is None:
-            raise MvgError(f"{type(probe).__name__} draws noise in every step: it has no coefficient tables")
-        self.use_tables = stepper != "scheduler" and self.step_tables is not None
+        needs_tables = stepper == "tables" or capture is not None
+        if stepper == "scheduler" or (stochastic_reason(probe, settings.eta) is not None and not needs_tables):
+            self.step_tables = None
+        else:  # refuses a scheduler that draws noise, with its name and the fix
+            self.step_tables = pie_step_tables(model.scheduler_config, settings.scheduler, settings.steps,
+                                               settings.strength, settings.eta)
+        self.capture, self.warmup = capture, warmup
+        self.loop: DenoisingLoop | None = None  # the table loop, kept across rounds (and its graph)
 
     def run_round(self, previous: Tensor, generator: torch.Generator, round_index: int = 1,
                   on_step: StepCallback | None = None) -> Tensor:
@@ -133,32 +186,30 @@ class PieSession:
         reference = posterior_sample(self.original_moments, generator) * sf
         references = self._noised_to_each(reference, cpu_randn(start.shape, generator, self.device), timesteps)
 
-        latents = self._denoise(scheduler, timesteps, latents, references, generator, round_index, on_step)
+        loop = self._loop(tuple(latents.shape), scheduler, timesteps, generator)
+        loop.prepare.load(references)
+        progress = None if on_step is None else (lambda i: on_step(round_index, i + 1, loop.steps))
+        latents = loop.run(latents, generator, progress)
         return blend_with_original(latents, original_latents, self.mask, settings.beta1, settings.beta2)
 
-    def _denoise(self, scheduler: Any, timesteps: Tensor, latents: Tensor, references: Tensor,
-                 generator: torch.Generator, round_index: int, on_step: StepCallback | None) -> Tensor:
-        """The round's denoising loop (Eq 5), eagerly; subclasses swap the loop only.
+    def _loop(self, latent_shape: tuple[int, ...], scheduler: Any, timesteps: Tensor,
+              generator: torch.Generator) -> DenoisingLoop:
+        """The round's loop (Eq 5): the session's table loop, or a fresh diffusers-step loop per round."""
+        if self.step_tables is None:
+            stepper = SchedulerStepper(scheduler, timesteps, generator, self.settings.eta, self.device)
+            prepare = OutsideRoiReplacement(self.mask, len(timesteps), latent_shape, self.device)
+            return DenoisingLoop(stepper, self.denoise, latent_shape, self.device, prepare)
+        if self.loop is None or tuple(self.loop.latents.shape) != latent_shape:
+            steps = len(self.step_tables)
+            self.loop = DenoisingLoop(TableStepper(self.step_tables, latent_shape, self.device), self.denoise,
+                                      latent_shape, self.device,
+                                      OutsideRoiReplacement(self.mask, steps, latent_shape, self.device),
+                                      self.capture, self.warmup, lambda: self.backend.graph_generation("unet"))
+        return self.loop
 
-        For i >= 1 the region outside the ROI is first replaced by the original noised to
-        t_i (the reference's condition), then one CFG UNet step and the scheduler update.
-        """
-        stepper = TableStepper(self.step_tables) if self.use_tables else SchedulerStepper(
-            scheduler, generator, self.settings.eta)
-        batch_size = 2 if self.use_cfg else 1
-        model_timesteps = timesteps.to(device=self.device, dtype=torch.float32)
-        for i, t in enumerate(timesteps):
-            if i >= 1:
-                latents = replace_outside_roi(latents, references[i : i + 1], self.mask)
-            batch = stepper.scale_model_input(torch.cat([latents] * batch_size), i, t)
-            noise = self.backend.predict_noise(batch, model_timesteps[i].expand(batch_size), self.text_embeddings)
-            if self.use_cfg:
-                uncond, cond = noise.chunk(2)  # batch order [uncond, cond], as diffusers
-                noise = guided(cond, uncond, self.settings.guidance_scale)
-            latents = stepper.step(i, t, latents, noise)
-            if on_step is not None:
-                on_step(round_index, i + 1, len(timesteps))
-        return latents
+    def describe_graphs(self) -> dict[str, Any] | None:
+        """The step graph's captures and replays (None before the first table round)."""
+        return None if self.loop is None else self.loop.describe()
 
     def _noised_to_each(self, clean: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """``clean`` noised to every timestep of the round with one shared noise: (k, C, h, w).
@@ -170,6 +221,18 @@ class PieSession:
         noiser.set_timesteps(self.settings.steps, device=self.device)
         return noiser.add_noise(clean.expand(len(timesteps), -1, -1, -1), noise.expand(len(timesteps), -1, -1, -1),
                                 timesteps)
+
+
+def pie_session(backend: Backend, model: ModelInfo, settings: PieSettings, original: np.ndarray,
+                roi_pixels: np.ndarray, prompt: str, negative_prompt: str = "", step_graphs: bool = False,
+                stepper: str = "auto") -> PieSession:
+    """A PIE session on ``original`` ((H, W, 3) uint8) with the ROI ``roi_pixels`` ((H, W) uint8 gray).
+
+    ``step_graphs``: capture the round's step as the backend captures whole steps (``--cuda-graphs``).
+    """
+    mask = latent_mask(torch.from_numpy(roi_pixels), model.vae_scale_factor, model.latent_channels)
+    return PieSession(backend, model, settings, torch.from_numpy(original).to(backend.device), mask, prompt,
+                      negative_prompt, stepper, backend.step_capture() if step_graphs else None)
 
 
 def run_pie(session: PieSession, generator: torch.Generator, on_step: StepCallback | None = None,

@@ -7,9 +7,10 @@ SEINE's "onelast1") and the VAE latents of the masked video (4: the two states,
 zero images between them). Classifier-free guidance uses the batch [cond, uncond]
 and the prompt with SEINE's suffix. Sampling is guided-diffusion DDPM (SEINE's
 default), DDIM, DPM-Solver++(2M) or UniPC over the respaced linear schedule, all as
-one linear step over a short history (:class:`~gaussian_schedule.ClipSchedule`), so
-the loop is the same for every sampler, and for an epsilon or a v denoiser (the
-tables fold v into epsilon; ``eps`` below is then the guided v):
+one linear step over a short history (:class:`~.steps.tables.StepTables`), so the
+loop (:class:`~.steps.loop.DenoisingLoop`, the one PIE runs too) is the same for
+every sampler, eager or captured, and for an epsilon or a v denoiser (the tables
+fold v into epsilon; ``eps`` below is then the guided v):
 
     eps_i = uncond_i + scale * (cond_i - uncond_i)
     x_{i+1} = sum_l A[i, l] x_{i-l} + sum_l B[i, l] eps_{i-l} + S[i] noise_i
@@ -41,11 +42,14 @@ from torch import Tensor
 from mvg_rt.errors import MvgError
 from mvg_rt.limits import check
 from mvg_rt.runtime.backends.base import Backend
-from mvg_rt.runtime.pipelines.gaussian_schedule import MULTISTEP, SAMPLERS, StepTables, clip_schedule
-from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
+from mvg_rt.runtime.graphs.capture import CaptureFn
+from mvg_rt.runtime.pipelines.gaussian_schedule import SAMPLERS, clip_schedule
 from mvg_rt.runtime.pipelines.guidance import guided
+from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
 from mvg_rt.runtime.pipelines.roi import composite_transition
+from mvg_rt.runtime.pipelines.steps.loop import DenoisingLoop
+from mvg_rt.runtime.pipelines.steps.steppers import TableStepper
 from mvg_rt.runtime.pipelines.text import encode_texts
 
 ClipStepCallback = Callable[[int, int, int], None]  # (clip index from 1, step from 1, steps)
@@ -54,8 +58,8 @@ ClipStepCallback = Callable[[int, int, int], None]  # (clip index from 1, step f
 #: setting whose clips all meet the transition standard (mvg_rt/eval/transition_quality.py). On the demo model
 #: none does yet, DDPM-250 included (benchmarks/results/cpu-2core/transition_samplers.md), so "fast" is the
 #: setting closest to it at about 20x less work: DDIM-10 passes 6 of 15 clips, on the path ratio only; the
-#: multistep solvers at 10 steps pass none and also fail the heart-size criterion. DDIM is a single-step
-#: table, so "fast" also runs in the CUDA-graph clip loop.
+#: multistep solvers at 10 steps pass none and also fail the heart-size criterion. Every sampler runs in the
+#: CUDA-graph clip loop.
 TRANSITION_PRESETS: dict[str, tuple[str, int]] = {"paper": ("ddpm", 250), "fast": ("ddim", 10)}
 
 
@@ -96,18 +100,6 @@ class TransitionSettings:
         return next((name for name, setting in TRANSITION_PRESETS.items() if setting == (self.sampler, self.steps)),
                     None)
 
-    @property
-    def capturable(self) -> bool:
-        """Whether the static-buffer (CUDA-graph) clip loop can replay this sampler: single-step tables only."""
-        return self.sampler not in MULTISTEP
-
-    def require_capturable(self) -> None:
-        """One-line refusal of a multistep sampler in the static-buffer loop (it replays A, B, S only)."""
-        if not self.capturable:
-            raise MvgError(f"--transition-sampler {self.sampler} keeps a multistep history that the CUDA-graph "
-                           "transition loop cannot replay yet: use --transition-sampler ddpm or ddim, or drop "
-                           "--cuda-graphs")
-
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "preset": self.preset}
 
@@ -123,29 +115,39 @@ def transition_prompt(prompt: str, suffix: str) -> str:
     return f"{prompt.strip()} {suffix}".strip() if suffix else prompt.strip()
 
 
-class TransitionSampler:
-    """Generates the clip between two states; shared text embeddings and tables for all clips."""
+class GuidedSeine:
+    """SEINE's denoiser: [noisy latents | condition] on channels, the batch [cond, uncond], combined by CFG.
 
-    def __init__(self, backend: Backend, model: ModelInfo, settings: TransitionSettings, prompt: str) -> None:
+    The condition (frame mask + masked-video latents) lives in a static buffer loaded before each clip.
+    """
+
+    def __init__(self, backend: Backend, text_embeddings: Tensor, guidance_scale: float,
+                 condition_shape: tuple[int, ...], device: torch.device) -> None:
+        self.backend, self.text, self.guidance_scale = backend, text_embeddings, guidance_scale
+        self.condition = torch.zeros(condition_shape, device=device)
+
+    def __call__(self, sample: Tensor, timestep: Tensor) -> Tensor:
+        model_input = torch.cat([sample, self.condition], dim=1).expand(2, -1, -1, -1, -1)
+        cond, uncond = self.backend.predict_video_noise(model_input, timestep.expand(2), self.text).chunk(2)
+        return guided(cond, uncond, self.guidance_scale)
+
+
+class TransitionSampler:
+    """Generates the clip between two states; shared text embeddings, tables and loop for all clips.
+
+    ``capture``: how the clip's step is captured (None: eager; every sampler can be).
+    ``noise_chunk``: DDPM draws held on the device at once (None: all of a clip's).
+    """
+
+    def __init__(self, backend: Backend, model: ModelInfo, settings: TransitionSettings, prompt: str,
+                 capture: CaptureFn | None = None, warmup: int = 1, noise_chunk: int | None = None) -> None:
         self.backend, self.model, self.settings = backend, model, settings
         self.device = backend.device
         texts = [transition_prompt(prompt, settings.prompt_suffix), settings.negative_prompt]  # [cond, uncond]
         self.text_embeddings = encode_texts(backend, model.tokenizer, texts)
         self.schedule = clip_schedule(settings.sampler, settings.steps, settings.eta, model.seine_prediction_type)
-        self.noisy_steps = self.schedule.noisy_steps  # on the host: deciding needs no device sync
-        on_device = lambda t: t.to(self.device, torch.float32)  # noqa: E731
-        self.timesteps = on_device(self.schedule.timesteps)
-        self.sample_coefs, self.eps_coefs, self.noise_scale = (
-            on_device(t) for t in (self.schedule.sample_coefs, self.schedule.eps_coefs, self.schedule.noise_scale))
-        # Per step, the lags with a non-zero coefficient (host side: no device sync to decide).
-        used = (self.schedule.sample_coefs != 0) | (self.schedule.eps_coefs != 0)
-        self.lags = [torch.nonzero(row).flatten().tolist() for row in used]
-
-    @property
-    def tables(self) -> StepTables:
-        """The single-step (A, B, S) tables on the device, for the static-buffer loop; refused for multistep."""
-        self.settings.require_capturable()
-        return StepTables(self.schedule.timesteps, self.sample_coefs[:, 0], self.eps_coefs[:, 0], self.noise_scale)
+        self.capture, self.warmup, self.noise_chunk = capture, warmup, noise_chunk
+        self.loop: DenoisingLoop | None = None
 
     def _masked_video_latents(self, start: Tensor, end: Tensor, generator: torch.Generator) -> Tensor:
         """(1, C, K, h, w) posterior samples of [start, zeros..., end]; each distinct image encoded once."""
@@ -164,49 +166,26 @@ class TransitionSampler:
         _, channels, frames, height, width = masked.shape
         frame_mask = known_frame_mask(frames).to(self.device).view(1, 1, frames, 1, 1).expand(1, 1, frames, height,
                                                                                              width)
-        condition = torch.cat([frame_mask, masked], dim=1)
         x = cpu_randn((1, channels, frames, height, width), generator, self.device)
-        x = self._denoise(x, condition, generator, clip_index, on_step)
+        loop = self._loop(tuple(x.shape), 1 + channels)
+        loop.denoise.condition.copy_(torch.cat([frame_mask, masked], dim=1))
+        progress = None if on_step is None else (lambda i: on_step(clip_index, i + 1, loop.steps))
+        x = loop.run(x, generator, progress)
         x[:, :, 0], x[:, :, -1] = masked[:, :, 0], masked[:, :, -1]
         return x
 
-    def _denoise(self, x: Tensor, condition: Tensor, generator: torch.Generator, clip_index: int,
-                 on_step: ClipStepCallback | None) -> Tensor:
-        """SEINE's sampling loop from noise ``x`` (subclasses swap the loop only; same RNG draws in order).
+    def _loop(self, latent_shape: tuple[int, ...], condition_channels: int) -> DenoisingLoop:
+        if self.loop is None or tuple(self.loop.latents.shape) != latent_shape:
+            stepper = TableStepper(self.schedule, latent_shape, self.device, self.noise_chunk)
+            denoise = GuidedSeine(self.backend, self.text_embeddings, self.settings.guidance_scale,
+                                  (1, condition_channels, *latent_shape[2:]), self.device)
+            self.loop = DenoisingLoop(stepper, denoise, latent_shape, self.device, capture=self.capture,
+                                      warmup=self.warmup, generation=lambda: self.backend.graph_generation("seine"))
+        return self.loop
 
-        Keeps the samples and guided epsilons a later step still reads (the last W).
-        """
-        guidance, window = self.settings.guidance_scale, self.schedule.window
-        samples: list[Tensor | None] = []
-        outputs: list[Tensor | None] = []
-        for i in range(len(self.schedule)):
-            model_input = torch.cat([x, condition], dim=1).expand(2, -1, -1, -1, -1)
-            timestep = self.timesteps[i].expand(2)
-            cond, uncond = self.backend.predict_video_noise(model_input, timestep, self.text_embeddings).chunk(2)
-            eps = guided(cond, uncond, guidance)
-            samples.append(x)
-            outputs.append(eps)
-            x = self._combine(i, samples, outputs)
-            if self.noisy_steps[i]:
-                x = x + self.noise_scale[i] * cpu_randn(x.shape, generator, self.device)
-            if i + 1 - window >= 0:  # no later step reads this far back
-                samples[i + 1 - window] = outputs[i + 1 - window] = None
-            if on_step is not None:
-                on_step(clip_index, i + 1, len(self.schedule))
-        return x
-
-    def _combine(self, i: int, samples: list[Tensor | None], outputs: list[Tensor | None]) -> Tensor:
-        """``sum_l A[i, l] x_{i-l} + B[i, l] eps_{i-l}`` over the lags used (DDPM/DDIM: ``A x + B eps``).
-
-        Device-tensor coefficients and separate multiply / add, the arithmetic of the
-        captured clip step, so eager and captured DDPM/DDIM clips are bitwise equal
-        (``linear_steps.TableStepper``'s fused host-scalar ``add_`` differs in the last ulp).
-        """
-        first, *older = self.lags[i]  # lag 0 is always used: every step moves from its own sample
-        x = self.sample_coefs[i, first] * samples[i - first] + self.eps_coefs[i, first] * outputs[i - first]
-        for lag in older:
-            x = x + (self.sample_coefs[i, lag] * samples[i - lag] + self.eps_coefs[i, lag] * outputs[i - lag])
-        return x
+    def describe_graphs(self) -> dict[str, Any] | None:
+        """The step graph's captures and replays (None before the first clip)."""
+        return None if self.loop is None else self.loop.describe()
 
     def decode_frames(self, latents: Tensor) -> Tensor:
         """(1, C, K, h, w) latents -> (K, H, W, 3) uint8, decoding ``decode_batch`` frames per call."""
@@ -226,3 +205,25 @@ class TransitionSampler:
 def join_clips(clips: list[Tensor]) -> Tensor:
     """Concatenate clips, keeping each shared endpoint once: N clips of K frames -> N*(K-1)+1 frames."""
     return torch.cat([clips[0]] + [clip[1:] for clip in clips[1:]])
+
+
+def transition_sampler(backend: Backend, model: ModelInfo, settings: TransitionSettings, prompt: str,
+                       step_graphs: bool = False) -> TransitionSampler:
+    """A sampler whose clip step is captured as the backend captures whole steps when ``step_graphs``
+    (``--cuda-graphs``)."""
+    return TransitionSampler(backend, model, settings, prompt, backend.step_capture() if step_graphs else None)
+
+
+def run_transitions(sampler: TransitionSampler, states: list[Tensor], roi: Tensor, generator: torch.Generator,
+                    on_step: ClipStepCallback | None = None,
+                    on_clip: Callable[[int], None] | None = None) -> Tensor:
+    """One clip per pair of consecutive states ((H, W, 3) uint8), joined: N*(K-1)+1 frames on the CPU.
+
+    ``roi`` is (H, W) in [0, 1]; the clips draw from ``generator`` in clip order.
+    """
+    clips = []
+    for index, (start, end) in enumerate(zip(states[:-1], states[1:]), start=1):
+        clips.append(sampler.clip(start, end, roi, generator, index, on_step).cpu())
+        if on_clip is not None:
+            on_clip(index)
+    return join_clips(clips)

@@ -1,4 +1,4 @@
-"""Scheduler steps as measured coefficient tables: they replay diffusers' own trajectories."""
+"""Scheduler steps as measured coefficient tables (steps.probe): they replay diffusers' own trajectories."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mvg_rt.errors import MvgError
-from mvg_rt.runtime.pipelines.linear_steps import (GRAPH_SCHEDULERS, DeviceTables, StepRing, pie_step_tables,
-                                                   scheduler_step)
+from mvg_rt.runtime.pipelines.steps.probe import GRAPH_SCHEDULERS, pie_step_tables
+from mvg_rt.runtime.pipelines.steps.steppers import TableStepper
 from mvg_rt.runtime.pipelines.schedulers import SCHEDULERS, img2img_timesteps, make_scheduler, step_kwargs
 
 SD14 = json.loads(resources.files("mvg_rt.models").joinpath("configs/sd14_scheduler.json").read_text())
@@ -36,16 +36,12 @@ def _diffusers_trajectory(name, steps, strength, x0, refs, mask, config=SD14):
 
 
 def _table_trajectory(tables, x0, refs, mask):
-    device_tables = DeviceTables.of(tables, torch.device("cpu"))
-    ring = StepRing.allocate(tables.window, tuple(x0.shape), torch.device("cpu"))
-    index = torch.zeros(1, dtype=torch.int64)
+    stepper = TableStepper(tables, tuple(x0.shape), torch.device("cpu"))
     x = x0.clone()
     for i in range(len(tables)):
         if i >= 1:
             x = refs[i:i + 1] * (1 - mask) + x * mask
-        x_in = x * device_tables.model_input_scale.index_select(0, index)
-        x = scheduler_step(device_tables, ring, index, x, _model(x_in))
-        index += 1
+        x = stepper.step(x, _model(stepper.model_input(x)))
     return x
 
 
