@@ -13,31 +13,8 @@ End to end (a short PIE run, and transition clips when SEINE is exported, on bot
 backends with the same seed): every state/frame must reach ``psnr_db`` and ``ssim``
 against the PyTorch run.
 
-Measured (ONNX Runtime 1.32 CPU EP vs torch 2.13, 2-core CPU):
-
-* FP32, tiny models: <= 1e-5 max abs on every component and shape (limit 1e-4);
-  PIE states 79-89 dB (uint8 states differ in a few pixels by 1), transition frames
-  55-58 dB. Full-size SD 1.4 UNet (random weights, 256x256, batch 2): 5.2e-6 max
-  abs with max|ref| 1.27, cosine 0.99999994: the FP32 limits hold at full size.
-* FP16 graphs on the CPU EP, tiny models: <= 1.04e-2 max abs (VAE decoder, whose
-  outputs reach 3.1), cosine >= 0.999995; PIE states >= 56.8 dB. Full-size UNet:
-  1.8e-3 max abs vs the FP32 reference, cosine 0.9999992. Op-by-op FP16
-  (onnx.reference, as GPU kernels round) gives up to ~1e-2 on the tiny models.
-  The FP16 limits below are set for the GPU path (CUDA EP / TensorRT, real FP16
-  arithmetic, differences compounding over PIE rounds) with room over these numbers;
-  re-measure them with real weights on the target GPU.
-* INT8 (the Q/DQ UNet of ``export --int8``; the other components run FP32 and are
-  checked with ``--precision fp32``), ORT CPU EP, default FP32 groups (time embedding,
-  conv_in/conv_out, up-block convolutions). ``mvg-rt check`` cases: demo UNet (trained)
-  7.4e-2 / 8.8e-2 max abs with max|ref| ~4.7 (1.6e-2 relative), cosine >= 0.99991; tiny
-  random UNet 0.108 with max|ref| 1.27 (8.5e-2 relative), cosine >= 0.9969. Held-out PIE
-  inputs (benchmarks/results/cpu-2core/int8.md): demo worst 0.149 relative, cosine
-  >= 0.9933; full SD 1.4 UNet (random weights, 256x256) worst 0.136, cosine >= 0.9927.
-  End to end (2 rounds x 3 steps): demo 46.7 / 48.9 dB, tiny 33.2 / 27.9 dB, SSIM >= 0.957;
-  one 6-step PIE round of the full architecture at 256: 35.9 dB. Limits: 0.2 relative max
-  abs, cosine 0.99, 25 dB, SSIM 0.9. The demo's CTR trajectory does not hold: over 8
-  seeds its largest gap to FP32's is 0.028-0.104 (target 0.02; FP16 at most 0.009), see
-  the bench: INT8 passing ``check`` does not mean the same clinical measurement.
+What these limits were set against (the measured errors per precision, tiny and full-size models):
+`benchmarks/results/cpu-2core/check_tolerances.md`.
 """
 
 from __future__ import annotations
