@@ -212,15 +212,15 @@ def test_pie_loop_capture_logic_with_eager_capture(tiny_runtime, image, mask):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("sampler, chunk", [("ddpm", None), ("ddpm", 2), ("ddim", None), ("dpm++2m", None),
-                                            ("unipc", None)])
+@pytest.mark.parametrize("sampler, chunk", [("ddpm", 25), ("ddpm", 2), ("ddim", 25), ("dpm++2m", 25),
+                                            ("unipc", 25)])
 def test_static_clip_equals_the_eager_clip(tiny_runtime, image, sampler, chunk):
     """SEINE clip, same seed, every sampler (multistep ones included): the captured step's latents are the eager
     step's, bitwise; DDPM noise drawn (whole or in chunks) in the same order."""
     settings = TransitionSettings(frames=4, steps=5, sampler=sampler)
     start, end = image, image.flip(0).contiguous()
     eager = TransitionSampler(tiny_runtime.backend, tiny_runtime.model, settings, "severe cardiomegaly",
-                              noise_chunk=None if chunk is None else chunk + 1)
+                              noise_chunk=chunk + 1)
     capture, captures = _capture_recorder()
     static = TransitionSampler(tiny_runtime.backend, tiny_runtime.model, settings, "severe cardiomegaly",
                                capture=capture, noise_chunk=chunk)

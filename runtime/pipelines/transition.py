@@ -49,7 +49,7 @@ from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, m
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
 from mvg_rt.runtime.pipelines.roi import composite_transition
 from mvg_rt.runtime.pipelines.steps.loop import DenoisingLoop
-from mvg_rt.runtime.pipelines.steps.steppers import TableStepper
+from mvg_rt.runtime.pipelines.steps.steppers import NOISE_CHUNK, TableStepper
 from mvg_rt.runtime.pipelines.text import encode_texts
 
 ClipStepCallback = Callable[[int, int, int], None]  # (clip index from 1, step from 1, steps)
@@ -136,11 +136,11 @@ class TransitionSampler:
     """Generates the clip between two states; shared text embeddings, tables and loop for all clips.
 
     ``capture``: how the clip's step is captured (None: eager; every sampler can be).
-    ``noise_chunk``: DDPM draws held on the device at once (None: all of a clip's).
+    ``noise_chunk``: DDPM draws held on the device at once (:data:`~.steps.steppers.NOISE_CHUNK`).
     """
 
     def __init__(self, backend: Backend, model: ModelInfo, settings: TransitionSettings, prompt: str,
-                 capture: CaptureFn | None = None, warmup: int = 1, noise_chunk: int | None = None) -> None:
+                 capture: CaptureFn | None = None, warmup: int = 1, noise_chunk: int = NOISE_CHUNK) -> None:
         self.backend, self.model, self.settings = backend, model, settings
         self.device = backend.device
         texts = [transition_prompt(prompt, settings.prompt_suffix), settings.negative_prompt]  # [cond, uncond]

@@ -12,7 +12,8 @@
 
 Noise (``S[i] > 0``) is drawn on the host from the CPU generator, one draw of the
 latent shape per noisy step in step order, into a buffer of ``noise_chunk`` draws
-that the loop refills between segments of steps (:meth:`TableStepper.segments`).
+that the loop refills between segments of steps (:meth:`TableStepper.segments`; a
+refill copies into the same buffer, so a captured step stays valid).
 Nothing else draws from the generator during a loop, so this is the order an eager
 loop drawing at each step would use.
 
@@ -35,13 +36,18 @@ from mvg_rt.runtime.pipelines.schedulers import step_kwargs
 from mvg_rt.runtime.pipelines.steps.tables import StepTables
 
 
+#: Noise draws held on the device at once: bounds the buffer (25 MB for SEINE at 512x512, 16 frames, FP32)
+#: at the cost of a host refill every 25 noisy steps (10 per DDPM-250 clip).
+NOISE_CHUNK = 25
+
+
 class TableStepper:
     """The device-table step over ring buffers of the last W samples and model outputs (see the module docstring)."""
 
     capturable = True
 
     def __init__(self, tables: StepTables, latent_shape: tuple[int, ...], device: torch.device,
-                 noise_chunk: int | None = None) -> None:
+                 noise_chunk: int = NOISE_CHUNK) -> None:
         on = tables.to(device)
         self.steps = len(tables)
         self.timesteps, self.scale, self.a, self.b, self.s = (
@@ -52,13 +58,14 @@ class TableStepper:
         self.outputs = torch.zeros(history, device=device)
         self.broadcast = (-1,) + (1,) * (len(latent_shape) - 1)
         self.index = torch.zeros(1, dtype=torch.int64, device=device)
-        self.noisy = tables.noisy_steps
-        self.noise_count = sum(self.noisy)
-        ordinal = (torch.cumsum(torch.tensor(self.noisy, dtype=torch.int64), 0) - 1).clamp(min=0)
-        self.noise_ordinal = ordinal.tolist()  # host: which draw step i reads
-        self.chunk = min(noise_chunk or self.noise_count, self.noise_count) if self.noise_count else 0
-        self.noise = torch.zeros((self.chunk, *latent_shape[1:]), device=device) if self.chunk else None
-        self.noise_slot = (ordinal % max(self.chunk, 1)).to(device)
+        noisy = [i for i, draws in enumerate(tables.noisy_steps) if draws]  # host: the steps that draw noise
+        self.chunk = min(noise_chunk, len(noisy))
+        self.noise = torch.zeros((self.chunk, *latent_shape[1:]), device=device) if noisy else None
+        ordinal = (torch.cumsum(torch.tensor(tables.noisy_steps, dtype=torch.int64), 0) - 1).clamp(min=0)
+        self.noise_slot = (ordinal % max(self.chunk, 1)).to(device)  # step i reads its draw from this slot
+        # Segment k runs the steps from the one that reads draw k * chunk (step 0 for k = 0) to the next.
+        self.segment_starts = [0] + noisy[self.chunk::self.chunk] if noisy else [0]
+        self.noisy_count = len(noisy)
 
     def reset(self) -> None:
         self.samples.zero_()
@@ -90,21 +97,13 @@ class TableStepper:
 
     def segments(self, generator: torch.Generator) -> Iterator[tuple[int, int]]:
         """Steps [start, end) to run between noise refills; refills the buffer before each segment."""
-        start = 0
-        while start < self.steps:
-            first = next((i for i in range(start, self.steps) if self.noisy[i]), None)
-            if self.noise is None or first is None:
-                yield start, self.steps
-                return
-            base = self.noise_ordinal[first]
-            count = min(self.chunk, self.noise_count - base)
-            cpu = torch.device("cpu")  # one draw per noisy step, in step order
-            self.noise[:count].copy_(torch.stack([cpu_randn(self.noise.shape[1:], generator, cpu)
-                                                  for _ in range(count)]))
-            end = next((i for i in range(first, self.steps) if self.noisy[i] and self.noise_ordinal[i] >= base + count),
-                       self.steps)
+        ends = self.segment_starts[1:] + [self.steps]
+        for k, (start, end) in enumerate(zip(self.segment_starts, ends)):
+            if self.noise is not None:  # one draw per noisy step, in step order, on the CPU generator
+                count = min(self.chunk, self.noisy_count - k * self.chunk)
+                draws = [cpu_randn(self.noise.shape[1:], generator, torch.device("cpu")) for _ in range(count)]
+                self.noise[:count].copy_(torch.stack(draws))
             yield start, end
-            start = end
 
 
 class SchedulerStepper:
