@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mvg_rt.runtime.pipelines.roi import blend_with_original, composite_transition, latent_mask, replace_outside_roi
+from mvg_rt.runtime.pipelines.pie import OutsideRoiReplacement
+from mvg_rt.runtime.pipelines.roi import blend_with_original, composite_transition, latent_mask
 
 
 def test_eq6_blend_by_hand():
@@ -19,10 +20,14 @@ def test_eq6_blend_by_hand():
 
 
 def test_in_loop_replacement_by_hand():
+    """Step 0 keeps the latents; every later step takes the reference outside the ROI (soft at its edge)."""
     latents = torch.tensor([[[[5.0, 5.0, 5.0]]]])
-    reference = torch.tensor([[[[1.0, 1.0, 1.0]]]])
+    references = torch.tensor([[[[9.0, 9.0, 9.0]]], [[[1.0, 1.0, 1.0]]]])
     mask = torch.tensor([[[[0.0, 0.25, 1.0]]]])
-    assert torch.allclose(replace_outside_roi(latents, reference, mask), torch.tensor([[[[1.0, 2.0, 5.0]]]]))
+    replace = OutsideRoiReplacement(mask, 2, (1, 1, 1, 3), torch.device("cpu"))
+    replace.load(references)
+    assert torch.equal(replace(latents, torch.tensor([0])), latents)
+    assert torch.allclose(replace(latents, torch.tensor([1])), torch.tensor([[[[1.0, 2.0, 5.0]]]]))
 
 
 def test_mask_resize_by_hand():

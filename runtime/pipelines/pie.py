@@ -35,7 +35,7 @@ from mvg_rt.runtime.graphs.capture import CaptureFn
 from mvg_rt.runtime.pipelines.guidance import guided
 from mvg_rt.runtime.pipelines.latents import cpu_randn, images_to_model_range, model_range_to_images, posterior_sample
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
-from mvg_rt.runtime.pipelines.roi import blend_with_original, latent_mask, replace_outside_roi
+from mvg_rt.runtime.pipelines.roi import blend_with_original, latent_mask
 from mvg_rt.runtime.pipelines.schedulers import check_scheduler, check_steps, img2img_timesteps, make_scheduler
 from mvg_rt.runtime.pipelines.steps.loop import DenoisingLoop
 from mvg_rt.runtime.pipelines.steps.probe import pie_step_tables, stochastic_reason
@@ -75,23 +75,23 @@ class PieSettings:
 class OutsideRoiReplacement:
     """PIE's pre-step (Eq 5): for every step but the first, the original noised to t_i outside the ROI.
 
-    The round's references ``inter[i]`` live in a static buffer (loaded before each
-    round), so the step reads its own with the step index.
+    Per step ``i`` it returns ``outside[i] + latents * keep[i]``, with ``keep[i]`` the ROI
+    mask (all ones at i = 0: nothing is replaced) and ``outside[i] = inter[i] * (1 - keep[i])``
+    loaded before each round, so the step reads both with its index.
     """
 
     def __init__(self, mask: Tensor, steps: int, latent_shape: tuple[int, ...], device: torch.device) -> None:
-        self.mask = mask.to(device).clone()
-        self.references = torch.zeros((steps, *latent_shape[1:]), device=device)
-        self.replaces = (torch.arange(steps) >= 1).to(device)  # the reference replaces for every i >= 1
+        self.keep = mask.to(device).expand(steps, *latent_shape[1:]).clone()
+        self.keep[0] = 1.0  # the reference replaces for every i >= 1
+        self.outside = torch.zeros_like(self.keep)
 
     def load(self, references: Tensor) -> None:
-        if references.shape != self.references.shape:
-            raise ValueError(f"{references.shape[0]} references for {self.references.shape[0]} steps")
-        self.references.copy_(references)
+        if references.shape != self.keep.shape:
+            raise ValueError(f"{references.shape[0]} references for {self.keep.shape[0]} steps")
+        self.outside.copy_(references * (1 - self.keep))
 
     def __call__(self, latents: Tensor, index: Tensor) -> Tensor:
-        replaced = replace_outside_roi(latents, self.references.index_select(0, index), self.mask)
-        return torch.where(self.replaces.index_select(0, index).view(1, 1, 1, 1), replaced, latents)
+        return self.outside.index_select(0, index) + latents * self.keep.index_select(0, index)
 
 
 class GuidedUnet:

@@ -1,4 +1,4 @@
-"""ROI arithmetic of MVG: the mask at latent size, in-loop replacement, Eq 6 and Eq 10.
+"""ROI arithmetic of MVG: the mask at latent size, Eq 6 and Eq 10 (the in-loop replacement is PIE's pre-step).
 
 All functions are plain tensor math on whatever device the tensors live on.
 """
@@ -26,11 +26,6 @@ def latent_mask(mask_gray: Tensor, scale: int, channels: int) -> Tensor:
     resized = F.interpolate(plane, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
     quantised = torch.floor(resized + 0.5).clamp(0, 255) / 255.0
     return quantised.expand(-1, channels, -1, -1).contiguous()
-
-
-def replace_outside_roi(latents: Tensor, reference_latents: Tensor, mask: Tensor) -> Tensor:
-    """Keep ``latents`` inside the ROI, take ``reference_latents`` (the original, noised alike) outside."""
-    return reference_latents * (1 - mask) + latents * mask
 
 
 def blend_with_original(latents: Tensor, original_latents: Tensor, mask: Tensor, beta1: float, beta2: float) -> Tensor:

@@ -42,34 +42,42 @@ NOISE_CHUNK = 25
 
 
 class TableStepper:
-    """The device-table step over ring buffers of the last W samples and model outputs (see the module docstring)."""
+    """The device-table step as one weighted sum over one history buffer (see the module docstring).
+
+    The buffer holds the last W samples, the last W model outputs and the current
+    noise chunk: ``[s ring (W) | e ring (W) | noise (chunk)]``. Step ``i`` writes
+    ``s_i`` and ``e_i`` to their ring slots, then returns
+    ``sum_k coefs[i, k] * buffer[reads[i, k]]`` with ``coefs[i] = [A[i] | B[i] | S[i]]``:
+    a handful of kernels whatever the sampler, the same ones every step.
+    """
 
     capturable = True
 
     def __init__(self, tables: StepTables, latent_shape: tuple[int, ...], device: torch.device,
                  noise_chunk: int = NOISE_CHUNK) -> None:
-        on = tables.to(device)
+        on, window = tables.to(device), tables.window
         self.steps = len(tables)
-        self.timesteps, self.scale, self.a, self.b, self.s = (
-            on.timesteps, on.model_input_scale, on.sample_coefs, on.eps_coefs, on.noise_scale)
-        self.write_slots, self.read_slots = tables.write_slots.to(device), tables.read_slots.to(device)
-        history = (tables.window, *latent_shape[1:])
-        self.samples = torch.zeros(history, device=device)
-        self.outputs = torch.zeros(history, device=device)
-        self.broadcast = (-1,) + (1,) * (len(latent_shape) - 1)
-        self.index = torch.zeros(1, dtype=torch.int64, device=device)
+        self.timesteps, self.scale = on.timesteps, on.model_input_scale
         noisy = [i for i, draws in enumerate(tables.noisy_steps) if draws]  # host: the steps that draw noise
         self.chunk = min(noise_chunk, len(noisy))
-        self.noise = torch.zeros((self.chunk, *latent_shape[1:]), device=device) if noisy else None
         ordinal = (torch.cumsum(torch.tensor(tables.noisy_steps, dtype=torch.int64), 0) - 1).clamp(min=0)
-        self.noise_slot = (ordinal % max(self.chunk, 1)).to(device)  # step i reads its draw from this slot
+        coefs, reads = [on.sample_coefs, on.eps_coefs], [tables.read_slots, tables.read_slots + window]
+        if noisy:  # step i reads its draw from slot ordinal % chunk of the noise part
+            coefs.append(on.noise_scale[:, None])
+            reads.append(2 * window + (ordinal % self.chunk)[:, None])
+        self.coefs, self.reads = torch.cat(coefs, dim=1), torch.cat(reads, dim=1).to(device)
+        self.sample_slots = tables.write_slots.to(device)
+        self.output_slots = self.sample_slots + window
+        self.history = torch.zeros((2 * window + self.chunk, *latent_shape[1:]), device=device)
+        self.noise = self.history[2 * window:]
+        self.broadcast = (-1,) + (1,) * (len(latent_shape) - 1)
+        self.index = torch.zeros(1, dtype=torch.int64, device=device)
         # Segment k runs the steps from the one that reads draw k * chunk (step 0 for k = 0) to the next.
         self.segment_starts = [0] + noisy[self.chunk::self.chunk] if noisy else [0]
         self.noisy_count = len(noisy)
 
     def reset(self) -> None:
-        self.samples.zero_()
-        self.outputs.zero_()
+        self.history.zero_()
         self.index.zero_()
 
     def model_input(self, sample: Tensor) -> Tensor:
@@ -79,28 +87,21 @@ class TableStepper:
         return self.timesteps.index_select(0, self.index)
 
     def step(self, sample: Tensor, output: Tensor) -> Tensor:
-        """``x_{i+1}`` for ``i = index``: records ``sample`` and ``output`` (1, ...), combines the window."""
+        """``x_{i+1}`` for ``i = index``: records ``sample`` and ``output`` (1, ...), combines the history."""
         index = self.index
-        slot = self.write_slots.index_select(0, index)
-        self.samples.index_copy_(0, slot, sample)
-        self.outputs.index_copy_(0, slot, output)
-        read = self.read_slots.index_select(0, index).view(-1)
-        a = self.a.index_select(0, index).view(self.broadcast)
-        b = self.b.index_select(0, index).view(self.broadcast)
-        x = ((a * self.samples.index_select(0, read)).sum(0, keepdim=True)
-             + (b * self.outputs.index_select(0, read)).sum(0, keepdim=True))
-        if self.noise is not None:  # S is 0 on the steps that draw none: x + 0 * n == x
-            draw = self.noise.index_select(0, self.noise_slot.index_select(0, index))
-            x = x + self.s.index_select(0, index) * draw
+        self.history.index_copy_(0, self.sample_slots.index_select(0, index), sample)
+        self.history.index_copy_(0, self.output_slots.index_select(0, index), output)
+        weights = self.coefs.index_select(0, index).view(self.broadcast)
+        terms = self.history.index_select(0, self.reads.index_select(0, index).view(-1))
         index.add_(1)
-        return x
+        return (weights * terms).sum(0, keepdim=True)
 
     def segments(self, generator: torch.Generator) -> Iterator[tuple[int, int]]:
-        """Steps [start, end) to run between noise refills; refills the buffer before each segment."""
+        """Steps [start, end) to run between noise refills; refills the noise before each segment."""
         ends = self.segment_starts[1:] + [self.steps]
         for k, (start, end) in enumerate(zip(self.segment_starts, ends)):
-            if self.noise is not None:  # one draw per noisy step, in step order, on the CPU generator
-                count = min(self.chunk, self.noisy_count - k * self.chunk)
+            count = min(self.chunk, self.noisy_count - k * self.chunk)
+            if count > 0:  # one draw per noisy step, in step order, on the CPU generator
                 draws = [cpu_randn(self.noise.shape[1:], generator, torch.device("cpu")) for _ in range(count)]
                 self.noise[:count].copy_(torch.stack(draws))
             yield start, end
