@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from mvg_rt.artifacts.manifest import Artifact, AxisRange, TensorDecl
 from mvg_rt.errors import MvgError
-from mvg_rt.runtime.backends.tensorrt_backend import (DeviceBuffers, check_profile_shape, engines_to_release,
-                                                      profile_violation, rebuild_flags)
+from mvg_rt.runtime.backends.declarations import profile_violation
+from mvg_rt.runtime.backends.tensorrt_backend import DeviceBuffers, engine_metadata, engines_to_release, rebuild_flags
 
 UNET_SAMPLE = ("batch", 4, "latent_height", "latent_width")
 UNET_PROFILE = ((1, 4, 64, 64), (2, 4, 64, 64), (2, 4, 64, 64))
@@ -30,15 +31,27 @@ def _tensorrt_missing() -> bool:
     return False
 
 
+def _engine(component: str, inputs: dict, outputs: dict | None = None) -> Artifact:
+    """A TensorRT engine's manifest entry (as mvg-rt build writes it) with these declared shapes."""
+    return Artifact(component, "trt", "fp16", f"{component}.plan", "", 0,
+                    [TensorDecl(n, "float32", list(s)) for n, s in inputs.items()],
+                    [TensorDecl(n, "float32", list(s)) for n, s in (outputs or {}).items()])
+
+
+def _sample_check(component: str, decl, shape, profile, root: str | None = None) -> None:
+    """Check one ``sample`` feed against an engine with that declaration and profile."""
+    engine_metadata(_engine(component, {"sample": decl}), {"sample": profile}, 8, root).check({"sample": shape})
+
+
 def test_shapes_inside_the_profile_pass():
     for shape in ((1, 4, 64, 64), (2, 4, 64, 64)):
-        check_profile_shape("unet", "sample", UNET_SAMPLE, shape, UNET_PROFILE)
+        _sample_check("unet", UNET_SAMPLE, shape, UNET_PROFILE)
     assert profile_violation(UNET_SAMPLE, (2, 4, 64, 64), UNET_PROFILE) is None
 
 
 def test_a_larger_resolution_names_component_input_shape_range_and_the_build_command():
     with pytest.raises(MvgError) as err:
-        check_profile_shape("unet", "sample", UNET_SAMPLE, (2, 4, 96, 96), UNET_PROFILE, 8, root="engines/sd14")
+        _sample_check("unet", UNET_SAMPLE, (2, 4, 96, 96), UNET_PROFILE, root="engines/sd14")
     text = str(err.value)
     assert text == ("unet: input sample has shape (2, 4, 96, 96), outside the engine's profile (1, 4, 64, 64) .. "
                     "(2, 4, 64, 64) (latent_height 96 > 64); rebuild the engines for it: mvg-rt build --engines "
@@ -59,8 +72,28 @@ def test_profile_violations_and_the_flags_that_fix_them(decl, shape, profile, wh
     if len(shape) == len(profile[0]):
         assert rebuild_flags(component, decl, shape, profile, 8) == flags
     with pytest.raises(MvgError, match="outside the engine's profile") as err:
-        check_profile_shape(component, "sample", decl, shape, profile)
+        _sample_check(component, decl, shape, profile)
     assert ("rebuild the engines" in str(err.value)) == bool(flags)
+
+
+def test_inside_the_profile_the_declarations_still_apply():
+    """Named axes agree across inputs and the manifest's multiples hold, though each input is inside its profile;
+    a missing input is named with the engine's inputs (one grammar with the ONNX Runtime backend's)."""
+    unet = _engine("unet", {"sample": UNET_SAMPLE, "timestep": ("batch",)})
+    unet.axes["latent_height"] = AxisRange(8, 64, multiple_of=8)
+    metadata = engine_metadata(unet, {"sample": ((1, 4, 8, 8), (2, 4, 64, 64), (2, 4, 64, 64)),
+                                      "timestep": ((1,), (2,), (2,))})
+    assert metadata.check({"sample": (2, 4, 64, 32), "timestep": (2,)}) == {
+        "batch": 2, "latent_height": 64, "latent_width": 32}
+    with pytest.raises(MvgError) as err:
+        metadata.check({"sample": (2, 4, 64, 64), "timestep": (1,)})
+    assert str(err.value) == ("unet: input timestep has shape (1), allowed (batch) (batch is 1 here but 2 in "
+                              "another input); feed the shape the engines were exported for")
+    with pytest.raises(MvgError, match=r"latent_height must be >= 8 and <= 64 and a multiple of 8"):
+        metadata.check({"sample": (2, 4, 60, 64), "timestep": (2,)})
+    with pytest.raises(MvgError) as err:
+        metadata.check({"sample": (2, 4, 64, 64)})
+    assert str(err.value) == "unet: input timestep was not fed (inputs: sample, timestep)"
 
 
 def test_low_memory_stages():

@@ -15,10 +15,11 @@ pairs into integer kernels) and the other components' FP32 graphs
   EP; dynamic-axis graphs keep small shape computations on the CPU, in which case
   the session is created without CUDA graphs and :meth:`describe` says so.
 
-Every feed is checked against the shapes the manifest declares for the artifact
-(fixed dims such as 4 latent channels, 77 tokens or the text width must match;
-named axes must agree across inputs and satisfy the manifest's ranges), so a wrong
-shape is a one-line :class:`MvgError` instead of an ORT stack trace.
+Every feed is checked (by :meth:`Backend.infer`, once per combination of feed shapes)
+against the shapes the manifest declares for the artifact (fixed dims such as 4 latent
+channels, 77 tokens or the text width must match; named axes must agree across inputs
+and satisfy the manifest's ranges), so a wrong shape is a one-line :class:`MvgError`
+instead of an ORT stack trace.
 
 Session settings (:class:`OrtSettings`) default to what measured fastest on a
 2-core CPU; :data:`DEFAULT_SETTINGS` records the numbers.
@@ -38,8 +39,9 @@ from torch import Tensor
 from mvg_rt.components import COMPONENTS, ComponentSpec
 from mvg_rt.errors import MvgError, first_line
 from mvg_rt.artifacts.graph_contract import check_signature, read_onnx_signature
-from mvg_rt.artifacts.manifest import Artifact, Manifest, TensorDecl
+from mvg_rt.artifacts.manifest import Artifact, Manifest
 from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.backends.declarations import InputMetadata, output_shape
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 FUSION_MODEL_TYPES = {"text_encoder": "clip", "vae_encoder": "vae", "vae_decoder": "vae", "unet": "unet"}
@@ -89,57 +91,6 @@ def _parse_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _check_dims(component: str, decl: TensorDecl, shape: tuple[int, ...], dims: dict[str, int],
-                artifact: Artifact) -> None:
-    """Check one feed against its declaration; records the sizes of named axes in ``dims``."""
-    allowed = decl.describe()
-    got = "(" + ", ".join(str(s) for s in shape) + ")"
-
-    def fail(why: str) -> MvgError:
-        return MvgError(f"{component}: input {decl.name} has shape {got}, allowed {allowed} ({why}); "
-                        f"feed the shape the engines were exported for")
-
-    if len(shape) != len(decl.shape):
-        raise fail(f"{len(shape)} dims instead of {len(decl.shape)}")
-    for size, want in zip(shape, decl.shape):
-        if isinstance(want, int):
-            if size != want:
-                raise fail(f"{size} where the graph has a fixed {want}")
-            continue
-        if want in dims and dims[want] != size:
-            raise fail(f"{want} is {size} here but {dims[want]} in another input")
-        axis = artifact.axes.get(want)
-        if axis is not None and not axis.allows(size):
-            raise fail(f"{want} must be {axis.describe()}")
-        dims[want] = size
-
-
-def check_feeds(artifact: Artifact, feeds: Mapping[str, Tensor]) -> dict[str, int]:
-    """Validate ``feeds`` against the artifact's declared inputs; returns the named axes' sizes."""
-    dims: dict[str, int] = {}
-    for decl in artifact.inputs:
-        if decl.name not in feeds:
-            raise MvgError(f"{artifact.component}: input {decl.name} was not fed (inputs: "
-                           f"{', '.join(d.name for d in artifact.inputs)})")
-        _check_dims(artifact.component, decl, tuple(feeds[decl.name].shape), dims, artifact)
-    return dims
-
-
-def output_shape(decl: TensorDecl, dims: dict[str, int], scale: int) -> list[int]:
-    """An output's concrete shape from the inputs' axis sizes (pixels = latents * scale)."""
-    derived = dict(dims)
-    for pixel, latent in (("height", "latent_height"), ("width", "latent_width")):
-        if latent in dims and pixel not in dims:
-            derived[pixel] = dims[latent] * scale
-        if pixel in dims and latent not in dims:
-            derived[latent] = dims[pixel] // scale
-    try:
-        return [d if isinstance(d, int) else derived[d] for d in decl.shape]
-    except KeyError as err:
-        raise MvgError(f"cannot size output {decl.name} {decl.describe()}: axis {err} is not set by any input; "
-                       "re-export the engines") from err
-
-
 @dataclass
 class _GraphSlot:
     """Static buffers of one captured CUDA graph."""
@@ -156,7 +107,6 @@ class _Session:
     input_dtypes: dict[str, torch.dtype]
     cuda_graph: bool = False
     slots: dict[tuple, _GraphSlot] = field(default_factory=dict)
-    checked: dict[tuple, dict[str, int]] = field(default_factory=dict)  # feed shapes -> axis sizes, once validated
 
 
 class OrtBackend(Backend):
@@ -188,6 +138,7 @@ class OrtBackend(Backend):
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise MvgError(f"--device {self.device}: this onnxruntime has no CUDA execution provider; "
                            "install onnxruntime-gpu (pip install 'mvg-rt[gpu]') or use --device cpu")
+        self.metadata = {name: InputMetadata.declared(a) for name, a in self.artifacts.items()}
         self.sessions: dict[str, _Session] = {}
         self.notes: list[str] = []
 
@@ -216,18 +167,16 @@ class OrtBackend(Backend):
         (``cuda_graph``), so a whole step around its calls runs eagerly over the static buffers."""
         return None
 
-    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        self.require(component)
+    def input_metadata(self, component: ComponentSpec) -> InputMetadata:
+        """The manifest's declared shapes and axis ranges for the component's graph."""
+        return self.metadata[component.name]
+
+    def _infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         artifact = self.artifacts[component.name]
         state = self._session(component.name)
-        # A denoising loop feeds the same shapes every step: validate each shape combination once.
-        shapes = tuple((name, tuple(tensor.shape)) for name, tensor in feeds.items())
-        dims = state.checked.get(shapes)
-        if dims is None:
-            dims = state.checked[shapes] = check_feeds(artifact, feeds)
         if self.device.type == "cpu":
             return self._run_cpu(state, artifact, feeds)
-        return self._run_cuda(state, artifact, feeds, dims)
+        return self._run_cuda(state, artifact, feeds, self.axis_sizes(component, feeds))
 
     # ------------------------------------------------------------------ sessions
 
@@ -314,9 +263,7 @@ class OrtBackend(Backend):
     # ------------------------------------------------------------------ running
 
     def _run_cpu(self, state: _Session, artifact: Artifact, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        arrays = {name: feeds[name].detach().to("cpu", state.input_dtypes[name]).contiguous().numpy()
-                  for name in state.input_dtypes}
-        outputs = state.session.run([d.name for d in artifact.outputs], arrays)
+        outputs = state.session.run([d.name for d in artifact.outputs], _arrays(state.input_dtypes, feeds))
         return {d.name: torch.from_numpy(np.ascontiguousarray(o)).float() for d, o in zip(artifact.outputs, outputs)}
 
     def _run_cuda(self, state: _Session, artifact: Artifact, feeds: Mapping[str, Tensor],
@@ -327,8 +274,7 @@ class OrtBackend(Backend):
             return self._run_cuda_graph(state, artifact, inputs, dims, scale)
         outputs = {d.name: torch.empty(output_shape(d, dims, scale), device=self.device,
                                        dtype=_TORCH_DTYPES[d.dtype]) for d in artifact.outputs}
-        binding = self._bind(state, inputs, outputs)
-        state.session.run_with_iobinding(binding)
+        state.session.run_with_iobinding(self._bind(state, inputs, outputs))
         return {name: t.float() for name, t in outputs.items()}
 
     def _bind(self, state: _Session, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> Any:
@@ -358,6 +304,11 @@ class OrtBackend(Backend):
         options.add_run_config_entry("gpu_graph_id", str(slot.graph_id))
         state.session.run_with_iobinding(slot.binding, options)  # first run per id captures, later runs replay
         return {name: t.float().clone() for name, t in slot.outputs.items()}
+
+
+def _arrays(dtypes: Mapping[str, torch.dtype], feeds: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
+    """The session's inputs as numpy arrays of its input types (zero-copy views of contiguous CPU tensors)."""
+    return {name: feeds[name].detach().to("cpu", dtype).contiguous().numpy() for name, dtype in dtypes.items()}
 
 
 def _ort_type_to_torch(ort_type: str) -> torch.dtype:

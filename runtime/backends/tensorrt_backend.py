@@ -4,9 +4,10 @@
   GPU name and compute capability, ONNX source unchanged; :func:`check_engine`) and
   its file hash verified, then deserialized with ``trt.Runtime``; one execution
   context per engine (one optimization profile, index 0).
-* A call: the requested shapes are checked against the engine's profile
-  (``get_tensor_profile_shape``; outside it is a one-line error naming component,
-  input, shape, range and the ``mvg-rt build`` command that covers it), set with
+* A call: the requested shapes are checked (by :meth:`Backend.infer`, against
+  :func:`engine_metadata`) against the engine's profile (``get_tensor_profile_shape``;
+  outside it is a one-line error naming component, input, shape, range and the
+  ``mvg-rt build`` command that covers it), then the manifest's declarations; set with
   ``set_input_shape`` when they changed, feeds copied (and cast: FP16 engines built
   from FP16 ONNX still take FP32 I/O, but whatever the engine declares is honoured)
   into preallocated device buffers that only grow, addresses bound with
@@ -41,33 +42,14 @@ from mvg_rt.artifacts.graph_contract import GraphTensor, Signature, check_signat
 from mvg_rt.artifacts.manifest import REBUILD, Artifact, Manifest
 from mvg_rt.artifacts.tensorrt import check_engine, current_environment, import_tensorrt, rebuild_command
 from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.backends.declarations import InputDecl, InputMetadata, Shape, ShapeRange, fmt
 from mvg_rt.runtime.graphs.component_graphs import GraphCache
 from mvg_rt.runtime.graphs.capture import cuda_capturing, torch_capture
 
-ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 DENOISERS = ("unet", "seine")
 
 
 # ------------------------------------------------------------------ pure helpers
-
-
-def _fmt(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
-
-
-def profile_violation(decl_shape: Sequence[int | str], shape: Sequence[int], profile: ShapeRange) -> str | None:
-    """Why ``shape`` is outside ``profile`` (None if inside); ``decl_shape`` names the axes."""
-    low, _, high = profile
-    if len(shape) != len(low):
-        return f"{len(shape)} dims instead of {len(low)}"
-    for i, size in enumerate(shape):
-        if low[i] <= size <= high[i]:
-            continue
-        axis = decl_shape[i] if i < len(decl_shape) else i
-        if isinstance(axis, int):
-            return f"dim {i} is {size} where the graph has a fixed {low[i]}"
-        return f"{axis} {size} {'<' if size < low[i] else '>'} {low[i] if size < low[i] else high[i]}"
-    return None
 
 
 def rebuild_flags(component: str, decl_shape: Sequence[int | str], shape: Sequence[int], profile: ShapeRange,
@@ -94,21 +76,18 @@ def rebuild_flags(component: str, decl_shape: Sequence[int | str], shape: Sequen
     return flags
 
 
-def check_profile_shape(component: str, name: str, decl_shape: Sequence[int | str], shape: Sequence[int],
-                        profile: ShapeRange, scale: int = 8, artifact: Artifact | None = None,
-                        root: Path | str | None = None) -> None:
-    """One-line error if ``shape`` is outside the engine's profile for input ``name``."""
-    why = profile_violation(decl_shape, shape, profile)
-    if why is None:
-        return
-    low, _, high = profile
-    flags = rebuild_flags(component, decl_shape, shape, profile, scale)
-    if flags:
-        fix = f"rebuild the engines for it: {rebuild_command(root, artifact)} {' '.join(flags)}"
-    else:
-        fix = "feed the shape the graph was exported for"
-    raise MvgError(f"{component}: input {name} has shape {_fmt(shape)}, outside the engine's profile "
-                   f"{_fmt(low)} .. {_fmt(high)} ({why}); {fix}")
+def engine_metadata(artifact: Artifact, profiles: Mapping[str, ShapeRange], scale: int = 8,
+                    root: Path | str | None = None) -> InputMetadata:
+    """What an engine's inputs accept: its profile (outside it, the ``mvg-rt build`` command that widens it),
+    then the manifest's declared shapes and axis ranges."""
+    command = rebuild_command(root, artifact)
+
+    def widen(decl: InputDecl, shape: Shape) -> str | None:
+        assert decl.profile is not None  # only asked about a shape outside a profile
+        flags = rebuild_flags(artifact.component, decl.shape, shape, decl.profile, scale)
+        return f"rebuild the engines for it: {command} {' '.join(flags)}" if flags else None
+
+    return InputMetadata.declared(artifact, profiles, widen)
 
 
 def engines_to_release(loaded: Collection[str], requested: str, low_memory: bool) -> set[str]:
@@ -211,7 +190,7 @@ class _Engine:
             shape = tuple(int(s) for s in feeds[name].shape)
             if self.shapes.get(name) != shape:
                 if not self.context.set_input_shape(name, shape):
-                    raise MvgError(f"TensorRT refused input {name} shape {_fmt(shape)}")
+                    raise MvgError(f"TensorRT refused input {name} shape {fmt(shape)}")
                 self.shapes[name] = shape
                 reallocated = True
             buffer, grown = self.buffers.view(name, shape, self.dtypes[name])
@@ -256,6 +235,7 @@ class TrtBackend(Backend):
         self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
         self.stream = torch.cuda.Stream(device)
         self.engines: dict[str, _Engine] = {}
+        self.metadata: dict[str, InputMetadata] = {}  # per component, from its engine's profile (kept on release)
         self.generations: dict[str, int] = {c: 0 for c in self.artifacts}
         self.graphs = GraphCache(torch_capture, warmup=1, max_per_component=1,
                                  is_capturing=cuda_capturing) if cuda_graphs else None
@@ -282,17 +262,14 @@ class TrtBackend(Backend):
         for component in list(self.engines):
             self._release(component)
 
-    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        self.require(component)
-        artifact = self.artifacts[component.name]
+    def input_metadata(self, component: ComponentSpec) -> InputMetadata:
+        """The engine's profile and the manifest's declarations (loads the engine the first time)."""
+        if component.name not in self.metadata:
+            self._engine(component.name)
+        return self.metadata[component.name]
+
+    def _infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         engine = self._engine(component.name)
-        decls = {d.name: d.shape for d in artifact.inputs}
-        for name in engine.inputs:
-            if name not in feeds:
-                raise MvgError(f"{component.name}: input {name} was not fed (inputs: {', '.join(engine.inputs)})")
-            check_profile_shape(component.name, name, decls.get(name, []), tuple(feeds[name].shape),
-                                engine.profiles[name], self.manifest.model.vae_scale_factor, artifact,
-                                self.manifest.root)
         feeds = {name: feeds[name].to(self.device) for name in engine.inputs}
         if self.graphs is None:
             outputs, changed = engine.execute(feeds, self.stream)
@@ -330,6 +307,9 @@ class TrtBackend(Backend):
         shapes = {n: tuple(engine.engine.get_tensor_shape(n)) for n in [*engine.inputs, *engine.outputs]}
         check_signature(COMPONENTS[component], self.artifacts[component],
                         engine_signature(engine.inputs, engine.outputs, engine.dtypes, shapes), fix=REBUILD)
+        if component not in self.metadata:
+            self.metadata[component] = engine_metadata(self.artifacts[component], engine.profiles,
+                                                       self.manifest.model.vae_scale_factor, self.manifest.root)
         self.engines[component] = engine
         self.generations[component] += 1
         return engine

@@ -60,7 +60,7 @@ class TorchBackend(Backend):
                                      "channels_last": self.channels_last, "cpu_memory": self.cpu_memory}
 
     @torch.inference_mode()
-    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         nhwc = self.channels_last and component.name in CHANNELS_LAST_COMPONENTS
         inputs = [self._cast_in(feeds[name], nhwc) for name in component.input_names]
         output = self.modules[component.name](*inputs)
