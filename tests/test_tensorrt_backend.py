@@ -1,4 +1,5 @@
-"""The TensorRT backend's pure parts (profile checks, low-memory staging, buffers) and its CPU-side errors.
+"""The TensorRT backend's pure parts (profile checks, low-memory staging, buffer sizing, the engine lifecycle's
+order, graph generations) and its CPU-side errors.
 
 Running engines needs an NVIDIA GPU and TensorRT 10: see test_gpu.py.
 """
@@ -15,7 +16,8 @@ from PIL import Image
 from mvg_rt.artifacts.manifest import Artifact, AxisRange, TensorDecl
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.declarations import profile_violation
-from mvg_rt.runtime.backends.tensorrt_backend import DeviceBuffers, engine_metadata, engines_to_release, rebuild_flags
+from mvg_rt.runtime.backends.tensorrt_backend import (EnginePool, engine_metadata, engines_to_release,
+                                                      lifecycle_step, max_io_shapes, rebuild_flags, view)
 
 UNET_SAMPLE = ("batch", 4, "latent_height", "latent_width")
 UNET_PROFILE = ((1, 4, 64, 64), (2, 4, 64, 64), (2, 4, 64, 64))
@@ -96,6 +98,65 @@ def test_inside_the_profile_the_declarations_still_apply():
     assert str(err.value) == "unet: input timestep was not fed (inputs: sample, timestep)"
 
 
+def test_buffers_hold_the_profile_maxima_inputs_and_derived_outputs():
+    unet = _engine("unet", {"sample": UNET_SAMPLE, "timestep": ("batch",),
+                            "encoder_hidden_states": ("batch", 77, 768)},
+                   {"noise_pred": UNET_SAMPLE})
+    profiles = {"sample": UNET_PROFILE, "timestep": ((1,), (2,), (2,)),
+                "encoder_hidden_states": ((1, 77, 768), (2, 77, 768), (2, 77, 768))}
+    assert max_io_shapes(unet, profiles) == {"sample": (2, 4, 64, 64), "timestep": (2,),
+                                             "encoder_hidden_states": (2, 77, 768), "noise_pred": (2, 4, 64, 64)}
+    decoder = _engine("vae_decoder", {"latents": UNET_SAMPLE}, {"images": ("batch", 3, "height", "width")})
+    latents = ((1, 4, 32, 32), (1, 4, 64, 64), (4, 4, 64, 96))
+    assert max_io_shapes(decoder, {"latents": latents}, 8) == {"latents": (4, 4, 64, 96), "images": (4, 3, 512, 768)}
+    encoder = _engine("vae_encoder", {"images": ("batch", 3, "height", "width")},
+                      {"latent_moments": ("batch", 8, "latent_height", "latent_width")})
+    images = ((1, 3, 256, 256), (1, 3, 512, 512), (3, 3, 512, 512))
+    assert max_io_shapes(encoder, {"images": images}, 8)["latent_moments"] == (3, 8, 64, 64)
+
+
+def test_every_shape_that_fits_is_a_view_at_the_buffers_fixed_address():
+    buffer = torch.empty(2 * 4 * 8 * 8)
+    a = view(buffer, (2, 4, 8, 8), "sample")
+    b = view(buffer, (1, 4, 8, 6), "sample")
+    assert a.shape == (2, 4, 8, 8) and b.shape == (1, 4, 8, 6) and b.is_contiguous()
+    assert a.data_ptr() == b.data_ptr() == buffer.data_ptr()
+    b.fill_(1.0)
+    assert float(buffer[:b.numel()].sum()) == b.numel()  # writes land at the start of the buffer
+    with pytest.raises(MvgError, match=r"noise_pred has shape \(2, 4, 8, 10\), more than its buffer"):
+        view(buffer, (2, 4, 8, 10), "noise_pred")
+
+
+def test_the_engine_lifecycle_runs_in_one_order():
+    stage = "deserialized"  # what load leaves
+    for step, after in (("activate", "activated"), ("allocate", "allocated"), ("infer", "allocated"),
+                        ("infer", "allocated"), ("release", "released")):
+        stage = lifecycle_step(stage, step)
+        assert stage == after
+    for stage, step in (("deserialized", "allocate"), ("deserialized", "infer"), ("activated", "infer"),
+                        ("allocated", "activate"), ("released", "infer"), ("released", "activate")):
+        with pytest.raises(RuntimeError, match=f"{step} while {stage}"):
+            lifecycle_step(stage, step)
+    assert lifecycle_step("activated", "release") == "released"
+
+
+def test_one_activation_buffer_grows_only_for_a_larger_engine_and_stales_the_resident_ones():
+    pool = EnginePool(["text_encoder", "vae_encoder", "unet", "vae_decoder", "seine"])
+    # all resident (not low-memory): loaded together, sized once to the largest
+    assert pool.admit({"text_encoder": 10, "unet": 300, "vae_decoder": 200}, resident=[])
+    assert pool.activation_bytes == 300
+    assert pool.generations == {"text_encoder": 1, "vae_encoder": 0, "unet": 1, "vae_decoder": 1, "seine": 0}
+    # a smaller engine arrives: the buffer stays, only the newcomer's graphs are new
+    assert not pool.admit({"vae_encoder": 50}, resident=["unet", "vae_decoder"])
+    assert pool.generations["vae_encoder"] == 1 and pool.generations["unet"] == 1
+    # a larger one: the buffer moves, so every resident engine's graphs are stale
+    assert pool.admit({"seine": 900}, resident=["vae_encoder", "vae_decoder"])
+    assert pool.activation_bytes == 900
+    assert pool.generations == {"text_encoder": 1, "vae_encoder": 2, "unet": 1, "vae_decoder": 2, "seine": 1}
+    pool.stale("seine")  # new input shapes in its context (or its release)
+    assert pool.generations["seine"] == 2 and pool.generations["vae_decoder"] == 2
+
+
 def test_low_memory_stages():
     """PIE: text encoder alone, then VAE + UNet; transitions: text encoder alone, then VAE + SEINE."""
     loaded: set[str] = set()
@@ -113,18 +174,6 @@ def test_low_memory_stages():
     assert timeline[-1] == ["seine", "vae_decoder", "vae_encoder"]
     assert all(not {"unet", "seine"} <= set(t) for t in timeline)  # the denoisers never share memory
     assert engines_to_release({"unet", "text_encoder"}, "seine", low_memory=False) == set()
-
-
-def test_buffers_are_reused_until_a_shape_grows():
-    buffers = DeviceBuffers(torch.device("cpu"))
-    a, grown = buffers.view("sample", (2, 4, 8, 8), torch.float32)
-    assert grown and a.shape == (2, 4, 8, 8)
-    b, grown = buffers.view("sample", (1, 4, 8, 8), torch.float32)  # smaller: a view of the same memory
-    assert not grown and b.data_ptr() == a.data_ptr()
-    c, grown = buffers.view("sample", (2, 4, 16, 16), torch.float32)
-    assert grown and c.data_ptr() != a.data_ptr() and buffers.reallocations == 2
-    _, grown = buffers.view("sample", (2, 4, 16, 16), torch.float16)  # an engine with other I/O types
-    assert grown
 
 
 @pytest.mark.skipif(not _tensorrt_missing(), reason="tensorrt is installed: its absence cannot be observed")
