@@ -12,14 +12,18 @@ in float32 (token ids in int64); a backend that computes in FP16 casts inside, s
 scheduler arithmetic in the pipelines always stays FP32.
 
 Capabilities with defaults (a backend with nothing special keeps them): what the
-denoising loops ask (:meth:`Backend.graph_generation`, :meth:`Backend.step_capture`),
-so no caller tests a backend's name.
+denoising loops ask (:meth:`Backend.graph_generation`, :meth:`Backend.step_capture`)
+and what the benchmarks ask (:meth:`Backend.profile`, :meth:`Backend.timed_network`,
+:meth:`Backend.stubbed_network`), so no caller tests a backend's name or reaches into
+its modules or sessions.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,6 +32,15 @@ from mvg_rt.components import SEINE, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODE
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.declarations import InputMetadata
 from mvg_rt.runtime.graphs.capture import CaptureFn, torch_capture
+
+
+@dataclass(frozen=True)
+class OpTimes:
+    """Where one call of a component spent its time, per operator (what :meth:`Backend.profile` returns)."""
+
+    tool: str  # what measured, and what the seconds are (for the report)
+    seconds: dict[str, float]
+    calls: dict[str, int]
 
 
 class Backend(ABC):
@@ -101,6 +114,30 @@ class Backend(ABC):
         if self.device.type != "cuda":
             return None
         return lambda call, inputs: torch_capture(call, inputs, warm=False)
+
+    # Capabilities the benchmarks ask for (default: refused in one line) ---------------------------------
+
+    def profile(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> OpTimes:
+        """Time per operator of one call of ``component`` on ``feeds``, after a warm-up call."""
+        raise MvgError(f"this {self.name} backend cannot profile its calls (TensorRT engines and CUDA-graph replays "
+                       "are not profiled here): profile with --backend torch or ort, without --cuda-graphs")
+
+    def timed_network(self, component: ComponentSpec, enter: Callable[[], None],
+                      leave: Callable[[], None]) -> AbstractContextManager[str]:
+        """A context in which ``enter()`` and ``leave()`` bracket each call of ``component``'s network proper
+        (not this backend's own casts and checks, which count as overhead); it yields how it times them.
+
+        The per-step overhead benchmark subtracts this time from each denoising step.
+        """
+        raise MvgError(f"this {self.name} backend cannot time its network calls apart from its own work (TensorRT "
+                       "engines and CUDA-graph replays run no hooks): measure the overhead with --backend torch or "
+                       "ort, without --cuda-graphs")
+
+    def stubbed_network(self, component: ComponentSpec, output: Tensor) -> AbstractContextManager[None]:
+        """A context in which ``component``'s network returns the constant ``output`` (everything around it,
+        this backend's own work included, still runs): the loop's own time, with no network time at all."""
+        raise MvgError(f"this {self.name} backend cannot stub out a network (only PyTorch modules are stubbed): "
+                       "measure with --backend torch, without --cuda-graphs")
 
     def __enter__(self) -> Backend:
         return self

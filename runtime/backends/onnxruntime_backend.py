@@ -27,7 +27,11 @@ Session settings (:class:`OrtSettings`) default to what measured fastest on a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,7 @@ from mvg_rt.components import COMPONENTS, ComponentSpec
 from mvg_rt.errors import MvgError, first_line
 from mvg_rt.artifacts.graph_contract import check_signature, read_onnx_signature
 from mvg_rt.artifacts.manifest import Artifact, Manifest
-from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.backends.base import Backend, OpTimes
 from mvg_rt.runtime.backends.declarations import InputMetadata, output_shape
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -107,6 +111,18 @@ class _Session:
     input_dtypes: dict[str, torch.dtype]
     cuda_graph: bool = False
     slots: dict[tuple, _GraphSlot] = field(default_factory=dict)
+    clock: tuple[Callable[[], None], Callable[[], None]] | None = None  # (enter, leave) around runs: the bench's
+
+    def execute(self, run: Callable[..., Any], *args: Any) -> Any:
+        """``run(*args)`` (one of the session's run methods), between the clock's ``enter()`` and ``leave()``."""
+        if self.clock is None:
+            return run(*args)
+        enter, leave = self.clock
+        enter()
+        try:
+            return run(*args)
+        finally:
+            leave()
 
 
 class OrtBackend(Backend):
@@ -177,6 +193,36 @@ class OrtBackend(Backend):
         if self.device.type == "cpu":
             return self._run_cpu(state, artifact, feeds)
         return self._run_cuda(state, artifact, feeds, self.axis_sizes(component, feeds))
+
+    # ------------------------------------------------------------------ benchmark capabilities
+
+    def profile(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> OpTimes:
+        """ONNX Runtime's profiler on a second session of the same graph and settings: kernel time by op type
+        in the second of two runs."""
+        self.require(component)
+        self.axis_sizes(component, feeds)
+        with tempfile.TemporaryDirectory() as tmp:
+            options = self.session_options()
+            options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "ort")
+            session = self.ort.InferenceSession(str(self.paths[component.name]), options,
+                                                providers=self._providers(False))
+            arrays = _arrays({i.name: _ort_type_to_torch(i.type) for i in session.get_inputs()}, feeds)
+            for _ in range(2):
+                session.run(None, arrays)
+            trace = json.loads(Path(session.end_profiling()).read_text())
+        return OpTimes("onnxruntime profiler (kernel time by op type)", *_last_run_kernel_times(trace))
+
+    @contextmanager
+    def timed_network(self, component: ComponentSpec, enter: Callable[[], None],
+                      leave: Callable[[], None]) -> Iterator[str]:
+        """The component session's runs (feed conversion and output copies count as overhead)."""
+        self.require(component)
+        state = self._session(component.name)
+        state.clock = (enter, leave)
+        try:
+            yield f"time inside the {component.name} session's run()"
+        finally:
+            state.clock = None
 
     # ------------------------------------------------------------------ sessions
 
@@ -263,7 +309,8 @@ class OrtBackend(Backend):
     # ------------------------------------------------------------------ running
 
     def _run_cpu(self, state: _Session, artifact: Artifact, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        outputs = state.session.run([d.name for d in artifact.outputs], _arrays(state.input_dtypes, feeds))
+        outputs = state.execute(state.session.run, [d.name for d in artifact.outputs],
+                                _arrays(state.input_dtypes, feeds))
         return {d.name: torch.from_numpy(np.ascontiguousarray(o)).float() for d, o in zip(artifact.outputs, outputs)}
 
     def _run_cuda(self, state: _Session, artifact: Artifact, feeds: Mapping[str, Tensor],
@@ -274,7 +321,7 @@ class OrtBackend(Backend):
             return self._run_cuda_graph(state, artifact, inputs, dims, scale)
         outputs = {d.name: torch.empty(output_shape(d, dims, scale), device=self.device,
                                        dtype=_TORCH_DTYPES[d.dtype]) for d in artifact.outputs}
-        state.session.run_with_iobinding(self._bind(state, inputs, outputs))
+        state.execute(state.session.run_with_iobinding, self._bind(state, inputs, outputs))
         return {name: t.float() for name, t in outputs.items()}
 
     def _bind(self, state: _Session, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> Any:
@@ -302,8 +349,20 @@ class OrtBackend(Backend):
                 slot.inputs[name].copy_(tensor)
         options = self.ort.RunOptions()
         options.add_run_config_entry("gpu_graph_id", str(slot.graph_id))
-        state.session.run_with_iobinding(slot.binding, options)  # first run per id captures, later runs replay
+        state.execute(state.session.run_with_iobinding, slot.binding, options)  # first run per id captures
         return {name: t.float().clone() for name, t in slot.outputs.items()}
+
+
+def _last_run_kernel_times(trace: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, int]]:
+    """Seconds and kernel calls per op type in the last ``model_run`` of an ONNX Runtime profile trace."""
+    last_run = max((e["ts"] for e in trace if e.get("name") == "model_run"), default=0)
+    seconds: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for e in trace:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e.get("ts", 0) >= last_run:
+            seconds[e["args"].get("op_name", "?")] += e.get("dur", 0) / 1e6
+            calls[e["args"].get("op_name", "?")] += 1
+    return dict(seconds), dict(calls)
 
 
 def _arrays(dtypes: Mapping[str, torch.dtype], feeds: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
