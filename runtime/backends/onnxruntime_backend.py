@@ -22,7 +22,7 @@ and satisfy the manifest's ranges), so a wrong shape is a one-line :class:`MvgEr
 instead of an ORT stack trace.
 
 Session settings (:class:`OrtSettings`) default to what measured fastest on a
-2-core CPU; :data:`DEFAULT_SETTINGS` records the numbers.
+2-core CPU (``benchmarks/results/cpu-2core/ort_settings.md``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": to
 
 @dataclass(frozen=True)
 class OrtSettings:
-    """ONNX Runtime session settings (see :data:`DEFAULT_SETTINGS` for how the defaults were chosen)."""
+    """ONNX Runtime session settings (how the defaults were chosen: benchmarks/results/cpu-2core/ort_settings.md)."""
 
     intra_op_threads: int = 0  # 0: ONNX Runtime's default, one thread per physical core
     spin: bool = True  # let idle intra-op threads busy-wait (fast when the cores are ours, costly when shared)
@@ -71,21 +71,7 @@ class OrtSettings:
 
 
 DEFAULT_SETTINGS = OrtSettings()
-"""Chosen by measurement: full-size SD 1.4 UNet (random weights), batch 2 (CFG) at 256x256 (32x32 latents),
-FP32, ONNX Runtime 1.32 CPU EP on a 2-core machine shared with other jobs; variants loaded side by side and run
-interleaved, min (median) of 5 calls:
-
-* graph optimisation: all 2.71 s (2.95); extended 2.99; disable 2.98 (3.67); basic 3.18 (4.19) -> "all".
-* intra-op threads: 2 (ORT's default, one per core) 2.7 s with both cores free but 6-7 s while another process
-  holds one; 1 thread 5.2-5.4 s steady -> the default (all cores); set 1 on an oversubscribed machine.
-* spinning off: 2.89 s (3.25) vs on 2.73 s (2.81) -> keep ORT's default.
-* onnxruntime.transformers fusions (model_type unet, CUDA-only fusions off): FP16 UNet 2.99 s vs 3.10 s, but
-  loading takes 90 s instead of 18 s; on our FP32 graphs its QuickGelu matcher raises, and a >2 GB graph cannot be
-  fused in memory -> off (the switch stays for the CUDA EP, where its GroupNorm/attention fusions matter).
-* for scale: PyTorch eager FP32 on the same input 17.7-21 s; FP16 graphs on the CPU EP 3.1 s (no gain: the CPU
-  EP computes most FP16 ops in FP32 behind inserted Casts). The tiny model (5-40 ms a call) is dominated by
-  scheduling noise and decided nothing.
-"""
+"""The measured-fastest settings on a 2-core CPU: benchmarks/results/cpu-2core/ort_settings.md."""
 
 
 def _parse_device(device: str | torch.device) -> torch.device:
