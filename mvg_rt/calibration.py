@@ -71,7 +71,7 @@ class RecordingBackend(Backend):
     def components(self) -> frozenset[str]:
         return self.inner.components
 
-    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if component.name == self.component.name:
             self.recorded.append({k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in feeds.items()})
         return self.inner.infer(component, feeds)

@@ -41,6 +41,7 @@ class RuntimeSpec:
     ``cuda_graphs`` means both per-component graphs (the backend's own mechanism) and
     whole-denoising-step graphs (the pipelines' step loops, :attr:`Runtime.graphed_loops`).
     ``tf32`` lets CUDA run FP32 convolutions/matmuls as TF32 (off: ``fp32`` means FP32).
+    ``low_memory`` (TensorRT only) loads the engines one pipeline stage at a time.
     ``ort`` holds :class:`OrtSettings` fields that differ from the defaults.
     """
 
@@ -96,8 +97,11 @@ class RuntimeSpec:
             raise MvgError(f"--precision {self.precision} is not known: use one of {', '.join(PRECISIONS)}")
         if not (self.device == "cpu" or self.cuda):
             raise MvgError(f"--device {self.device} is not supported: use cpu or cuda[:N]")
-        for flag, on in (("--cuda-graphs", self.cuda_graphs), ("--low-memory", self.low_memory),
-                         ("--tf32", self.tf32), ("--channels-last", self.channels_last)):
+        if self.low_memory and self.backend != "trt":  # before the device: on any device it would mean nothing
+            raise MvgError("--low-memory loads TensorRT engines one stage at a time; it applies to --backend trt: "
+                           "drop it or use --backend trt")
+        for flag, on in (("--cuda-graphs", self.cuda_graphs), ("--tf32", self.tf32),
+                         ("--channels-last", self.channels_last)):
             if on and not self.cuda:
                 raise MvgError(f"{flag} needs a CUDA device (got --device {self.device}): pass --device cuda or "
                                f"drop {flag}")

@@ -112,3 +112,39 @@ def test_gpu_variants_say_they_need_cuda(tmp_path: Path, run_cli):
     assert code == 2 and "needs CUDA" in err
     code, _, err = run_cli(["bench", "--size", "tiny", "--cuda-graphs", "--out", str(tmp_path / "b")])
     assert code == 2 and "needs CUDA" in err
+
+
+def test_backends_profile_time_and_stub_their_networks_as_capabilities(tiny_runtime, tiny_engines: Path):
+    """What the bench needs from a backend (no backend names, no reaching into modules or sessions)."""
+    import torch
+
+    from mvg_rt.components import UNET
+    from mvg_rt.errors import MvgError
+    from mvg_rt.runtime.backends.onnxruntime_backend import OrtBackend
+    from mvg_rt.runtime.graphs.capture import EagerCapture
+    from mvg_rt.runtime.graphs.component_graphs import GraphCache, GraphedBackend
+
+    g = torch.Generator().manual_seed(0)
+    feeds = {"sample": torch.randn(2, 4, 8, 8, generator=g), "timestep": torch.tensor([1.0, 500.0]),
+             "encoder_hidden_states": torch.randn(2, 77, 32, generator=g)}
+    torch_backend, ort_backend = tiny_runtime.backend, OrtBackend(tiny_engines)
+    for backend, op in ((torch_backend, "aten::conv2d"), (ort_backend, "Conv")):
+        times = backend.profile(UNET, feeds)
+        assert op in times.seconds and set(times.seconds) == set(times.calls) and times.calls[op] > 0, times
+        marks: list[str] = []
+        with backend.timed_network(UNET, lambda: marks.append("enter"), lambda: marks.append("leave")) as how:
+            backend.infer(UNET, feeds)
+        backend.infer(UNET, feeds)  # the context closed: no longer timed
+        assert marks == ["enter", "leave"] and how
+    real = torch_backend.infer(UNET, feeds)["noise_pred"]
+    fixed = torch.full((2, 4, 8, 8), 0.5)
+    with torch_backend.stubbed_network(UNET, fixed):
+        assert torch.equal(torch_backend.infer(UNET, feeds)["noise_pred"], fixed)
+    assert torch.equal(torch_backend.infer(UNET, feeds)["noise_pred"], real)  # the network is back
+    graphed = GraphedBackend(torch_backend, GraphCache(EagerCapture.capture), step_capture=None)
+    for refuse, words in ((lambda: graphed.profile(UNET, feeds), "this torch backend cannot profile its calls"),
+                          (lambda: graphed.timed_network(UNET, print, print), "without --cuda-graphs"),
+                          (lambda: ort_backend.stubbed_network(UNET, fixed), "this ort backend cannot stub out")):
+        with pytest.raises(MvgError, match=words) as err:
+            refuse()
+        assert "\n" not in str(err.value)

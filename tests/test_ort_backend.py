@@ -87,6 +87,27 @@ def test_shapes_outside_the_exported_axes_are_one_line_errors(ort_backend, compo
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_feeds_are_checked_once_per_shape_combination(tiny_engines: Path, monkeypatch):
+    """Backend.infer checks against the backend's declarations, and a denoising loop's repeated shapes only once;
+    a refused shape is refused every time."""
+    from mvg_rt.runtime.backends.onnxruntime_backend import OrtBackend
+
+    backend = OrtBackend(tiny_engines, "fp32")
+    asked = []
+    declared = backend.input_metadata
+    monkeypatch.setattr(backend, "input_metadata", lambda component: asked.append(component.name) or declared(component))
+    for batch in (2, 2, 2, 1, 2):
+        backend.predict_noise(torch.zeros(batch, 4, 8, 8), torch.ones(batch), torch.zeros(batch, 77, 32))
+    assert asked == ["unet", "unet"]  # batch 2, then batch 1
+    for _ in range(2):
+        with pytest.raises(MvgError, match="batch is 3 here but 2 in another input"):
+            backend.predict_noise(torch.zeros(2, 4, 8, 8), torch.ones(3), torch.zeros(2, 77, 32))
+    assert asked == ["unet"] * 4
+    with pytest.raises(MvgError, match=r"unet: input timestep was not fed \(inputs: sample, timestep, "
+                                       r"encoder_hidden_states\)"):
+        backend.infer(UNET, {"sample": torch.zeros(2, 4, 8, 8), "encoder_hidden_states": torch.zeros(2, 77, 32)})
+
+
 def test_variable_shapes_inside_the_axes_run(ort_backend):
     out = ort_backend.predict_noise(torch.zeros(3, 4, 6, 10), torch.tensor([1.0, 500.0, 999.0]), torch.zeros(3, 77, 32))
     assert out.shape == (3, 4, 6, 10) and out.dtype == torch.float32

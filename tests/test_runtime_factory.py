@@ -60,6 +60,12 @@ def test_without_seine_the_torch_runtime_loads_no_seine(tiny_model_dir: Path):
     (RuntimeSpec(model_dir=Path("m"), cuda_graphs=True), "--cuda-graphs needs a CUDA device"),
     (RuntimeSpec(model_dir=Path("m"), tf32=True), "--tf32 needs a CUDA device"),
     (RuntimeSpec(backend="trt", engines_dir=Path("e")), "--backend trt runs TensorRT engines on an NVIDIA GPU"),
+    (RuntimeSpec(backend="trt", engines_dir=Path("e"), low_memory=True),
+     "--backend trt runs TensorRT engines on an NVIDIA GPU"),
+    (RuntimeSpec(model_dir=Path("m"), low_memory=True), "--low-memory loads TensorRT engines one stage at a time; "
+     "it applies to --backend trt: drop it or use --backend trt"),
+    (RuntimeSpec(model_dir=Path("m"), device="cuda", precision="fp16", low_memory=True), "applies to --backend trt"),
+    (RuntimeSpec(backend="ort", engines_dir=Path("e"), device="cuda", low_memory=True), "applies to --backend trt"),
 ])
 def test_impossible_specs_are_refused_in_one_line_before_loading(spec: RuntimeSpec, words: str):
     with pytest.raises(MvgError, match=words) as err:

@@ -1,4 +1,5 @@
-"""The TensorRT backend's pure parts (profile checks, low-memory staging, buffers) and its CPU-side errors.
+"""The TensorRT backend's pure parts (profile checks, low-memory staging, buffer sizing, the engine lifecycle's
+order, graph generations) and its CPU-side errors.
 
 Running engines needs an NVIDIA GPU and TensorRT 10: see test_gpu.py.
 """
@@ -12,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mvg_rt.artifacts.manifest import Artifact, AxisRange, TensorDecl
 from mvg_rt.errors import MvgError
-from mvg_rt.runtime.backends.tensorrt_backend import (DeviceBuffers, check_profile_shape, engines_to_release,
-                                                      profile_violation, rebuild_flags)
+from mvg_rt.runtime.backends.declarations import profile_violation
+from mvg_rt.runtime.backends.tensorrt_backend import (EnginePool, engine_metadata, engines_to_release,
+                                                      lifecycle_step, max_io_shapes, rebuild_flags, view)
 
 UNET_SAMPLE = ("batch", 4, "latent_height", "latent_width")
 UNET_PROFILE = ((1, 4, 64, 64), (2, 4, 64, 64), (2, 4, 64, 64))
@@ -30,15 +33,27 @@ def _tensorrt_missing() -> bool:
     return False
 
 
+def _engine(component: str, inputs: dict, outputs: dict | None = None) -> Artifact:
+    """A TensorRT engine's manifest entry (as mvg-rt build writes it) with these declared shapes."""
+    return Artifact(component, "trt", "fp16", f"{component}.plan", "", 0,
+                    [TensorDecl(n, "float32", list(s)) for n, s in inputs.items()],
+                    [TensorDecl(n, "float32", list(s)) for n, s in (outputs or {}).items()])
+
+
+def _sample_check(component: str, decl, shape, profile, root: str | None = None) -> None:
+    """Check one ``sample`` feed against an engine with that declaration and profile."""
+    engine_metadata(_engine(component, {"sample": decl}), {"sample": profile}, 8, root).check({"sample": shape})
+
+
 def test_shapes_inside_the_profile_pass():
     for shape in ((1, 4, 64, 64), (2, 4, 64, 64)):
-        check_profile_shape("unet", "sample", UNET_SAMPLE, shape, UNET_PROFILE)
+        _sample_check("unet", UNET_SAMPLE, shape, UNET_PROFILE)
     assert profile_violation(UNET_SAMPLE, (2, 4, 64, 64), UNET_PROFILE) is None
 
 
 def test_a_larger_resolution_names_component_input_shape_range_and_the_build_command():
     with pytest.raises(MvgError) as err:
-        check_profile_shape("unet", "sample", UNET_SAMPLE, (2, 4, 96, 96), UNET_PROFILE, 8, root="engines/sd14")
+        _sample_check("unet", UNET_SAMPLE, (2, 4, 96, 96), UNET_PROFILE, root="engines/sd14")
     text = str(err.value)
     assert text == ("unet: input sample has shape (2, 4, 96, 96), outside the engine's profile (1, 4, 64, 64) .. "
                     "(2, 4, 64, 64) (latent_height 96 > 64); rebuild the engines for it: mvg-rt build --engines "
@@ -59,8 +74,87 @@ def test_profile_violations_and_the_flags_that_fix_them(decl, shape, profile, wh
     if len(shape) == len(profile[0]):
         assert rebuild_flags(component, decl, shape, profile, 8) == flags
     with pytest.raises(MvgError, match="outside the engine's profile") as err:
-        check_profile_shape(component, "sample", decl, shape, profile)
+        _sample_check(component, decl, shape, profile)
     assert ("rebuild the engines" in str(err.value)) == bool(flags)
+
+
+def test_inside_the_profile_the_declarations_still_apply():
+    """Named axes agree across inputs and the manifest's multiples hold, though each input is inside its profile;
+    a missing input is named with the engine's inputs (one grammar with the ONNX Runtime backend's)."""
+    unet = _engine("unet", {"sample": UNET_SAMPLE, "timestep": ("batch",)})
+    unet.axes["latent_height"] = AxisRange(8, 64, multiple_of=8)
+    metadata = engine_metadata(unet, {"sample": ((1, 4, 8, 8), (2, 4, 64, 64), (2, 4, 64, 64)),
+                                      "timestep": ((1,), (2,), (2,))})
+    assert metadata.check({"sample": (2, 4, 64, 32), "timestep": (2,)}) == {
+        "batch": 2, "latent_height": 64, "latent_width": 32}
+    with pytest.raises(MvgError) as err:
+        metadata.check({"sample": (2, 4, 64, 64), "timestep": (1,)})
+    assert str(err.value) == ("unet: input timestep has shape (1), allowed (batch) (batch is 1 here but 2 in "
+                              "another input); feed the shape the engines were exported for")
+    with pytest.raises(MvgError, match=r"latent_height must be >= 8 and <= 64 and a multiple of 8"):
+        metadata.check({"sample": (2, 4, 60, 64), "timestep": (2,)})
+    with pytest.raises(MvgError) as err:
+        metadata.check({"sample": (2, 4, 64, 64)})
+    assert str(err.value) == "unet: input timestep was not fed (inputs: sample, timestep)"
+
+
+def test_buffers_hold_the_profile_maxima_inputs_and_derived_outputs():
+    unet = _engine("unet", {"sample": UNET_SAMPLE, "timestep": ("batch",),
+                            "encoder_hidden_states": ("batch", 77, 768)},
+                   {"noise_pred": UNET_SAMPLE})
+    profiles = {"sample": UNET_PROFILE, "timestep": ((1,), (2,), (2,)),
+                "encoder_hidden_states": ((1, 77, 768), (2, 77, 768), (2, 77, 768))}
+    assert max_io_shapes(unet, profiles) == {"sample": (2, 4, 64, 64), "timestep": (2,),
+                                             "encoder_hidden_states": (2, 77, 768), "noise_pred": (2, 4, 64, 64)}
+    decoder = _engine("vae_decoder", {"latents": UNET_SAMPLE}, {"images": ("batch", 3, "height", "width")})
+    latents = ((1, 4, 32, 32), (1, 4, 64, 64), (4, 4, 64, 96))
+    assert max_io_shapes(decoder, {"latents": latents}, 8) == {"latents": (4, 4, 64, 96), "images": (4, 3, 512, 768)}
+    encoder = _engine("vae_encoder", {"images": ("batch", 3, "height", "width")},
+                      {"latent_moments": ("batch", 8, "latent_height", "latent_width")})
+    images = ((1, 3, 256, 256), (1, 3, 512, 512), (3, 3, 512, 512))
+    assert max_io_shapes(encoder, {"images": images}, 8)["latent_moments"] == (3, 8, 64, 64)
+
+
+def test_every_shape_that_fits_is_a_view_at_the_buffers_fixed_address():
+    buffer = torch.empty(2 * 4 * 8 * 8)
+    a = view(buffer, (2, 4, 8, 8), "sample")
+    b = view(buffer, (1, 4, 8, 6), "sample")
+    assert a.shape == (2, 4, 8, 8) and b.shape == (1, 4, 8, 6) and b.is_contiguous()
+    assert a.data_ptr() == b.data_ptr() == buffer.data_ptr()
+    b.fill_(1.0)
+    assert float(buffer[:b.numel()].sum()) == b.numel()  # writes land at the start of the buffer
+    with pytest.raises(MvgError, match=r"noise_pred has shape \(2, 4, 8, 10\), more than its buffer"):
+        view(buffer, (2, 4, 8, 10), "noise_pred")
+
+
+def test_the_engine_lifecycle_runs_in_one_order():
+    stage = "deserialized"  # what load leaves
+    for step, after in (("activate", "activated"), ("allocate", "allocated"), ("infer", "allocated"),
+                        ("infer", "allocated"), ("release", "released")):
+        stage = lifecycle_step(stage, step)
+        assert stage == after
+    for stage, step in (("deserialized", "allocate"), ("deserialized", "infer"), ("activated", "infer"),
+                        ("allocated", "activate"), ("released", "infer"), ("released", "activate")):
+        with pytest.raises(RuntimeError, match=f"{step} while {stage}"):
+            lifecycle_step(stage, step)
+    assert lifecycle_step("activated", "release") == "released"
+
+
+def test_one_activation_buffer_grows_only_for_a_larger_engine_and_stales_the_resident_ones():
+    pool = EnginePool(["text_encoder", "vae_encoder", "unet", "vae_decoder", "seine"])
+    # all resident (not low-memory): loaded together, sized once to the largest
+    assert pool.admit({"text_encoder": 10, "unet": 300, "vae_decoder": 200}, resident=[])
+    assert pool.activation_bytes == 300
+    assert pool.generations == {"text_encoder": 1, "vae_encoder": 0, "unet": 1, "vae_decoder": 1, "seine": 0}
+    # a smaller engine arrives: the buffer stays, only the newcomer's graphs are new
+    assert not pool.admit({"vae_encoder": 50}, resident=["unet", "vae_decoder"])
+    assert pool.generations["vae_encoder"] == 1 and pool.generations["unet"] == 1
+    # a larger one: the buffer moves, so every resident engine's graphs are stale
+    assert pool.admit({"seine": 900}, resident=["vae_encoder", "vae_decoder"])
+    assert pool.activation_bytes == 900
+    assert pool.generations == {"text_encoder": 1, "vae_encoder": 2, "unet": 1, "vae_decoder": 2, "seine": 1}
+    pool.stale("seine")  # new input shapes in its context (or its release)
+    assert pool.generations["seine"] == 2 and pool.generations["vae_decoder"] == 2
 
 
 def test_low_memory_stages():
@@ -80,18 +174,6 @@ def test_low_memory_stages():
     assert timeline[-1] == ["seine", "vae_decoder", "vae_encoder"]
     assert all(not {"unet", "seine"} <= set(t) for t in timeline)  # the denoisers never share memory
     assert engines_to_release({"unet", "text_encoder"}, "seine", low_memory=False) == set()
-
-
-def test_buffers_are_reused_until_a_shape_grows():
-    buffers = DeviceBuffers(torch.device("cpu"))
-    a, grown = buffers.view("sample", (2, 4, 8, 8), torch.float32)
-    assert grown and a.shape == (2, 4, 8, 8)
-    b, grown = buffers.view("sample", (1, 4, 8, 8), torch.float32)  # smaller: a view of the same memory
-    assert not grown and b.data_ptr() == a.data_ptr()
-    c, grown = buffers.view("sample", (2, 4, 16, 16), torch.float32)
-    assert grown and c.data_ptr() != a.data_ptr() and buffers.reallocations == 2
-    _, grown = buffers.view("sample", (2, 4, 16, 16), torch.float16)  # an engine with other I/O types
-    assert grown
 
 
 @pytest.mark.skipif(not _tensorrt_missing(), reason="tensorrt is installed: its absence cannot be observed")

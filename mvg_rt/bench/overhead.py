@@ -1,14 +1,15 @@
 """Time outside the networks per denoising step (target 3), mvg-rt vs diffusers, on a tiny model: network
-time inside the UNet (the same hooks on both sides; the session's ``run`` for ORT), steps between per-step
-callbacks; then with the UNet stubbed out, where all is overhead (method: benchmarks/README.md)."""
+time inside the UNet (forward hooks on both sides; the session's ``run`` for ORT: ``Backend.timed_network``),
+steps between per-step callbacks; then with the UNet stubbed out (``Backend.stubbed_network``), where all is
+overhead (method: benchmarks/README.md)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
-from types import SimpleNamespace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,13 @@ import torch
 from mvg_rt.bench.config import E2ESettings
 from mvg_rt.bench.measure import demo_original, img2img_call, round_label
 from mvg_rt.bench.rows import Row
+from mvg_rt.components import UNET
+from mvg_rt.runtime.backends.torch_backend import forward_hooks
 from mvg_rt.runtime.factory import Runtime
 
 Round = Callable[[Callable[..., Any]], None]  # one round, calling its argument after every step
+#: (enter, leave) -> a context in which they bracket every UNet network call; it yields how (for the report)
+Instrument = Callable[[Callable[[], None], Callable[[], None]], AbstractContextManager[str]]
 
 
 class StepClock:
@@ -63,33 +68,23 @@ def diffusers_round(pipe: Any, settings: E2ESettings) -> Round:
     return lambda mark: img2img_call(pipe, original, settings, callback=lambda p, i, t, kw: (mark(), kw)[1])
 
 
-def per_step(run: Round, unet: Any, repeat: int) -> dict[str, Any]:
-    """Median per-step times over ``repeat`` rounds; ``unet``: a torch module (hooked) or the ORT backend's
-    UNet session holder (its ``session.run`` timed)."""
+@contextmanager
+def diffusers_unet_hooks(unet: torch.nn.Module, enter: Callable[[], None],
+                         leave: Callable[[], None]) -> Iterator[str]:
+    """diffusers' side of :data:`Instrument`: forward hooks on its UNet2DConditionModel."""
+    with forward_hooks(unet, enter, leave):
+        yield "forward hooks on UNet2DConditionModel"
+
+
+def per_step(run: Round, instrument: Instrument, repeat: int) -> dict[str, Any]:
+    """Median per-step times over ``repeat`` rounds, the UNet's network calls timed by ``instrument``."""
     clock = StepClock()
-    if isinstance(unet, torch.nn.Module):
-        hooks = [unet.register_forward_pre_hook(lambda *a: clock.enter()),
-                 unet.register_forward_hook(lambda *a: clock.leave())]
-        undo, how = (lambda: [h.remove() for h in hooks]), "forward hooks on UNet2DConditionModel"
-    else:
-        plain = unet.session
-
-        def timed_run(*args: Any) -> Any:
-            clock.enter()
-            outputs = plain.run(*args)
-            clock.leave()
-            return outputs
-
-        unet.session = SimpleNamespace(run=timed_run)
-        undo, how = (lambda: setattr(unet, "session", plain)), "time inside the UNet session's run()"
     rows = []
-    try:
+    with instrument(lambda: clock.enter(), lambda: clock.leave()) as how:
         for _ in range(repeat):
             clock = StepClock()
             run(clock.mark)
             rows.append(clock.per_step())
-    finally:
-        undo()
     return {k: float(np.median([r[k] for r in rows])) for k in rows[0]} | {"rounds": repeat, "instrumentation": how}
 
 
@@ -101,21 +96,21 @@ def overhead_rows(runtimes: list[Runtime], pipe: Any, settings: E2ESettings, rep
         for stepper in ("auto", "scheduler"):
             run = mvg_round(runtime, settings, stepper)
             run(lambda *a: None)  # warm-up (creates the ORT session)
-            backend = runtime.backend
-            unet = backend.modules["unet"].unet if backend.name == "torch" else backend.sessions["unet"]
+            timed = partial(runtime.backend.timed_network, UNET)
             rows.append(Row("overhead", round_label(runtime.spec, stepper), runtime.spec.to_dict(),
-                            metrics={"stepper": stepper, **per_step(run, unet, repeat)}))
+                            metrics={"stepper": stepper, **per_step(run, timed, repeat)}))
     theirs = diffusers_round(pipe, settings)
     theirs(lambda *a: None)
-    rows.append(Row("overhead", "diffusers img2img", metrics=per_step(theirs, pipe.unet, repeat)))
+    rows.append(Row("overhead", "diffusers img2img",
+                    metrics=per_step(theirs, partial(diffusers_unet_hooks, pipe.unet), repeat)))
     for row in rows[:-1]:
         row.metrics["overhead_ratio_vs_diffusers"] = rows[-1].metrics["overhead_s"] / row.metrics["overhead_s"]
     return rows
 
 
 @contextmanager
-def stubbed(unet: Any, shape: tuple[int, ...]) -> Iterator[None]:
-    """``unet.forward`` replaced by a constant output."""
+def stubbed_unet(unet: torch.nn.Module, shape: tuple[int, ...]) -> Iterator[None]:
+    """diffusers' UNet2DConditionModel ``forward`` replaced by a constant output."""
     fixed = torch.zeros(shape)
     unet.forward = lambda sample, *a, **k: (fixed.to(sample.dtype),)
     try:
@@ -152,10 +147,10 @@ def stub_rows(runtime: Runtime, pipe: Any, settings: E2ESettings, repeat: int, t
                 "aten_ops_per_step": sum(max(v[0], 0.0) for v in step.values()),
                 "top_ops": [{"op": k, "calls_per_step": v[0], "self_cpu_us_per_step": v[1]} for k, v in most]}
 
-    with stubbed(runtime.backend.modules["unet"].unet, shape):
+    with runtime.backend.stubbed_network(UNET, torch.zeros(shape)):
         rows = [Row("overhead_stub", round_label(runtime.spec, stepper), runtime.spec.to_dict(),
                     metrics=measure(mvg_round(runtime, settings, stepper), mvg_round(runtime, short, stepper)))
                 for stepper in ("auto", "scheduler")]
-    with stubbed(pipe.unet, shape):
+    with stubbed_unet(pipe.unet, shape):
         return rows + [Row("overhead_stub", "diffusers img2img",
                            metrics=measure(diffusers_round(pipe, settings), diffusers_round(pipe, short)))]

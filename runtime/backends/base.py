@@ -1,24 +1,46 @@
 """The one interface every backend implements.
 
 Pipelines (PIE, transitions) call the typed methods below and nothing else, so a
-backend is swapped without touching pipeline math. A backend implements a single
-primitive, :meth:`Backend.infer` (the name follows polygraphy's runners): run one
-named component on named tensors. Tensors cross this boundary on
-``backend.device`` in float32 (token ids in int64); a backend that computes in
-FP16 casts inside, so scheduler arithmetic in the pipelines always stays FP32.
+backend is swapped without touching pipeline math. The primitive is
+:meth:`Backend.infer` (the split follows polygraphy's runners: ``BaseRunner.infer``
+checks the feeds against ``get_input_metadata`` and calls ``infer_impl``): run one
+named component on named tensors. ``infer`` checks the feeds once per combination of
+feed shapes against what the backend declares (:meth:`Backend.input_metadata`, the
+message grammar in :mod:`mvg_rt.runtime.backends.declarations`), then calls the
+subclass's :meth:`Backend._infer`. Tensors cross this boundary on ``backend.device``
+in float32 (token ids in int64); a backend that computes in FP16 casts inside, so
+scheduler arithmetic in the pipelines always stays FP32.
+
+Capabilities with defaults (a backend with nothing special keeps them): what the
+denoising loops ask (:meth:`Backend.graph_generation`, :meth:`Backend.step_capture`)
+and what the benchmarks ask (:meth:`Backend.profile`, :meth:`Backend.timed_network`,
+:meth:`Backend.stubbed_network`), so no caller tests a backend's name or reaches into
+its modules or sessions.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mvg_rt.components import SEINE, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
 from mvg_rt.errors import MvgError
+from mvg_rt.runtime.backends.declarations import InputMetadata
 from mvg_rt.runtime.graphs.capture import CaptureFn, torch_capture
+
+
+@dataclass(frozen=True)
+class OpTimes:
+    """Where one call of a component spent its time, per operator (what :meth:`Backend.profile` returns)."""
+
+    tool: str  # what measured, and what the seconds are (for the report)
+    seconds: dict[str, float]
+    calls: dict[str, int]
 
 
 class Backend(ABC):
@@ -29,15 +51,43 @@ class Backend(ABC):
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self._checked: dict[tuple, dict[str, int]] = {}  # (component, feed shapes) -> axis sizes, once checked
 
     @property
     @abstractmethod
     def components(self) -> frozenset[str]:
         """Names of the components this backend can run."""
 
-    @abstractmethod
     def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Run ``component`` on ``feeds`` (keyed by input name); return outputs keyed by name."""
+        """Run ``component`` on ``feeds`` (keyed by input name); return outputs keyed by name.
+
+        The feeds are checked against :meth:`input_metadata` first (one-line :class:`MvgError`)."""
+        self.require(component)
+        self.axis_sizes(component, feeds)
+        return self._infer(component, feeds)
+
+    @abstractmethod
+    def _infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Run ``component`` on ``feeds`` that :meth:`infer` has checked."""
+
+    def input_metadata(self, component: ComponentSpec) -> InputMetadata | None:
+        """What ``component``'s inputs accept. Default None: nothing declared, the networks take what they
+        take (the PyTorch modules; a wrapper whose inner backend checks)."""
+        return None
+
+    def axis_sizes(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, int]:
+        """The sizes of ``component``'s named axes in ``feeds``, checked against :meth:`input_metadata`.
+
+        Checked once per combination of feed shapes: a denoising loop feeds the same shapes
+        thousands of times, and later calls with them cost one dictionary lookup.
+        """
+        key = (component.name, tuple((name, tuple(tensor.shape)) for name, tensor in feeds.items()))
+        sizes = self._checked.get(key)
+        if sizes is None:
+            metadata = self.input_metadata(component)
+            sizes = {} if metadata is None else metadata.check({n: tuple(t.shape) for n, t in feeds.items()})
+            self._checked[key] = sizes
+        return sizes
 
     def describe(self) -> dict[str, object]:
         """What ran (recorded in run.json and benchmark reports)."""
@@ -49,8 +99,9 @@ class Backend(ABC):
     # Capabilities the denoising loops ask for (defaults: a backend with nothing special) -------------
 
     def graph_generation(self, component: str) -> int:
-        """A number that changes whenever graphs captured over ``component``'s calls hold stale state (its
-        engine was reloaded or released); a step loop captures again when it changes. Default: never."""
+        """A number that changes whenever graphs captured over ``component``'s calls hold stale state (a
+        TensorRT engine reloaded, released, given new input shapes or a regrown activation buffer); a step
+        loop captures again when it changes. Default: never."""
         return 0
 
     def step_capture(self) -> CaptureFn | None:
@@ -63,6 +114,30 @@ class Backend(ABC):
         if self.device.type != "cuda":
             return None
         return lambda call, inputs: torch_capture(call, inputs, warm=False)
+
+    # Capabilities the benchmarks ask for (default: refused in one line) ---------------------------------
+
+    def profile(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> OpTimes:
+        """Time per operator of one call of ``component`` on ``feeds``, after a warm-up call."""
+        raise MvgError(f"this {self.name} backend cannot profile its calls (TensorRT engines and CUDA-graph replays "
+                       "are not profiled here): profile with --backend torch or ort, without --cuda-graphs")
+
+    def timed_network(self, component: ComponentSpec, enter: Callable[[], None],
+                      leave: Callable[[], None]) -> AbstractContextManager[str]:
+        """A context in which ``enter()`` and ``leave()`` bracket each call of ``component``'s network proper
+        (not this backend's own casts and checks, which count as overhead); it yields how it times them.
+
+        The per-step overhead benchmark subtracts this time from each denoising step.
+        """
+        raise MvgError(f"this {self.name} backend cannot time its network calls apart from its own work (TensorRT "
+                       "engines and CUDA-graph replays run no hooks): measure the overhead with --backend torch or "
+                       "ort, without --cuda-graphs")
+
+    def stubbed_network(self, component: ComponentSpec, output: Tensor) -> AbstractContextManager[None]:
+        """A context in which ``component``'s network returns the constant ``output`` (everything around it,
+        this backend's own work included, still runs): the loop's own time, with no network time at all."""
+        raise MvgError(f"this {self.name} backend cannot stub out a network (only PyTorch modules are stubbed): "
+                       "measure with --backend torch, without --cuda-graphs")
 
     def __enter__(self) -> Backend:
         return self
@@ -78,7 +153,6 @@ class Backend(ABC):
             )
 
     def _run(self, component: ComponentSpec, *tensors: Tensor) -> Tensor:
-        self.require(component)
         feeds = dict(zip(component.input_names, tensors, strict=True))
         return self.infer(component, feeds)[component.output_names[0]]
 

@@ -15,18 +15,23 @@ pairs into integer kernels) and the other components' FP32 graphs
   EP; dynamic-axis graphs keep small shape computations on the CPU, in which case
   the session is created without CUDA graphs and :meth:`describe` says so.
 
-Every feed is checked against the shapes the manifest declares for the artifact
-(fixed dims such as 4 latent channels, 77 tokens or the text width must match;
-named axes must agree across inputs and satisfy the manifest's ranges), so a wrong
-shape is a one-line :class:`MvgError` instead of an ORT stack trace.
+Every feed is checked (by :meth:`Backend.infer`, once per combination of feed shapes)
+against the shapes the manifest declares for the artifact (fixed dims such as 4 latent
+channels, 77 tokens or the text width must match; named axes must agree across inputs
+and satisfy the manifest's ranges), so a wrong shape is a one-line :class:`MvgError`
+instead of an ORT stack trace.
 
 Session settings (:class:`OrtSettings`) default to what measured fastest on a
-2-core CPU; :data:`DEFAULT_SETTINGS` records the numbers.
+2-core CPU (``benchmarks/results/cpu-2core/ort_settings.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +43,9 @@ from torch import Tensor
 from mvg_rt.components import COMPONENTS, ComponentSpec
 from mvg_rt.errors import MvgError, first_line
 from mvg_rt.artifacts.graph_contract import check_signature, read_onnx_signature
-from mvg_rt.artifacts.manifest import Artifact, Manifest, TensorDecl
-from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.artifacts.manifest import Artifact, Manifest
+from mvg_rt.runtime.backends.base import Backend, OpTimes
+from mvg_rt.runtime.backends.declarations import InputMetadata, output_shape
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 FUSION_MODEL_TYPES = {"text_encoder": "clip", "vae_encoder": "vae", "vae_decoder": "vae", "unet": "unet"}
@@ -48,7 +54,7 @@ _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": to
 
 @dataclass(frozen=True)
 class OrtSettings:
-    """ONNX Runtime session settings (see :data:`DEFAULT_SETTINGS` for how the defaults were chosen)."""
+    """ONNX Runtime session settings (how the defaults were chosen: benchmarks/results/cpu-2core/ort_settings.md)."""
 
     intra_op_threads: int = 0  # 0: ONNX Runtime's default, one thread per physical core
     spin: bool = True  # let idle intra-op threads busy-wait (fast when the cores are ours, costly when shared)
@@ -65,21 +71,7 @@ class OrtSettings:
 
 
 DEFAULT_SETTINGS = OrtSettings()
-"""Chosen by measurement: full-size SD 1.4 UNet (random weights), batch 2 (CFG) at 256x256 (32x32 latents),
-FP32, ONNX Runtime 1.32 CPU EP on a 2-core machine shared with other jobs; variants loaded side by side and run
-interleaved, min (median) of 5 calls:
-
-* graph optimisation: all 2.71 s (2.95); extended 2.99; disable 2.98 (3.67); basic 3.18 (4.19) -> "all".
-* intra-op threads: 2 (ORT's default, one per core) 2.7 s with both cores free but 6-7 s while another process
-  holds one; 1 thread 5.2-5.4 s steady -> the default (all cores); set 1 on an oversubscribed machine.
-* spinning off: 2.89 s (3.25) vs on 2.73 s (2.81) -> keep ORT's default.
-* onnxruntime.transformers fusions (model_type unet, CUDA-only fusions off): FP16 UNet 2.99 s vs 3.10 s, but
-  loading takes 90 s instead of 18 s; on our FP32 graphs its QuickGelu matcher raises, and a >2 GB graph cannot be
-  fused in memory -> off (the switch stays for the CUDA EP, where its GroupNorm/attention fusions matter).
-* for scale: PyTorch eager FP32 on the same input 17.7-21 s; FP16 graphs on the CPU EP 3.1 s (no gain: the CPU
-  EP computes most FP16 ops in FP32 behind inserted Casts). The tiny model (5-40 ms a call) is dominated by
-  scheduling noise and decided nothing.
-"""
+"""The measured-fastest settings on a 2-core CPU: benchmarks/results/cpu-2core/ort_settings.md."""
 
 
 def _parse_device(device: str | torch.device) -> torch.device:
@@ -87,57 +79,6 @@ def _parse_device(device: str | torch.device) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise MvgError(f"--device {device}: the ort backend runs on cpu or cuda[:N]")
     return device
-
-
-def _check_dims(component: str, decl: TensorDecl, shape: tuple[int, ...], dims: dict[str, int],
-                artifact: Artifact) -> None:
-    """Check one feed against its declaration; records the sizes of named axes in ``dims``."""
-    allowed = decl.describe()
-    got = "(" + ", ".join(str(s) for s in shape) + ")"
-
-    def fail(why: str) -> MvgError:
-        return MvgError(f"{component}: input {decl.name} has shape {got}, allowed {allowed} ({why}); "
-                        f"feed the shape the engines were exported for")
-
-    if len(shape) != len(decl.shape):
-        raise fail(f"{len(shape)} dims instead of {len(decl.shape)}")
-    for size, want in zip(shape, decl.shape):
-        if isinstance(want, int):
-            if size != want:
-                raise fail(f"{size} where the graph has a fixed {want}")
-            continue
-        if want in dims and dims[want] != size:
-            raise fail(f"{want} is {size} here but {dims[want]} in another input")
-        axis = artifact.axes.get(want)
-        if axis is not None and not axis.allows(size):
-            raise fail(f"{want} must be {axis.describe()}")
-        dims[want] = size
-
-
-def check_feeds(artifact: Artifact, feeds: Mapping[str, Tensor]) -> dict[str, int]:
-    """Validate ``feeds`` against the artifact's declared inputs; returns the named axes' sizes."""
-    dims: dict[str, int] = {}
-    for decl in artifact.inputs:
-        if decl.name not in feeds:
-            raise MvgError(f"{artifact.component}: input {decl.name} was not fed (inputs: "
-                           f"{', '.join(d.name for d in artifact.inputs)})")
-        _check_dims(artifact.component, decl, tuple(feeds[decl.name].shape), dims, artifact)
-    return dims
-
-
-def output_shape(decl: TensorDecl, dims: dict[str, int], scale: int) -> list[int]:
-    """An output's concrete shape from the inputs' axis sizes (pixels = latents * scale)."""
-    derived = dict(dims)
-    for pixel, latent in (("height", "latent_height"), ("width", "latent_width")):
-        if latent in dims and pixel not in dims:
-            derived[pixel] = dims[latent] * scale
-        if pixel in dims and latent not in dims:
-            derived[latent] = dims[pixel] // scale
-    try:
-        return [d if isinstance(d, int) else derived[d] for d in decl.shape]
-    except KeyError as err:
-        raise MvgError(f"cannot size output {decl.name} {decl.describe()}: axis {err} is not set by any input; "
-                       "re-export the engines") from err
 
 
 @dataclass
@@ -156,7 +97,18 @@ class _Session:
     input_dtypes: dict[str, torch.dtype]
     cuda_graph: bool = False
     slots: dict[tuple, _GraphSlot] = field(default_factory=dict)
-    checked: dict[tuple, dict[str, int]] = field(default_factory=dict)  # feed shapes -> axis sizes, once validated
+    clock: tuple[Callable[[], None], Callable[[], None]] | None = None  # (enter, leave) around runs: the bench's
+
+    def execute(self, run: Callable[..., Any], *args: Any) -> Any:
+        """``run(*args)`` (one of the session's run methods), between the clock's ``enter()`` and ``leave()``."""
+        if self.clock is None:
+            return run(*args)
+        enter, leave = self.clock
+        enter()
+        try:
+            return run(*args)
+        finally:
+            leave()
 
 
 class OrtBackend(Backend):
@@ -188,6 +140,7 @@ class OrtBackend(Backend):
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise MvgError(f"--device {self.device}: this onnxruntime has no CUDA execution provider; "
                            "install onnxruntime-gpu (pip install 'mvg-rt[gpu]') or use --device cpu")
+        self.metadata = {name: InputMetadata.declared(a) for name, a in self.artifacts.items()}
         self.sessions: dict[str, _Session] = {}
         self.notes: list[str] = []
 
@@ -216,18 +169,46 @@ class OrtBackend(Backend):
         (``cuda_graph``), so a whole step around its calls runs eagerly over the static buffers."""
         return None
 
-    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        self.require(component)
+    def input_metadata(self, component: ComponentSpec) -> InputMetadata:
+        """The manifest's declared shapes and axis ranges for the component's graph."""
+        return self.metadata[component.name]
+
+    def _infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         artifact = self.artifacts[component.name]
         state = self._session(component.name)
-        # A denoising loop feeds the same shapes every step: validate each shape combination once.
-        shapes = tuple((name, tuple(tensor.shape)) for name, tensor in feeds.items())
-        dims = state.checked.get(shapes)
-        if dims is None:
-            dims = state.checked[shapes] = check_feeds(artifact, feeds)
         if self.device.type == "cpu":
             return self._run_cpu(state, artifact, feeds)
-        return self._run_cuda(state, artifact, feeds, dims)
+        return self._run_cuda(state, artifact, feeds, self.axis_sizes(component, feeds))
+
+    # ------------------------------------------------------------------ benchmark capabilities
+
+    def profile(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> OpTimes:
+        """ONNX Runtime's profiler on a second session of the same graph and settings: kernel time by op type
+        in the second of two runs."""
+        self.require(component)
+        self.axis_sizes(component, feeds)
+        with tempfile.TemporaryDirectory() as tmp:
+            options = self.session_options()
+            options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "ort")
+            session = self.ort.InferenceSession(str(self.paths[component.name]), options,
+                                                providers=self._providers(False))
+            arrays = _arrays({i.name: _ort_type_to_torch(i.type) for i in session.get_inputs()}, feeds)
+            for _ in range(2):
+                session.run(None, arrays)
+            trace = json.loads(Path(session.end_profiling()).read_text())
+        return OpTimes("onnxruntime profiler (kernel time by op type)", *_last_run_kernel_times(trace))
+
+    @contextmanager
+    def timed_network(self, component: ComponentSpec, enter: Callable[[], None],
+                      leave: Callable[[], None]) -> Iterator[str]:
+        """The component session's runs (feed conversion and output copies count as overhead)."""
+        self.require(component)
+        state = self._session(component.name)
+        state.clock = (enter, leave)
+        try:
+            yield f"time inside the {component.name} session's run()"
+        finally:
+            state.clock = None
 
     # ------------------------------------------------------------------ sessions
 
@@ -314,9 +295,8 @@ class OrtBackend(Backend):
     # ------------------------------------------------------------------ running
 
     def _run_cpu(self, state: _Session, artifact: Artifact, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        arrays = {name: feeds[name].detach().to("cpu", state.input_dtypes[name]).contiguous().numpy()
-                  for name in state.input_dtypes}
-        outputs = state.session.run([d.name for d in artifact.outputs], arrays)
+        outputs = state.execute(state.session.run, [d.name for d in artifact.outputs],
+                                _arrays(state.input_dtypes, feeds))
         return {d.name: torch.from_numpy(np.ascontiguousarray(o)).float() for d, o in zip(artifact.outputs, outputs)}
 
     def _run_cuda(self, state: _Session, artifact: Artifact, feeds: Mapping[str, Tensor],
@@ -327,8 +307,7 @@ class OrtBackend(Backend):
             return self._run_cuda_graph(state, artifact, inputs, dims, scale)
         outputs = {d.name: torch.empty(output_shape(d, dims, scale), device=self.device,
                                        dtype=_TORCH_DTYPES[d.dtype]) for d in artifact.outputs}
-        binding = self._bind(state, inputs, outputs)
-        state.session.run_with_iobinding(binding)
+        state.execute(state.session.run_with_iobinding, self._bind(state, inputs, outputs))
         return {name: t.float() for name, t in outputs.items()}
 
     def _bind(self, state: _Session, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> Any:
@@ -356,8 +335,25 @@ class OrtBackend(Backend):
                 slot.inputs[name].copy_(tensor)
         options = self.ort.RunOptions()
         options.add_run_config_entry("gpu_graph_id", str(slot.graph_id))
-        state.session.run_with_iobinding(slot.binding, options)  # first run per id captures, later runs replay
+        state.execute(state.session.run_with_iobinding, slot.binding, options)  # first run per id captures
         return {name: t.float().clone() for name, t in slot.outputs.items()}
+
+
+def _last_run_kernel_times(trace: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, int]]:
+    """Seconds and kernel calls per op type in the last ``model_run`` of an ONNX Runtime profile trace."""
+    last_run = max((e["ts"] for e in trace if e.get("name") == "model_run"), default=0)
+    seconds: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for e in trace:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e.get("ts", 0) >= last_run:
+            seconds[e["args"].get("op_name", "?")] += e.get("dur", 0) / 1e6
+            calls[e["args"].get("op_name", "?")] += 1
+    return dict(seconds), dict(calls)
+
+
+def _arrays(dtypes: Mapping[str, torch.dtype], feeds: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
+    """The session's inputs as numpy arrays of its input types (zero-copy views of contiguous CPU tensors)."""
+    return {name: feeds[name].detach().to("cpu", dtype).contiguous().numpy() for name, dtype in dtypes.items()}
 
 
 def _ort_type_to_torch(ort_type: str) -> torch.dtype:

@@ -19,16 +19,36 @@ UNet class.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mvg_rt.components import UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
-from mvg_rt.runtime.backends.base import Backend
+from mvg_rt.runtime.backends.base import Backend, OpTimes
 from mvg_rt.runtime.backends.cpu_memory import retain_freed_memory
 
 CHANNELS_LAST_COMPONENTS = frozenset({UNET.name, VAE_ENCODER.name, VAE_DECODER.name})
+
+
+@contextmanager
+def forward_hooks(module: nn.Module, enter: Callable[[], None], leave: Callable[[], None]) -> Iterator[None]:
+    """``enter()`` before and ``leave()`` after every call of ``module`` while the context is open."""
+
+    def before(*_: Any) -> None:
+        enter()
+
+    def after(*_: Any) -> None:
+        leave()
+
+    hooks = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 class TorchBackend(Backend):
@@ -60,7 +80,7 @@ class TorchBackend(Backend):
                                      "channels_last": self.channels_last, "cpu_memory": self.cpu_memory}
 
     @torch.inference_mode()
-    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         nhwc = self.channels_last and component.name in CHANNELS_LAST_COMPONENTS
         inputs = [self._cast_in(feeds[name], nhwc) for name in component.input_names]
         output = self.modules[component.name](*inputs)
@@ -73,3 +93,36 @@ class TorchBackend(Backend):
             return tensor
         tensor = tensor.to(self.dtype)
         return tensor.to(memory_format=torch.channels_last) if nhwc and tensor.dim() == 4 else tensor
+
+    # ------------------------------------------------------------------ benchmark capabilities
+
+    def profile(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> OpTimes:
+        """torch.profiler over one call after a warm-up call: self CPU time by operator."""
+        from torch.profiler import ProfilerActivity, profile
+
+        self.infer(component, feeds)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.infer(component, feeds)
+        events = prof.key_averages()
+        return OpTimes("torch.profiler (self CPU time by operator)",
+                       {e.key: e.self_cpu_time_total / 1e6 for e in events}, {e.key: e.count for e in events})
+
+    @contextmanager
+    def timed_network(self, component: ComponentSpec, enter: Callable[[], None],
+                      leave: Callable[[], None]) -> Iterator[str]:
+        """Forward hooks on the component's module (the casts around it count as overhead)."""
+        self.require(component)
+        with forward_hooks(self.modules[component.name], enter, leave):
+            yield f"forward hooks on the {component.name} module"
+
+    @contextmanager
+    def stubbed_network(self, component: ComponentSpec, output: Tensor) -> Iterator[None]:
+        """The component module's ``forward`` returns ``output`` (the casts around it still run)."""
+        self.require(component)
+        module = self.modules[component.name]
+        fixed = output.to(self.device, self.dtype)
+        module.forward = lambda *inputs: fixed
+        try:
+            yield
+        finally:
+            del module.forward

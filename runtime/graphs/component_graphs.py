@@ -165,7 +165,9 @@ class GraphedBackend(Backend):
     """Any backend's component calls through a :class:`GraphCache` (the PyTorch CUDA baseline uses it).
 
     Outputs are copied out of the static buffers, so callers may keep them (the PIE
-    session keeps the original image's VAE moments for the whole run).
+    session keeps the original image's VAE moments for the whole run). It declares no
+    input metadata of its own: the inner backend checks every call that reaches it, and
+    a graph is only replayed for feed names, shapes and dtypes that reached it first.
     """
 
     def __init__(self, inner: Backend, cache: GraphCache | None = None,
@@ -188,7 +190,7 @@ class GraphedBackend(Backend):
     def step_capture(self) -> CaptureFn | None:
         return self._step_capture
 
-    def infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _infer(self, component: ComponentSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         outputs = self.cache.run(component.name, feeds, lambda f: self.inner.infer(component, f))
         if not self.cache.last_replayed:  # eager (or inside a larger capture): already the inner backend's own
             return outputs
