@@ -95,3 +95,5 @@ COMPONENTS: dict[str, ComponentSpec] = {
     c.name: c for c in (TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET, SEINE)
 }
 PIE_COMPONENTS = ("text_encoder", "vae_encoder", "vae_decoder", "unet")
+#: What a denoiser's ``noise_pred`` holds: the noise itself, or v = sqrt(abar) eps - sqrt(1 - abar) x0 (the demo SEINE).
+PREDICTION_TYPES = ("epsilon", "v_prediction")

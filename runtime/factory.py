@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mvg_rt.components import PIE_COMPONENTS
+from mvg_rt.components import PIE_COMPONENTS, PREDICTION_TYPES
 from mvg_rt.artifacts.manifest import REEXPORT
 from mvg_rt.errors import MvgError, first_line
 from mvg_rt.io.jsonio import read_json
@@ -270,6 +270,9 @@ def engines_model_info(manifest: Any) -> ModelInfo:
         raise MvgError(f"engines folder {root}: cannot read its tokenizer ({first}); {REEXPORT}") from err
     m = manifest.model
     prediction_type = (m.seine_config or {}).get("prediction_type", "epsilon")  # older manifests: SEINE's epsilon
+    if prediction_type not in PREDICTION_TYPES:
+        raise MvgError(f"engines folder {root}: its manifest says the SEINE predicts {prediction_type!r}, which is "
+                       f"none of {', '.join(PREDICTION_TYPES)}; {REEXPORT}")
     return ModelInfo(tokenizer, scheduler_config, m.vae_scaling_factor, m.vae_scale_factor, m.latent_channels,
                      prediction_type)
 

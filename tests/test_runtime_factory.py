@@ -83,3 +83,22 @@ def test_spec_labels_and_json():
     spec = RuntimeSpec(backend="trt", device="cuda", precision="fp16", cuda_graphs=True, engines_dir="engines/x")
     assert spec.label == "trt+cudagraph fp16" and isinstance(spec.engines_dir, Path)
     assert RuntimeSpec(**{k: v for k, v in spec.to_dict().items()}) == spec  # JSON round trip
+
+
+def test_an_engines_folder_whose_seine_predicts_an_unknown_type_is_refused_in_one_line(tiny_engines: Path,
+                                                                                        tmp_path: Path, run_cli):
+    """The transition tables are folded for the manifest's prediction_type: an unknown one is a damaged or
+    foreign folder, refused before any work with the fix, not a ValueError from the sampler."""
+    import shutil
+
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_engines, engines)
+    manifest = json.loads((engines / "manifest.json").read_text())
+    manifest["model"]["seine_config"] = (manifest["model"].get("seine_config") or {}) | {"prediction_type": "sample"}
+    (engines / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MvgError, match="predicts 'sample', which is none of epsilon, v_prediction; re-export"):
+        open_runtime(RuntimeSpec(backend="ort", engines_dir=engines))
+    code, _, err = run_cli(["simulate", "--backend", "ort", "--engines", str(engines), "--rounds", "1", "--steps", "2",
+                            "--out", str(tmp_path / "run")])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "re-export" in err, err
+    assert not (tmp_path / "run").exists()

@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvg_rt.components import PREDICTION_TYPES
 from mvg_rt.errors import MvgError
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock3D", "DownBlock3D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock3D", "UpBlock3D"
 BUILTIN_CONFIGS = ("full", "tiny")
 ROTARY_THETA = 10000.0
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 ROTARY_FREQS_KEY = "rotary_emb.freqs"  # what rotary-embedding-torch saves under each attn_temp
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+from mvg_rt.components import PREDICTION_TYPES
 
 
 @dataclass(frozen=True)
