@@ -54,7 +54,7 @@ from mvg_rt.demo.default import DEMO_CASE, DEMO_WEIGHTS
 from mvg_rt.eval.ctr import noise_jitter
 from mvg_rt.eval.metrics import psnr
 from mvg_rt.eval.progression import evaluate_states
-from mvg_rt.export.build import ExportRequest, add_int8, export_engines
+from mvg_rt.export.export_job import ExportRequest, add_int8, export_engines
 from mvg_rt.export.int8 import DEFAULT_KEEP, SENSITIVE, quantize_int8
 from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import choose_mask

@@ -28,7 +28,7 @@ def calibration_feeds(opts: dict[str, Any]) -> tuple[list[dict[str, Any]] | None
 
 
 def run(**opts: Any) -> None:
-    from mvg_rt.export.build import export_inputs
+    from mvg_rt.export.export_job import export_inputs
 
     out = Path(opts["out"])
     inputs = {**export_inputs(opts["model_dir"], opts["unet_dir"], opts["seine"], opts["seine_config"]),
@@ -42,7 +42,7 @@ def run(**opts: Any) -> None:
 
 def _export(opts: dict[str, Any], out: Path) -> Any:
     """Calibrate (with --int8), then export into ``out`` (claimed by the caller)."""
-    from mvg_rt.export.build import ExportRequest, export_engines
+    from mvg_rt.export.export_job import ExportRequest, export_engines
 
     feeds, calibration = calibration_feeds(opts)
     if feeds is not None:
