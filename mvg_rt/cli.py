@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -40,10 +39,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """mvg-rt: fast, offline MVG disease-progression simulation (PIE + SEINE)."""
     ctx.obj = {"debug": debug}
     _quiet_libraries()
-
-
-def _default_out() -> Path:
-    return Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
 
 
 @cli.command()
