@@ -75,14 +75,14 @@ def _row(name: str, seconds: float, cases: int, done: subprocess.CompletedProces
             "stderr_tail": done.stderr.strip().splitlines()[-1:] if done.returncode else []}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (Ray actors: 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     mvg = [sys.executable, "-m", "mvg_rt.cli"]
     settings = ["--rounds", str(args.rounds), "--no-transition"]
     env = {"OMP_NUM_THREADS": str(args.threads)}

@@ -38,9 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
+from transformers import CLIPTokenizer
 
 from mvg_rt.artifacts.manifest import Manifest
 from mvg_rt.export.fp16 import precision_census, write_fp16
+from mvg_rt.runtime.pipelines.text import tokenize
 
 HERE = Path(__file__).resolve().parent.parent
 PROMPT = "severe cardiomegaly with enlarged cardiac silhouette"
@@ -48,11 +51,9 @@ ORDER = ("text_encoder", "vae_encoder", "vae_decoder", "unet")
 
 
 def session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
+    options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def feeds_for(component: str, resolution: int, manifest: Manifest, text_states: np.ndarray | None,
@@ -61,10 +62,6 @@ def feeds_for(component: str, resolution: int, manifest: Manifest, text_states: 
     rng = np.random.default_rng(seed)
     latent = resolution // manifest.model.vae_scale_factor
     if component == "text_encoder":
-        from transformers import CLIPTokenizer
-
-        from mvg_rt.runtime.pipelines.text import tokenize
-
         tokenizer = CLIPTokenizer.from_pretrained(str(Path(manifest.root) / manifest.model.tokenizer))
         return {"input_ids": tokenize(tokenizer, ["", PROMPT]).numpy()}
     if component == "vae_encoder":
@@ -106,7 +103,7 @@ def _remove(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engines", type=Path, required=True, help="FP32 engines folder (PIE components)")
     parser.add_argument("--resolution", type=int, default=512)
@@ -116,7 +113,7 @@ def main() -> None:
     parser.add_argument("--model-label", default="SD 1.4 architecture, random weights (seed 0)",
                         help="what --engines holds, for the report")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core/fp16_converters"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     manifest = Manifest.read(args.engines)
     json_path = args.out.with_suffix(".json")
@@ -172,8 +169,6 @@ def main() -> None:
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]], modelopt_version: str | None) -> dict[str, Any]:
     """Write the JSON and Markdown (after every row: a killed run keeps what it measured)."""
-    import onnxruntime
-
     report = {"resolution": args.resolution, "autocast_resolution": args.autocast_resolution,
               "model": args.model_label, "onnxruntime": onnxruntime.__version__,
               "modelopt": modelopt_version or "not run", "python": sys.version.split()[0],

@@ -42,7 +42,7 @@ tests_rc=${PIPESTATUS[0]}
 
 timeout "${MVG_GPU_BENCH_TIMEOUT:-330}" mvg-rt bench --device cuda "${backend_flags[@]}" --cuda-graphs \
     --resolution 512 --frames 16 --repeat 5 --warmup 1 --row-budget 10 \
-    --e2e --peers --no-optimum --in-process --rounds 2 --steps 50 --transition-frames 16 \
+    --e2e --peers --in-process --rounds 2 --steps 50 --transition-frames 16 \
     --transition-steps 20 --e2e-repeat 2 --overhead-repeat 2 --out "$out" 2>&1 | tee "$out/bench_log.txt"
 bench_rc=${PIPESTATUS[0]}
 

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 
 from mvg_rt.artifacts.manifest import Manifest
@@ -54,7 +56,7 @@ from mvg_rt.demo.default import DEMO_CASE, DEMO_WEIGHTS
 from mvg_rt.eval.ctr import noise_jitter
 from mvg_rt.eval.metrics import psnr
 from mvg_rt.eval.progression import evaluate_states
-from mvg_rt.export.build import ExportRequest, add_int8, export_engines
+from mvg_rt.export.export_job import ExportRequest, add_int8, export_engines
 from mvg_rt.export.int8 import DEFAULT_KEEP, SENSITIVE, quantize_int8
 from mvg_rt.io.images import read_image, resize_and_crop
 from mvg_rt.io.masks import choose_mask
@@ -102,11 +104,9 @@ def held_out_feeds(runtime: Runtime, case: tuple[np.ndarray, np.ndarray], settin
 
 
 def session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
+    options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def graph_error(fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -201,8 +201,6 @@ def with_graph(runtime: Runtime, component: str, path: Path) -> Runtime:
 
 def weight_only(int8: Path, out: Path) -> Path:
     """The Q/DQ graph with every activation Q/DQ pair bypassed: INT8 weights, float activations."""
-    import onnx
-
     model = onnx.load(str(int8))
     weights = {i.name for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -414,16 +412,14 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    import onnxruntime
-
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full-engines", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--seine-only", action="store_true", help="run part 4 (SEINE) only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core/int8"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report: dict[str, Any] = {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
                               "machine": f"{platform.machine()}, 2 shared cores"}
     previous = args.out.with_suffix(".json")

@@ -25,15 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+from onnxruntime.transformers.fusion_options import FusionOptions
+from onnxruntime.transformers.optimizer import optimize_model
+
+from mvg_rt.artifacts.manifest import Manifest
+from mvg_rt.bench.config import BenchConfig
+from mvg_rt.bench.machine import load_average
+from mvg_rt.bench.measure import measure_variant
+from mvg_rt.bench.models import ModelSource, component_inputs
+from mvg_rt.bench.runner import call
+from mvg_rt.runtime.factory import RuntimeSpec
 
 
 def component_row(spec: Any, component: str, args: argparse.Namespace) -> dict[str, Any]:
     """The bench's component row of ``spec`` (a RuntimeSpec), measured in a fresh process."""
-    from mvg_rt.bench.config import BenchConfig
-    from mvg_rt.bench.measure import measure_variant
-    from mvg_rt.bench.models import ModelSource, component_inputs
-    from mvg_rt.bench.runner import call
-
     config = BenchConfig(backends=(spec.backend,), components=(component,), resolution=args.resolution, frames=4,
                          repeat=args.repeat, in_process=False)
     feeds = component_inputs(ModelSource(Path(args.model_dir), None, "tuning"), component, args.resolution, 4)
@@ -47,8 +53,6 @@ def component_row(spec: Any, component: str, args: argparse.Namespace) -> dict[s
 
 def iobinding_overhead(model: Path, feeds: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
     """session.run vs run_with_iobinding (inputs and outputs bound to preallocated CPU arrays)."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()  # mvg-rt's defaults: all graph optimisations, one thread per core
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -69,9 +73,9 @@ def iobinding_overhead(model: Path, feeds: dict[str, np.ndarray], repeat: int) -
 
     samples: dict[str, list[float]] = {"run": [], "iobinding": []}
     for _ in range(repeat):  # interleaved, so drift hits both alike
-        for name, call in (("run", run_plain), ("iobinding", run_bound)):
+        for name, run in (("run", run_plain), ("iobinding", run_bound)):
             started = time.perf_counter()
-            call()
+            run()
             samples[name].append(time.perf_counter() - started)
     same = bool(np.array_equal(output, session.run([out_name], feeds)[0]))
     return {k: statistics.median(v) for k, v in samples.items()} | {"identical_output": same}
@@ -79,9 +83,6 @@ def iobinding_overhead(model: Path, feeds: dict[str, np.ndarray], repeat: int) -
 
 def unet_fusion_attempt(model: Path) -> dict[str, Any]:
     """Try onnxruntime.transformers' UNet fusions on the exported FP32 graph (CPU-capable fusions only)."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
     options = FusionOptions("unet")
     for flag in ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
                  "enable_packed_qkv", "enable_packed_kv", "enable_bias_add"):
@@ -106,11 +107,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-
-    from mvg_rt.artifacts.manifest import Manifest
-    from mvg_rt.bench.machine import load_average
-    from mvg_rt.bench.models import ModelSource, component_inputs
-    from mvg_rt.runtime.factory import RuntimeSpec
 
     source = ModelSource(Path(args.model_dir), None, "tuning")
     report: dict[str, Any] = {"load_average_at_start": load_average(), "resolution": args.resolution, "rows": []}

@@ -27,8 +27,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
+import psutil
 import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+
+from mvg_rt.bench.config import E2ESettings
+from mvg_rt.bench.machine import load_average
+from mvg_rt.bench.measure import demo_original, img2img_call
+from mvg_rt.bench.rows import difference
+from mvg_rt.io.jsonio import finite_json
+from mvg_rt.models.builders import build_models
+from mvg_rt.models.component_modules import component_modules
+from mvg_rt.runtime.backends.torch_backend import TorchBackend
+from mvg_rt.runtime.pipelines.model_info import ModelInfo
+from mvg_rt.runtime.pipelines.pie import PieSettings
+from mvg_rt.runtime.pipelines.sessions import pie_session
 
 
 class UNetCallMeter:
@@ -65,21 +80,7 @@ def timed(run: Any) -> tuple[dict[str, float], Any]:
     return {"round_cpu_s": time.process_time() - cpu, "round_wall_s": time.perf_counter() - wall}, out
 
 
-def main() -> None:
-    import diffusers
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    from mvg_rt.bench.compare import image_difference
-    from mvg_rt.bench.e2e import E2ESettings, demo_inputs, pie_session
-    from mvg_rt.bench.machine import load_average
-    from mvg_rt.bench.memory import rss_bytes
-    from mvg_rt.bench.peers import img2img_call
-    from mvg_rt.models.builders import build_models
-    from mvg_rt.models.component_modules import component_modules
-    from mvg_rt.runtime.backends.torch_backend import TorchBackend
-    from mvg_rt.runtime.factory import Runtime
-    from mvg_rt.runtime.pipelines.pie import ModelInfo, PieSettings
-
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--strength", type=float, default=0.5)
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -101,7 +102,7 @@ def main() -> None:
     info = ModelInfo(models.tokenizer, models.scheduler_config, models.vae_scaling_factor, models.vae_scale_factor,
                      models.latent_channels)
     meter = UNetCallMeter(models.unet)
-    original, _ = demo_inputs(settings.resolution)
+    original = demo_original(settings.resolution)
     img2img_call(pipe, original, settings, steps=1, strength=1.0)  # warm-up: every network once
     meter.take()
 
@@ -115,8 +116,9 @@ def main() -> None:
         backend = TorchBackend(component_modules(models), retain_cpu_memory=retain)
         pie = PieSettings(rounds=1, strength=settings.strength, steps=settings.steps,
                           guidance_scale=settings.guidance, beta1=settings.beta1, beta2=1.0)
-        setup, session = timed(lambda: pie_session("eager", Runtime(backend, info, {}), pie, original,
-                                                   np.full(original.shape[:2], 255, np.uint8), settings))
+        setup, session = timed(lambda: pie_session(backend, info, pie, original,
+                                                   np.full(original.shape[:2], 255, np.uint8), settings.prompt,
+                                                   settings.negative_prompt))
         times, image = timed(lambda: session.run_round(torch.from_numpy(original),
                                                        torch.Generator().manual_seed(settings.seed)))
         return {"pipeline": label, **times, "setup_wall_s": setup["round_wall_s"], **meter.take(),
@@ -128,12 +130,12 @@ def main() -> None:
                  lambda: mvg_row("mvg-rt torch PieSession, freed memory retained (after)", True),
                  lambda: diffusers_row("diffusers img2img, freed memory retained")):
         row, image = make()
-        row["rss_gib_after"] = round(rss_bytes() / 2**30, 2)
+        row["rss_gib_after"] = round(psutil.Process().memory_info().rss / 2**30, 2)
         rows.append(row)
         images.append(image)
         print(json.dumps(row), flush=True)
     for row, image in zip(rows, images):
-        row["vs_first_diffusers"] = image_difference(image, images[0])
+        row["vs_first_diffusers"] = difference(image, images[0])
         row["speedup_vs_first_diffusers"] = {"wall": rows[0]["round_wall_s"] / row["round_wall_s"],
                                              "cpu": rows[0]["round_cpu_s"] / row["round_cpu_s"]}
     report = {"settings": settings.to_dict(), "threads": torch.get_num_threads(), "rows": rows,
@@ -141,7 +143,7 @@ def main() -> None:
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__}}
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "pie_round_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "pie_round_cpu.json").write_text(finite_json(report))  # PSNR of identical images: null
         (args.out / "pie_round_cpu.md").write_text(markdown(report))
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnx.reference import ReferenceEvaluator
 
 from mvg_rt.check.components import compare_outputs
 from mvg_rt.check.tolerances import COMPONENT
@@ -60,14 +61,14 @@ def config(name: str):
                    down_block_types=(CROSS_DOWN, PLAIN_DOWN), up_block_types=(PLAIN_UP, CROSS_UP))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=("tiny", "small"), default="small")
     parser.add_argument("--latent", type=int, default=32)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--reference-evaluator", action="store_true")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cfg = config(args.config)
     torch.manual_seed(0)
@@ -86,7 +87,6 @@ def main() -> None:
             engines = {"onnxruntime CPU EP": lambda p=path: ort.InferenceSession(
                 str(p), providers=["CPUExecutionProvider"]).run(None, numpy_feeds)[0]}
             if args.reference_evaluator:
-                from onnx.reference import ReferenceEvaluator
                 engines["onnx.reference (op by op FP16)"] = lambda p=path: ReferenceEvaluator(str(p)).run(
                     None, numpy_feeds)[0]
             for engine, run in engines.items():

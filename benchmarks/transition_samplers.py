@@ -38,7 +38,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mvg_rt.demo.default import DEMO_CASE, demo_model_dir
 from mvg_rt.eval.transition_quality import transition_quality
+from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
+from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
 
 REFERENCE = ("ddpm", 250)
 GRID = (REFERENCE, ("ddpm", 100), ("ddpm", 50), ("ddim", 50), ("ddim", 25), ("ddim", 10), ("ddim", 5),
@@ -82,10 +85,6 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 
 def run_study(seeds: list[int], grid: tuple[tuple[str, int], ...], frames: int, rounds: int) -> dict[str, Any]:
-    from mvg_rt.demo.default import DEMO_CASE, demo_model_dir
-    from mvg_rt.runtime.factory import RuntimeSpec, open_runtime
-    from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
-
     started = time.perf_counter()
     states, roi, record = demo_states(rounds)
     pie_seconds = time.perf_counter() - started
@@ -173,7 +172,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines + [""])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--frames", type=int, default=8)
@@ -181,7 +180,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="Labels to run (e.g. ddpm-250 ddim-10); default: the grid.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is not inflated).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-2core"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     grid = tuple(s for s in GRID if not args.only or _label(*s) in args.only)
     if REFERENCE not in grid:

@@ -8,70 +8,35 @@ the ONNX Runtime CPU EP, and how many nodes each keeps in FP32; the table is in
 ``benchmarks/results/cpu-2core/fp16_converters.md``). The manifest records which one
 wrote each FP16 artifact (``details.fp16_converter``).
 
-Measured (full SD 1.4 architecture with random weights at 512, and the trained demo
-model at 128; ONNX Runtime CPU EP against the FP32 graph): both stay within 3.5e-3 of
-max(1, max|FP32|) with cosine >= 0.9999988 on every component. AutoCast keeps fewer
-nodes in FP32 (VAE: 0 against 22-30; text encoder 37 against 25; demo UNet 5 against 60)
-and inserts far fewer Casts (3 against 91-126 on the VAE), with a slightly smaller
-error on the VAE and both UNets and a slightly larger one on the text encoder (full
-UNet: 1.30e-3 against 1.64e-3 max abs, 128 against 118 FP32 nodes, 358 against 475
-Casts). Converting the full-size UNet took AutoCast 244 s and 24.2 GB resident (it
-needed swap on this 23 GB machine; ``ort``: 88 s). ``ort`` stays the default: the
-differences are within a factor 1.3 either way, ModelOpt's ONNX extra pins older onnx and
-onnxruntime-gpu than the project uses (a second environment), its memory need is about
-7x the UNet file, and the CPU EP computes most FP16 nodes in FP32
-behind Casts, so this comparison cannot show FP16 *arithmetic* overflow (the reason the
-normalisations are blocked below: their reductions pass 65504 once activations pass
-~256, which real VAE decoders reach). Re-decide with real weights on a GPU.
+``ort`` stays the default: on the CPU EP both converters keep every component well within
+the FP16 tolerance and close to each other, while ModelOpt's ONNX extra pins older onnx and
+onnxruntime-gpu than the project uses (a second environment) and its conversion needs several
+times the UNet file in memory. The CPU EP computes most FP16 nodes in FP32 behind Casts, so
+this comparison cannot show FP16 *arithmetic* overflow (the reason the normalisations are
+blocked below); re-decide with real weights on a GPU. Measured:
+``benchmarks/results/cpu-2core/fp16_policy.md``.
 
 The rest of this docstring is about the default converter.
 
 Weights and activations become float16; graph inputs and outputs stay float32
 (``keep_io_types``), so every backend is fed the same tensors whatever the precision.
 
-Kept in FP32, chosen by measurement (tests/test_onnx_export.py keeps the check):
-max abs error / (1 - cosine) vs the PyTorch FP32 reference on the tiny models, FP16
-evaluated op by op with ``onnx.reference`` (every tensor rounded to FP16, products
-accumulated in FP32, which is what GPU kernels do):
+Kept in FP32, chosen by measurement on the UNet, the VAE and SEINE (the errors with and
+without each block: ``benchmarks/results/cpu-2core/fp16_policy.md``; tests/test_onnx_export.py
+keeps the check):
 
 * the sinusoidal timestep embedding, found by :func:`timestep_embedding_nodes`
   (everything from the ``timestep`` input up to the first MatMul/Gemm of the time
   MLP, plus its frequency constants). ``t * freq`` rounded to FP16 is off by up to
-  0.25 rad at t ~ 999 (FP16 spacing in [512, 1024) is 0.5): the sinusoid itself
-  had max abs error 0.14 (t=999) in FP16, exactly 0 with the block. UNet output at
-  t=999: 5.2e-3 / 1.4e-5 -> 3.1e-3 / 2.6e-6; SEINE: 4.2e-3 / 9.4e-6 -> 1.8e-3 / 1.3e-6.
+  0.25 rad at t ~ 999 (FP16 spacing in [512, 1024) is 0.5); of the blocks, this one
+  lowers the denoisers' FP16 error most.
 * the normalisations (InstanceNormalization, which GroupNorm exports to,
-  LayerNormalization, GroupNormalization): UNet 3.1e-3 -> 2.5e-3 (t=999) and
-  2.8e-3 -> 1.8e-3 (t=1), VAE decoder 1.1e-2 -> 8.9e-3, VAE encoder 1.7e-3 ->
-  1.2e-3. Their mean/variance reductions also overflow in FP16 once activations
-  pass ~256 (x^2 > 65504), which real VAE decoders reach; TensorRT warns about
-  FP16 LayerNorm for the same reason.
+  LayerNormalization, GroupNormalization): their mean/variance reductions overflow in
+  FP16 once activations pass ~256 (x^2 > 65504), which real VAE decoders reach; TensorRT
+  warns about FP16 LayerNorm for the same reason.
 
-Softmax stays FP16: blocking it changed the errors by less than their spread
-(UNet 2.5e-3 -> 2.3e-3 at t=999 but 1.8e-3 -> 1.9e-3 at t=1) and costs two Casts
-per attention; ORT and TensorRT softmax kernels accumulate in FP32 internally.
-
-SEINE (``benchmarks/seine_fp16_policy.py``; results in
-``benchmarks/results/cpu-2core/seine_fp16_policy.json``), each row keeping what the row
-above kept, max abs / cosine vs the PyTorch FP32 module at t = 999 and 20, the check's
-FP16 limit being 3e-2 x max(1, max|ref|) and cosine 0.999:
-
-* the published block structure at reduced size (first two levels, 320/640 channels,
-  heads of 40/80 dims, rotary 32, two layers per block), 32x32 latents, 8 frames, batch
-  2, ONNX Runtime CPU EP, max|ref| 1.51: everything FP16 1.96e-2 / 0.9999728; + timestep
-  embedding FP32 7.96e-3 / 0.9999890; + norms FP32 (shipped) 7.80e-3 / 0.9999896;
-  + Softmax FP32 7.76e-3 / 0.9999898.
-* the tiny config, 8x8 latents, 4 frames, op by op in ``onnx.reference``: 4.76e-3 ->
-  1.97e-3 -> 2.01e-3 -> 2.07e-3 (cosine >= 0.9999967 throughout).
-
-So for SEINE as for the UNet the timestep block is what matters (2.5x lower error); the
-norm block changes nothing measurable at these activation sizes but guards the FP16
-overflow of their reductions; a Softmax block is within noise, so Softmax stays FP16.
-Every row passes the check with >= 2x margin. The GPU failure that motivated this
-(PyTorch FP16 SEINE at 512 px, 16 frames, cosine 0.99860 on an H200) came from the
-PyTorch path's explicit attention, which wrote the 4096 x 4096 scores in FP16; SEINE now
-uses ``F.scaled_dot_product_attention`` (FP32 accumulation in every backend), which has
-not been re-measured on a GPU yet.
+Softmax stays FP16: blocking it changed the errors by less than their spread and costs two
+Casts per attention; ORT and TensorRT softmax kernels accumulate in FP32 internally.
 
 The converter routes every tensor between two blocked nodes through FP16, which
 would undo the blocks; :func:`collapse_fp16_round_trips` removes those round trips.

@@ -6,10 +6,9 @@ every graph has exactly the inputs/outputs the runtime feeds.
 Exporter: ``torch.onnx.export(..., dynamo=False)`` (the TorchScript tracer) by
 default. On torch 2.13 it exports the diffusers UNet/VAE, the CLIP text model and
 SEINE with the contract's named dynamic axes, matches PyTorch to ~1e-6, and is
-5-10x faster than the dynamo exporter (tiny UNet 2.7 s vs 26 s, tiny SEINE 7 s vs
-90 s on 2 cores; the full SD UNet takes 126 s including the 3.4 GB save). The dynamo exporter also
-works (``exporter="dynamo"``), but needs explicit minimum sizes for SEINE's spatial
-axes and writes derived output axes (``8*latent_height``), which are renamed here.
+several times faster than the dynamo exporter (``benchmarks/results/cpu-2core/onnx_exporters.md``).
+The dynamo exporter also works (``exporter="dynamo"``), but needs explicit minimum sizes for
+SEINE's spatial axes and writes derived output axes (``8*latent_height``), which are renamed here.
 It is kept as the path forward because the TorchScript exporter is deprecated.
 
 One tracer pitfall: ``Tensor.unflatten`` records its sizes as constants under the

@@ -5,18 +5,11 @@ sub-graphs and fuses simple patterns; the tracer leaves many Shape/Gather/Concat
 chains behind for dynamic axes. :func:`slim_onnx` rewrites the file in place and
 returns node counts so the effect is recorded in the manifest.
 
-Measured, and why it is off by default (``mvg-rt export --slim`` turns it on):
-
-* tiny models: node counts drop 45-57% (UNet 1256 -> 580, SEINE 4563 -> 2032),
-  outputs unchanged (<= 1e-5), export time +14 s for SEINE;
-* full-size SD UNet (FP16 graph, 1.7 GB): 4948 -> 2223 nodes in 122 s; ONNX
-  Runtime CPU latency 5.67 s vs 5.76 s (within run-to-run noise): ONNX Runtime's
-  own "all" graph optimisations do the same clean-up at load time. Slimming an FP16
-  graph also moved its outputs by 1.7e-3, so only FP32 graphs are slimmed (before
-  the FP16 conversion);
-* graphs whose weights pass protobuf's 2 GB limit (the full SD UNet in FP32) are
-  skipped: onnxslim serialises the whole graph and fails ("Failed to serialize
-  proto", after 42 s at 11 GB peak memory).
+Off by default (``mvg-rt export --slim`` turns it on): ONNX Runtime's own "all" graph
+optimisations do the same clean-up at load time, so the outputs and the latency stay as they
+were. Only FP32 graphs are slimmed (before the FP16 conversion: slimming an FP16 graph moved its
+outputs), and graphs whose weights pass protobuf's 2 GB limit are skipped (onnxslim serialises
+the whole graph). Measured: ``benchmarks/results/cpu-2core/onnxslim.md``.
 """
 
 from __future__ import annotations

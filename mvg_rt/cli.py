@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from mvg_rt.cli_types import DEVICE, FLOAT, INT, TEXT, Number
+from mvg_rt.cli_types import DEVICE, FLOAT, INT, TEXT, Number, default_of
 from mvg_rt.errors import EXIT_USAGE, MvgError, user_errors
 from mvg_rt.io.stop_requests import INTERRUPTED, stop_requests
 
@@ -42,47 +41,59 @@ def cli(ctx: click.Context, debug: bool) -> None:
     _quiet_libraries()
 
 
-def _default_out() -> Path:
-    return Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S")
-
-
 @cli.command()
 @click.option("--image", type=click.Path(dir_okay=False), help="Input PNG/JPEG/DICOM. Default: the bundled demo image.")
 @click.option("--prompt", type=TEXT, help="Disease-state prompt, e.g. 'severe cardiomegaly'.")
-@click.option("--negative-prompt", type=TEXT, default="", show_default=True, help="Unconditional prompt for CFG.")
+@click.option("--negative-prompt", type=TEXT, default=default_of("SimulationRequest", "negative_prompt"),
+              show_default=True, help="Unconditional prompt for CFG.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="ROI mask image (same aspect ratio).")
 @click.option("--roi-box", help="ROI box x0,y0,x1,y1 in input-image pixels.")
 @click.option("--roi-ellipse", help="ROI ellipse cx,cy,rx,ry in input-image pixels.")
-@click.option("--feather", type=FLOAT, default=0.0, show_default=True, help="Soft ROI edge width in pixels.")
+@click.option("--feather", type=FLOAT, default=default_of("RoiRequest", "feather"), show_default=True,
+              help="Soft ROI edge width in pixels.")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder. Default: embedded demo model.")
 @click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Domain-fine-tuned UNet folder.")
-@click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default=default_of("RuntimeSpec", "backend"),
+              show_default=True,
               help="torch: PyTorch over --model-dir; ort: ONNX Runtime / trt: TensorRT over --engines.")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False), help="Engines folder from mvg-rt export.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              default=default_of("RuntimeSpec", "precision"), show_default=True,
               help="Which artifacts of --engines to run (torch on CUDA: the compute dtype; int8: the Q/DQ UNet of "
-                   "export --int8, the other networks at fp32 (ort) / fp16 (trt)).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--rounds", type=INT, default=10, show_default=True, help="PIE rounds N.")
-@click.option("--strength", type=FLOAT, default=0.6, show_default=True, help="Roll-back strength gamma.")
-@click.option("--steps", type=INT, default=50, show_default=True, help="Scheduler steps T per round.")
-@click.option("--guidance", type=FLOAT, default=7.5, show_default=True, help="CFG scale.")
-@click.option("--beta1", type=FLOAT, default=0.01, show_default=True, help="Edit kept outside the ROI (Eq 6).")
-@click.option("--beta2", type=FLOAT, default=0.75, show_default=True, help="Edit kept inside the ROI (Eq 6).")
-@click.option("--scheduler", default=None, help="pndm, ddim, ddpm, euler, euler-ancestral, dpm-multistep, lms. Default: the model's.")
-@click.option("--seed", type=INT, default=0, show_default=True)
-@click.option("--resolution", type=INT, help="Model resolution (multiple of 8). Default: the model's.")
+              "export --int8, the other networks at fp32 (ort) / fp16 (trt)).")
+@click.option("--device", type=DEVICE, default=default_of("RuntimeSpec", "device"), show_default=True,
+              help="cpu or cuda[:N].")
+@click.option("--rounds", type=INT, default=default_of("PieSettings", "rounds"), show_default=True,
+              help="PIE rounds N.")
+@click.option("--strength", type=FLOAT, default=default_of("PieSettings", "strength"), show_default=True,
+              help="Roll-back strength gamma.")
+@click.option("--steps", type=INT, default=default_of("PieSettings", "steps"), show_default=True,
+              help="Scheduler steps T per round.")
+@click.option("--guidance", type=FLOAT, default=default_of("PieSettings", "guidance_scale"), show_default=True,
+              help="CFG scale.")
+@click.option("--beta1", type=FLOAT, default=default_of("PieSettings", "beta1"), show_default=True,
+              help="Edit kept outside the ROI (Eq 6).")
+@click.option("--beta2", type=FLOAT, default=default_of("PieSettings", "beta2"), show_default=True,
+              help="Edit kept inside the ROI (Eq 6).")
+@click.option("--scheduler", default=default_of("PieSettings", "scheduler"),
+              help="pndm, ddim, ddpm, euler, euler-ancestral, dpm-multistep, lms. Default: the model's.")
+@click.option("--seed", type=INT, default=default_of("SimulationOptions", "seed"), show_default=True)
+@click.option("--resolution", type=INT, default=default_of("SimulationOptions", "resolution"),
+              help="Model resolution (multiple of 8). Default: the model's.")
 @click.option("--no-transition", is_flag=True, help="PIE states only: no SEINE transition clips.")
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint. Default: <model-dir>/seine/.")
-@click.option("--frames", type=INT, default=16, show_default=True, help="Frames K per transition clip.")
+@click.option("--frames", type=INT, default=default_of("TransitionSettings", "frames"), show_default=True,
+              help="Frames K per transition clip.")
 @click.option("--transitions", type=click.Choice(["paper", "fast"]), default="paper", show_default=True,
               help="Transition preset. paper: SEINE's DDPM, 250 steps; fast: DDIM, 10 steps, about 20x "
                    "faster (README, Transition samplers).")
 @click.option("--transition-steps", type=INT, help="SEINE sampling steps. Default: from --transitions.")
 @click.option("--transition-sampler", type=click.Choice(["ddpm", "ddim", "dpm++2m", "unipc"]),
               help="SEINE sampler. Default: from --transitions.")
-@click.option("--transition-guidance", type=FLOAT, default=8.0, show_default=True, help="SEINE CFG scale.")
-@click.option("--fps", type=FLOAT, default=8.0, show_default=True, help="Frames per second of the MP4/GIF.")
+@click.option("--transition-guidance", type=FLOAT, default=default_of("TransitionSettings", "guidance_scale"),
+              show_default=True, help="SEINE CFG scale.")
+@click.option("--fps", type=FLOAT, default=default_of("SimulationOptions", "fps"), show_default=True,
+              help="Frames per second of the MP4/GIF.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder. Default: runs/mvg-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
 @click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
@@ -113,7 +124,8 @@ def simulate(**opts: object) -> None:
 @click.option("--seine-config", help="SEINE architecture: full, tiny or a JSON file. Default: from the checkpoint, else full.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Engines folder to write, e.g. engines/sd14.")
 @click.option("--fp16", is_flag=True, help="Also write FP16 graphs (float32 inputs/outputs).")
-@click.option("--fp16-converter", type=click.Choice(["ort", "modelopt"]), default="ort", show_default=True,
+@click.option("--fp16-converter", type=click.Choice(["ort", "modelopt"]),
+              default=default_of("ExportRequest", "fp16_converter"), show_default=True,
               help="FP16 conversion: onnxruntime.transformers with a measured FP32 block list, or NVIDIA ModelOpt "
                    "AutoCast (needs nvidia-modelopt[onnx]).")
 @click.option("--int8", is_flag=True,
@@ -122,12 +134,13 @@ def simulate(**opts: object) -> None:
               help="INT8: folder of calibration images. Default: demo phantoms.")
 @click.option("--calibration-prompt", "calibration_prompts", multiple=True,
               help="INT8: prompt(s) for the calibration runs (repeatable). Default: the phantoms' findings.")
-@click.option("--calibration-count", type=INT, default=4, show_default=True,
+@click.option("--calibration-count", type=INT, default=default_of("CalibrationSettings", "count"), show_default=True,
               help="INT8: calibration images (one PIE round each, its UNet inputs recorded).")
-@click.option("--opset", type=INT, default=18, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=INT, default=default_of("ExportRequest", "opset"), show_default=True, help="ONNX opset.")
 @click.option("--slim/--no-slim", default=False, show_default=True,
               help="Clean the FP32 graphs up with onnxslim (fewer nodes; same outputs and ORT speed).")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]),
+              default=default_of("ExportRequest", "exporter"), show_default=True,
               help="torch.onnx.export path (dynamo=False / dynamo=True).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new export succeeded).")
 def export(**opts: object) -> None:
@@ -142,13 +155,17 @@ def export(**opts: object) -> None:
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Reference model folder. Default: the manifest's.")
 @click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Fine-tuned UNet the engines came from.")
 @click.option("--seine", type=click.Path(dir_okay=False), help="SEINE checkpoint the engines came from.")
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
-              help="Check the ONNX graphs (ONNX Runtime) or the TensorRT engines.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Device of the checked backend: cpu or cuda[:N].")
-@click.option("--rounds", type=INT, default=2, show_default=True, help="PIE rounds of the end-to-end check.")
-@click.option("--steps", type=INT, default=6, show_default=True, help="Scheduler steps of the end-to-end check.")
-@click.option("--seed", type=INT, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default=default_of("CheckRequest", "backend"),
+              show_default=True, help="Check the ONNX graphs (ONNX Runtime) or the TensorRT engines.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              default=default_of("CheckRequest", "precision"), show_default=True)
+@click.option("--device", type=DEVICE, default=default_of("CheckRequest", "device"), show_default=True,
+              help="Device of the checked backend: cpu or cuda[:N].")
+@click.option("--rounds", type=INT, default=default_of("CheckRequest", "rounds"), show_default=True,
+              help="PIE rounds of the end-to-end check.")
+@click.option("--steps", type=INT, default=default_of("CheckRequest", "steps"), show_default=True,
+              help="Scheduler steps of the end-to-end check.")
+@click.option("--seed", type=INT, default=default_of("CheckRequest", "seed"), show_default=True)
 @click.option("--skip-end-to-end", is_flag=True, help="Only the per-component comparison.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 def check(**opts: object) -> None:
@@ -161,20 +178,24 @@ def check(**opts: object) -> None:
 @cli.command("build")
 @click.option("--engines", "engines_dir", required=True, type=click.Path(file_okay=False),
               help="Engines folder from mvg-rt export (engines/NAME); the .plan files are written into it.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]),
+              default=default_of("BuildSettings", "precision"), show_default=True,
               help="fp16: from the FP16 ONNX, strongly typed (TensorRT 10 falls back to FP32 ONNX + FP16 flag); "
                    "fp32: from the FP32 ONNX, TF32 off; int8: the UNet's Q/DQ graph (export --int8).")
 @click.option("--resolution", "resolutions", multiple=True,
               help="Image size N or HEIGHTxWIDTH the engines must take (repeatable). Default: the model's.")
-@click.option("--frames", "frames", type=INT, multiple=True, help="SEINE frames K (repeatable). Default: 16.")
+@click.option("--frames", "frames", type=INT, multiple=True, default=default_of("ProfileSettings", "frames"),
+              show_default=True, help="SEINE frames K (repeatable).")
 @click.option("--axis", "axes", multiple=True,
               help="Profile of one axis: [component.]axis=min:opt:max or axis=N, e.g. unet.batch=2 (repeatable).")
 @click.option("--static-batch", is_flag=True, help="UNet/SEINE take exactly the CFG pair (batch 2): no batch 1.")
-@click.option("--decode-batch", type=INT, default=4, show_default=True, help="Largest VAE decode batch (frames per call).")
+@click.option("--decode-batch", type=INT, default=default_of("ProfileSettings", "decode_batch"), show_default=True,
+              help="Largest VAE decode batch (frames per call).")
 @click.option("--component", "components", multiple=True, help="Build only these components (repeatable). Default: all.")
-@click.option("--workspace", "workspace_mb", type=INT, help="Builder workspace limit in MiB. Default: TensorRT's.")
+@click.option("--workspace", "workspace_mb", type=INT, default=default_of("BuildSettings", "workspace_mb"),
+              help="Builder workspace limit in MiB. Default: TensorRT's.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file. Default: <engines>/timing.cache.")
-@click.option("--builder-level", type=INT, default=3, show_default=True,
+@click.option("--builder-level", type=INT, default=default_of("BuildSettings", "builder_level"), show_default=True,
               help="TensorRT builder optimization level.")
 @click.option("--low-memory", is_flag=True, help="Jetson-class: 1 GiB workspace, decode batch 1, no auxiliary streams.")
 def build(**opts: object) -> None:
@@ -186,7 +207,7 @@ def build(**opts: object) -> None:
 
 @cli.command("train-demo")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model folder to write.")
-@click.option("--seed", type=INT, default=0, show_default=True)
+@click.option("--seed", type=INT, default=default_of("DemoTrainingConfig", "seed"), show_default=True)
 @click.option("--scale", type=FLOAT, default=1.0, show_default=True, help="Multiply every step budget (quick runs).")
 @click.option("--overwrite", is_flag=True, help="Replace --out (only once training succeeded).")
 @click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path),
@@ -229,42 +250,52 @@ def make_tiny_model(out_dir: Path, seed: int) -> None:
 
 @cli.command("bench")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "ort", "trt"]),
-              help="Backends to compare (repeatable). Default: torch and ort.")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda[:N] (GPU: FP16 variants).")
+              default=default_of("BenchConfig", "backends"), show_default=True,
+              help="Backends to compare (repeatable).")
+@click.option("--device", type=DEVICE, default=default_of("BenchConfig", "device"), show_default=True,
+              help="cpu or cuda[:N] (GPU: FP16 variants).")
 @click.option("--cuda-graphs", is_flag=True, help="CUDA only: add the CUDA-graph variant of every backend.")
-@click.option("--resolution", type=Number(integer=True, key="bench --resolution"), default=256, show_default=True,
+@click.option("--resolution", type=Number(integer=True, key="bench --resolution"),
+              default=default_of("BenchConfig", "resolution"), show_default=True,
               help="Image size (multiple of 64).")
-@click.option("--frames", type=INT, default=16, show_default=True, help="SEINE frames of the seine component.")
-@click.option("--components", help="Comma list of components to time (empty: none). Default: all five.")
+@click.option("--frames", type=INT, default=default_of("BenchConfig", "frames"), show_default=True,
+              help="SEINE frames of the seine component.")
+@click.option("--components", default=default_of("BenchConfig", "components", comma_list=True), show_default=True,
+              help="Comma list of components to time (empty: none).")
 @click.option("--e2e", is_flag=True, help="Also time PIE round, PIE run, transition clip, full simulation.")
 @click.option("--peers", is_flag=True, help="Also run diffusers img2img eager, and the per-step overhead "
               "comparison on the tiny model.")
-@click.option("--repeat", type=INT, default=5, show_default=True, help="Timed calls per component.")
-@click.option("--warmup", type=INT, default=1, show_default=True, help="Untimed calls first.")
-@click.option("--row-budget", type=FLOAT, default=60.0, show_default=True,
+@click.option("--repeat", type=INT, default=default_of("BenchConfig", "repeat"), show_default=True,
+              help="Timed calls per component.")
+@click.option("--warmup", type=INT, default=default_of("BenchConfig", "warmup"), show_default=True,
+              help="Untimed calls first.")
+@click.option("--row-budget", type=FLOAT, default=default_of("BenchConfig", "row_budget_s"), show_default=True,
               help="Seconds of timed calls per component row after which timing stops (at least 2 calls).")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder (+ seine/). "
               "Default: the real architectures with random weights.")
-@click.option("--size", type=click.Choice(["sd14", "tiny"]), default="sd14", show_default=True,
+@click.option("--size", type=click.Choice(["sd14", "tiny"]), default=default_of("BenchConfig", "size"),
+              show_default=True,
               help="Random-weight architecture size without --model-dir.")
 @click.option("--engines", "engines_dir", type=click.Path(file_okay=False), help="Reuse this exported engines folder.")
 @click.option("--cache", type=click.Path(file_okay=False), help="Cache for models/exports. Default: ~/.cache/mvg-rt/bench.")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default=default_of("BenchConfig", "out"), show_default=True,
               help="Folder for bench.json, bench.md, bench.png.")
 @click.option("--rounds", type=INT, help="PIE rounds of the simulation. Default: 2 on CPU, 10 on CUDA.")
 @click.option("--steps", type=INT, help="Scheduler steps T. Default: 20 on CPU, 50 on CUDA.")
-@click.option("--strength", type=FLOAT, default=0.6, show_default=True)
-@click.option("--guidance", type=FLOAT, default=7.5, show_default=True)
-@click.option("--seed", type=INT, default=0, show_default=True)
+@click.option("--strength", type=FLOAT, default=default_of("E2ESettings", "strength"), show_default=True)
+@click.option("--guidance", type=FLOAT, default=default_of("E2ESettings", "guidance"), show_default=True)
+@click.option("--seed", type=INT, default=default_of("E2ESettings", "seed"), show_default=True)
 @click.option("--transition-frames", type=INT, help="Frames per clip end to end. Default: 4 on CPU, 16 on CUDA.")
 @click.option("--transition-steps", type=INT, help="SEINE steps end to end. Default: 3 on CPU, 250 on CUDA.")
 @click.option("--no-transitions", is_flag=True, help="End to end: PIE only.")
 @click.option("--e2e-repeat", type=INT, help="Timed PIE rounds per pipeline. Default: 1 on CPU (3 tiny), 3 on CUDA.")
-@click.option("--steppers", default="auto", show_default=True, help="PIE round rows: auto (the table step where "
-              "the scheduler allows it, as simulate runs) and/or scheduler (diffusers' step).")
+@click.option("--steppers", default=default_of("BenchConfig", "steppers", comma_list=True), show_default=True,
+              help="PIE round rows: auto (the table step where the scheduler allows it, as simulate runs) and/or "
+              "scheduler (diffusers' step).")
 @click.option("--in-process/--isolate", "in_process", default=None,
               help="Measure in this process, or each variant in a fresh one. Default: isolate unless --size tiny.")
-@click.option("--overhead-repeat", type=INT, default=5, show_default=True, help="Rounds per overhead measurement.")
+@click.option("--overhead-repeat", type=INT, default=default_of("BenchConfig", "overhead_repeat"), show_default=True,
+              help="Rounds per overhead measurement.")
 def bench(**opts: object) -> None:
     """Benchmark components and pipelines per backend against the PyTorch reference and peers."""
     from mvg_rt.commands.bench import run
@@ -283,11 +314,13 @@ _PER_CASE = {"image", "prompt", "mask_path", "roi_box", "roi_ellipse", "out", "o
               "inputs (each replaced only once its new run is complete).")
 @click.option("--ray", metavar="local|auto|ADDRESS", help="Run the cases on Ray: local (start one here), auto "
               "(the running cluster) or a cluster address. Needs pip install mvg-rt[cluster].")
-@click.option("--workers", type=INT, help="With --ray: actors to start (one per GPU or CPU slot). Default: all.")
-@click.option("--retries", type=INT, default=1, show_default=True,
+@click.option("--workers", type=INT, default=default_of("BatchRequest", "workers"),
+              help="With --ray: actors to start (one per GPU or CPU slot). Default: all.")
+@click.option("--retries", type=INT, default=default_of("BatchRequest", "retries"), show_default=True,
               help="With --ray: times a case lost with its worker is retried on another.")
-@click.option("--case-timeout", type=FLOAT, metavar="SECONDS", help="With --ray: a case still running after "
-              "this long has its worker killed and replaced, and is retried (--retries) or failed. Default: none.")
+@click.option("--case-timeout", type=FLOAT, metavar="SECONDS", default=default_of("BatchRequest", "case_timeout"),
+              help="With --ray: a case still running after this long has its worker killed and replaced, and is "
+              "retried (--retries) or failed. Default: none.")
 def batch(**opts: object) -> None:
     """Simulate every case of a worklist (CSV or JSON Lines) into OUT/<case_id>/, resumably; the simulate
     options below are shared by every case, and a row may override its settings. Exit 0: every case

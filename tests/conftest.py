@@ -79,7 +79,7 @@ def tiny_seine_checkpoint(tiny_model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_engines(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_seine_checkpoint: Path) -> Path:
     """The tiny model + SEINE exported once (FP32 and FP16, no slim: slim is tested on its own). Read-only."""
-    from mvg_rt.export.build import ExportRequest, export_engines
+    from mvg_rt.export.export_job import ExportRequest, export_engines
 
     out = tmp_path_factory.mktemp("engines") / "tiny"
     export_engines(ExportRequest(model_dir=tiny_model_dir, out=out, seine=tiny_seine_checkpoint, fp16=True,

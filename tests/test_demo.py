@@ -101,7 +101,7 @@ def test_per_round_change_shrinks_after_the_first_rounds(progression):
 def demo_engines(tmp_path_factory: pytest.TempPathFactory):
     """The demo's PIE components exported to FP32 ONNX (a few seconds at the demo's size)."""
     from mvg_rt.components import PIE_COMPONENTS
-    from mvg_rt.export.build import ExportRequest, export_engines
+    from mvg_rt.export.export_job import ExportRequest, export_engines
 
     out = tmp_path_factory.mktemp("demo_engines") / "demo"
     export_engines(ExportRequest(model_dir=DEMO_WEIGHTS, out=out, with_seine=False, components=PIE_COMPONENTS))
@@ -160,7 +160,7 @@ def test_int8_demo_unet_passes_check(demo_engines, demo_runtime, tmp_path, run_c
     import shutil
 
     from mvg_rt.calibration import CalibrationSettings, record_unet_feeds
-    from mvg_rt.export.build import add_int8
+    from mvg_rt.export.export_job import add_int8
 
     engines = tmp_path / "demo_int8"
     shutil.copytree(demo_engines, engines)

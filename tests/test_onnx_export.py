@@ -29,7 +29,7 @@ def manifest(tiny_engines: Path) -> Manifest:
 
 @pytest.fixture(scope="module")
 def reference_modules(tiny_models, tiny_seine_checkpoint, manifest):
-    from mvg_rt.export.build import load_seine
+    from mvg_rt.export.export_job import load_seine
     from mvg_rt.models.component_modules import component_modules
     from mvg_rt.models.seine_unet import SeineConfig
 
@@ -140,7 +140,7 @@ def test_large_graphs_keep_weights_in_one_external_file(tiny_model_dir: Path, tm
     import onnxruntime as ort
 
     from mvg_rt.export import onnx_export
-    from mvg_rt.export.build import ExportRequest, export_engines
+    from mvg_rt.export.export_job import ExportRequest, export_engines
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_THRESHOLD", 0)  # treat the tiny text encoder as "large"
     manifest = export_engines(ExportRequest(model_dir=tiny_model_dir, out=tmp_path / "eng", slim=False,
@@ -158,14 +158,14 @@ def test_large_graphs_keep_weights_in_one_external_file(tiny_model_dir: Path, tm
 
 
 def test_failed_export_leaves_nothing_behind(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
-    from mvg_rt.export import build
+    from mvg_rt.export import export_job
 
     def broken(*args, **kwargs):
         raise MvgError("simulated export failure")
 
-    monkeypatch.setattr(build, "export_component", broken)
+    monkeypatch.setattr(export_job, "export_component", broken)
     with pytest.raises(MvgError, match="simulated"):
-        build.export_engines(build.ExportRequest(model_dir=tiny_model_dir, out=tmp_path / "eng"))
+        export_job.export_engines(export_job.ExportRequest(model_dir=tiny_model_dir, out=tmp_path / "eng"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -211,7 +211,7 @@ def test_dynamo_exporter_gives_the_same_contract(tiny_models, tmp_path: Path):
 
 
 def test_seine_checkpoint_defaults_to_the_model_folder(tiny_model_dir: Path, tmp_path: Path):
-    from mvg_rt.export.build import ExportRequest, seine_checkpoint
+    from mvg_rt.export.export_job import ExportRequest, seine_checkpoint
 
     folder_default = tiny_model_dir / "seine" / "seine.safetensors"
     assert seine_checkpoint(ExportRequest(model_dir=tiny_model_dir, out=tmp_path / "e")) == folder_default

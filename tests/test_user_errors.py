@@ -282,7 +282,8 @@ def test_every_numeric_option_has_one_range_and_its_default_is_inside():
             if isinstance(param.type, Number):
                 key = param.type.key or max(param.opts, key=len)
                 assert key in LIMITS, (name, key)
-                defaults = param.default if isinstance(param.default, (list, tuple)) else [param.default]
+                default = param.get_default(click.Context(command))  # a settings field's default (cli_types.default_of)
+                defaults = default if isinstance(default, (list, tuple)) else [default]
                 for default in defaults:
                     if isinstance(default, (int, float)):  # click's UNSET / None: no default
                         param.type.convert(default, param, None)

@@ -207,10 +207,6 @@ def profile_to_json(profile: Mapping[str, ShapeRange]) -> dict[str, dict[str, li
     return {name: {"min": list(r[0]), "opt": list(r[1]), "max": list(r[2])} for name, r in profile.items()}
 
 
-def profile_from_json(data: Mapping[str, Mapping[str, Sequence[int]]]) -> dict[str, ShapeRange]:
-    return {name: (tuple(r["min"]), tuple(r["opt"]), tuple(r["max"])) for name, r in data.items()}  # type: ignore[misc]
-
-
 def axis_limits(shape: Sequence[int | str], profile: ShapeRange) -> dict[str, tuple[int, int]]:
     """Named axes -> (min, max) of one input's profile (for the manifest's ``axes``)."""
     return {dim: (profile[0][i], profile[2][i]) for i, dim in enumerate(shape) if isinstance(dim, str)}

@@ -67,7 +67,7 @@ def model_source(model_dir: Path | None, size: str, seed: int, cache: Path, prog
 def engines_for(source: ModelSource, with_seine: bool, cache: Path, fp16: bool, progress: Progress) -> Path:
     """An engines folder with the PIE components (+ SEINE) of ``source``: cached, else exported now."""
     from mvg_rt.artifacts.manifest import Manifest
-    from mvg_rt.export.build import ExportRequest, export_engines
+    from mvg_rt.export.export_job import ExportRequest, export_engines
     from mvg_rt.models.provenance import file_fingerprint, model_dir_fingerprint
 
     if with_seine and source.seine is None:

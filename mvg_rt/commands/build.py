@@ -13,23 +13,23 @@ from mvg_rt.io.output_dir import lock_dir
 
 
 def settings_from_options(opts: dict[str, Any], default_resolution: int) -> BuildSettings:
-    """The build settings the options describe (pure: the CLI tests call it directly)."""
+    """The build settings the options describe (pure: the CLI tests call it directly, with only the options they
+    set; an option left out takes its settings field's default, as the command line's option does)."""
     resolutions = tuple(parse_resolution(r) for r in opts.get("resolutions") or ()) or (
         (default_resolution, default_resolution),)
     low_memory = bool(opts.get("low_memory"))
-    decode_batch = opts.get("decode_batch") or 4
     profile = ProfileSettings(
         resolutions=resolutions,
-        frames=tuple(opts.get("frames") or ()) or (16,),
+        frames=tuple(opts.get("frames") or ProfileSettings.frames),
         cfg_batch="static" if opts.get("static_batch") else "dynamic",
-        decode_batch=1 if low_memory else decode_batch,
+        decode_batch=1 if low_memory else opts.get("decode_batch") or ProfileSettings.decode_batch,
         overrides=tuple(AxisOverride.parse(a) for a in opts.get("axes") or ()),
     )
     return BuildSettings(
-        precision=opts.get("precision") or "fp16", profile=profile,
+        precision=opts.get("precision") or BuildSettings.precision, profile=profile,
         components=tuple(opts.get("components") or ()), workspace_mb=opts.get("workspace_mb"),
         timing_cache=Path(opts["timing_cache"]) if opts.get("timing_cache") else None,
-        builder_level=opts.get("builder_level", 3), low_memory=low_memory)
+        builder_level=opts.get("builder_level", BuildSettings.builder_level), low_memory=low_memory)
 
 
 def run(**opts: Any) -> None:

@@ -23,10 +23,10 @@ EXIT_TOLERANCE = 1
 
 def check_request(opts: dict[str, Any]) -> CheckRequest:
     path = lambda key: Path(opts[key]) if opts.get(key) else None  # noqa: E731
-    return CheckRequest(engines_dir=Path(opts["engines_dir"]), backend=opts.get("backend") or "ort",
-                        precision=opts["precision"], device=opts["device"], model_dir=path("model_dir"),
-                        unet_dir=path("unet_dir"), seine=path("seine"), rounds=opts["rounds"], steps=opts["steps"],
-                        seed=opts["seed"], end_to_end=not opts["skip_end_to_end"])
+    return CheckRequest(engines_dir=Path(opts["engines_dir"]), backend=opts["backend"], precision=opts["precision"],
+                        device=opts["device"], model_dir=path("model_dir"), unet_dir=path("unet_dir"),
+                        seine=path("seine"), rounds=opts["rounds"], steps=opts["steps"], seed=opts["seed"],
+                        end_to_end=not opts["skip_end_to_end"])
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:

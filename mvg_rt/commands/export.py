@@ -19,7 +19,7 @@ def calibration_feeds(opts: dict[str, Any]) -> tuple[list[dict[str, Any]] | None
 
     settings = CalibrationSettings(
         images=Path(opts["calibration_dir"]) if opts.get("calibration_dir") else None,
-        prompts=tuple(opts.get("calibration_prompts") or ()), count=opts.get("calibration_count") or 4)
+        prompts=tuple(opts["calibration_prompts"]), count=opts["calibration_count"])
     spec = RuntimeSpec(model_dir=Path(opts["model_dir"]), unet_dir=Path(opts["unet_dir"]) if opts.get("unet_dir")
                        else None, with_seine=False)
     with open_runtime(spec) as runtime:  # closed before the export loads its own copy of the model
@@ -28,7 +28,7 @@ def calibration_feeds(opts: dict[str, Any]) -> tuple[list[dict[str, Any]] | None
 
 
 def run(**opts: Any) -> None:
-    from mvg_rt.export.build import export_inputs
+    from mvg_rt.export.export_job import export_inputs
 
     out = Path(opts["out"])
     inputs = {**export_inputs(opts["model_dir"], opts["unet_dir"], opts["seine"], opts["seine_config"]),
@@ -42,7 +42,7 @@ def run(**opts: Any) -> None:
 
 def _export(opts: dict[str, Any], out: Path) -> Any:
     """Calibrate (with --int8), then export into ``out`` (claimed by the caller)."""
-    from mvg_rt.export.build import ExportRequest, export_engines
+    from mvg_rt.export.export_job import ExportRequest, export_engines
 
     feeds, calibration = calibration_feeds(opts)
     if feeds is not None:
@@ -52,7 +52,7 @@ def _export(opts: dict[str, Any], out: Path) -> Any:
         unet_dir=Path(opts["unet_dir"]) if opts["unet_dir"] else None,
         seine=Path(opts["seine"]) if opts["seine"] else None, seine_config=opts["seine_config"],
         with_seine=not opts.get("no_seine"),
-        fp16=opts["fp16"], fp16_converter=opts.get("fp16_converter") or "ort", int8=bool(opts.get("int8")),
+        fp16=opts["fp16"], fp16_converter=opts["fp16_converter"], int8=bool(opts.get("int8")),
         calibration_feeds=feeds, calibration_source=calibration, opset=opts["opset"], slim=opts["slim"],
         exporter=opts["exporter"],
         overwrite=opts["overwrite"])

@@ -21,7 +21,7 @@ from mvg_rt.simulation import SimulationOptions, SimulationRequest, run_simulati
 
 
 def uses_demo_model(opts: dict[str, Any]) -> bool:
-    return not opts.get("model_dir") and (opts.get("backend") or "torch") == "torch"
+    return not opts["model_dir"] and opts["backend"] == "torch"
 
 
 def demo_settings(explicit: set[str]) -> dict[str, Any]:
@@ -38,12 +38,10 @@ def demo_settings(explicit: set[str]) -> dict[str, Any]:
 
 def runtime_spec(opts: dict[str, Any]) -> RuntimeSpec:
     """The backend options of ``simulate`` (shared by every verb that runs the pipelines)."""
-    return RuntimeSpec(backend=opts.get("backend") or "torch", device=opts.get("device") or "cpu",
-                       precision=opts.get("precision") or "fp32", cuda_graphs=bool(opts.get("cuda_graphs")),
-                       low_memory=bool(opts.get("low_memory")), tf32=bool(opts.get("tf32")),
-                       channels_last=bool(opts.get("channels_last")), model_dir=opts.get("model_dir"),
-                       unet_dir=opts.get("unet_dir"), seine=opts.get("seine"), engines_dir=opts.get("engines_dir"),
-                       with_seine=not opts.get("no_transition"))
+    return RuntimeSpec(backend=opts["backend"], device=opts["device"], precision=opts["precision"],
+                       cuda_graphs=opts["cuda_graphs"], low_memory=opts["low_memory"], tf32=opts["tf32"],
+                       channels_last=opts["channels_last"], model_dir=opts["model_dir"], unet_dir=opts["unet_dir"],
+                       seine=opts["seine"], engines_dir=opts["engines_dir"], with_seine=not opts["no_transition"])
 
 
 def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -> SimulationRequest:
@@ -56,7 +54,7 @@ def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -
     transition = None if opts["no_transition"] else TransitionSettings.from_preset(
         opts["transitions"], sampler=opts["transition_sampler"], steps=opts["transition_steps"],
         frames=opts["frames"], guidance_scale=opts["transition_guidance"], negative_prompt=opts["negative_prompt"],
-        decode_batch=1 if opts.get("low_memory") else TransitionSettings.decode_batch)
+        decode_batch=1 if opts["low_memory"] else TransitionSettings.decode_batch)
     options = SimulationOptions(pie=pie, transition=transition, resolution=opts["resolution"], seed=opts["seed"],
                                 fps=opts["fps"], out=opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S"),
                                 overwrite=opts["overwrite"], demo_settings=demo)

@@ -185,10 +185,9 @@ def check_resolution(resolution: int, scale: int = 8, native: int | None = None)
     model's ``native`` (training) size, at most :data:`MAX_RESOLUTION_FACTOR` times it.
 
     The cap is what keeps a run stoppable: self-attention at the full latent size grows with the 4th power
-    of the side, and one call is never interrupted (SIGTERM waits for it). One tiny-model UNet call (batch 2,
-    1 CPU thread) took 0.018 s at 2x its 64 px (128 px, the largest allowed), 0.020 s at 136 px (the first
-    refused), 0.7 s at 512, 10 s at 1024, so about 43 min at 4096 by that growth (killed after 13 min). Far from its training
-    size a diffusion model also repeats its anatomy, so those pictures would not mean anything either.
+    of the side, and one call is never interrupted (SIGTERM waits for it); far from its training size a
+    diffusion model also repeats its anatomy, so those pictures would not mean anything either. UNet call
+    times by resolution: ``benchmarks/results/cpu-2core/resolution_cap.md``.
     """
     check("--resolution", resolution)
     if resolution % scale:

@@ -17,6 +17,8 @@ import torch
 
 from mvg_rt.models.diffusers_folder import DiffusersModels
 
+# CLIP-format BPE files (CLIP's byte alphabet, 310 merges) learned once from tokenizer/corpus.txt; the writer,
+# mvg_rt/models/tokenizer.py:write_clip_tokenizer, had no caller left and was removed (it is in commit 38f02ab).
 SHIPPED_TOKENIZER = resources.files("mvg_rt.models") / "tokenizer"
 SIZES = ("tiny", "sd14")
 SEINE_FILE = "seine.safetensors"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 
@@ -78,7 +77,3 @@ def component_modules(models: Any, seine: nn.Module | None = None) -> dict[str, 
     if seine is not None:
         modules["seine"] = SeineModule(seine)
     return {name: module.eval() for name, module in modules.items()}
-
-
-def module_dtype(module: nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype

@@ -1,4 +1,4 @@
-"""``mvg-rt export``: a model folder (+ fine-tuned UNet, + SEINE) -> a self-contained engines folder.
+"""The ``mvg-rt export`` job: a model folder (+ fine-tuned UNet, + SEINE) -> a self-contained engines folder.
 
 Layout of ``engines/NAME`` (written to a staging folder, renamed into place only
 when complete)::
@@ -11,6 +11,8 @@ when complete)::
     unet/model_fp16.onnx           with --fp16 (converter: --fp16-converter, recorded in the manifest)
     unet/model_int8.onnx           with --int8: the Q/DQ graph (see export/int8.py)
     ...
+
+``mvg-rt build`` later adds the TensorRT engines to the same folder (:mod:`mvg_rt.export.tensorrt_build`).
 """
 
 from __future__ import annotations
