@@ -188,7 +188,7 @@ class GraphFromFile(Backend):
     def components(self) -> frozenset[str]:
         return self.inner.components
 
-    def infer(self, component: Any, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _infer(self, component: Any, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if component.name != self.component:
             return self.inner.infer(component, feeds)
         out = self.graph.run(None, {k: v.cpu().numpy() for k, v in feeds.items()})[0]

@@ -98,9 +98,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
 @click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
 @click.option("--cuda-graphs", is_flag=True,
-              help="CUDA only: replay the denoisers as CUDA graphs (torch/trt: captured per call; ort: its own).")
+              help="CUDA only: every denoising step after the first is a CUDA-graph replay (torch/trt: the whole step; "
+              "ort: its own per-call graphs). Any scheduler that draws no noise, any transition sampler.")
 @click.option("--low-memory", is_flag=True,
-              help="CUDA only (Jetson-class): load engines one stage at a time, decode one frame per call.")
+              help="--backend trt only (Jetson-class): load the TensorRT engines one stage at a time, decode one frame "
+              "per call.")
 @click.option("--tf32", is_flag=True, help="CUDA only: let FP32 matmuls/convolutions run as TF32 (faster, ~1e-3 "
               "relative). Off: --precision fp32 means FP32. Recorded in run.json.")
 @click.option("--channels-last", is_flag=True,

@@ -105,8 +105,8 @@ def test_default_demo_runs_with_no_model_argument(tmp_path: Path, run_cli):
     assert record["prompt"] == "severe cardiomegaly" and record["roi"]["source"] == "mask file"
     assert record["notice"]  # the default says what its outputs are (and are not)
     # issue 13: the demo says which of its settings replace the paper's defaults, and records them
-    assert "demo settings apply: strength 0.3, DDIM transition sampler, 8.0 fps, at 128 px" in err
-    assert record["demo_settings"] == {"strength": 0.3, "transition_sampler": "ddim", "fps": 8.0, "resolution": 128}
+    assert "demo settings apply: strength 0.3, DDIM transition sampler, at 128 px" in err
+    assert record["demo_settings"] == {"strength": 0.3, "transition_sampler": "ddim", "resolution": 128}
     code, stdout, err = run_cli(["eval", "--run", str(out)])
     assert code == 0, err
     assert "monotonically" not in stdout and ("CTR " in stdout)

@@ -86,9 +86,6 @@ def test_the_default_preset_is_the_settings_default():
     assert TRANSITION_PRESETS[preset] == (TransitionSettings.sampler, TransitionSettings.steps)
 
 
-@pytest.mark.xfail(strict=True, reason="SimulationOptions.fps is still 2.0 (mvg_rt/simulation.py, line 63: the "
-                   "states-only video's rate from before the transition clips); its owner sets 8.0, then this "
-                   "marker goes")
 def test_the_video_plays_at_8_fps_by_default():
     """8 fps is what ``mvg-rt simulate`` gave since the transition clips came (3da156b): a 16-frame clip in 2 s,
     the paper's 10 rounds in 19 s; 2 fps drew the same video out to 75 s."""

@@ -40,8 +40,7 @@ DEMO_CASE = DemoCase(
     # strength 0.3, not the paper's 0.6: the demo model renders a prompt's severity in one 0.6-strength round
     # (measured CTR 0.43 -> 0.65 in round 1, then flat), a step rather than a progression; at 0.3 the CTR rises
     # over the first 5-6 rounds (0.43 -> 0.64, seed 0), then plateaus (~0.64-0.65) as the change per round shrinks.
-    settings={"strength": 0.3, "frames": 8, "transition_steps": 25, "transition_sampler": "ddim",
-              "fps": 8.0},
+    settings={"strength": 0.3, "frames": 8, "transition_steps": 25, "transition_sampler": "ddim"},
 )
 
 

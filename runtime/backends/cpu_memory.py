@@ -3,19 +3,12 @@
 PyTorch's CPU allocator takes every tensor from glibc ``malloc`` and gives it back on
 free. glibc serves large blocks with ``mmap`` and returns freed memory at the top of
 the heap to the OS (``M_TRIM_THRESHOLD``), so every UNet call maps its activations
-afresh, and the kernel zero-fills each 4 KiB page on first touch: measured for the SD
-1.4 UNet at 256x256, batch 2, one thread, 2-core EPYC: ~470,000 minor page faults
-(1.8 GiB) per call, 3.72 s of CPU per call; with mmap off and trimming above 2 GiB,
-0 faults and 2.87 s (-23%). ONNX Runtime does not pay this (its CPU arena keeps
-its blocks), which is part of why its UNet step was faster on the same machine.
-
-Heap growth, the risk of serving everything from one heap: a loop of SD 1.4 calls of
-mixed shapes (UNet at 32x32 and 24x40 latents, VAE encode and decode, 5 iterations) kept
-its RSS flat at 4.75 GiB with 0 faults from the third iteration on, and a PIE round grew
-the RSS by 0.24 GiB once (``benchmarks/results/cpu-2core/pie_round_cpu.md``). A synthetic
-pattern does grow: one 64 MiB tensor allocated and freed in a Python loop left a
-slightly-too-small hole behind each time (heap +64 MiB per iteration), so a caller with
-such a pattern should pass ``retain_cpu_memory=False`` to the torch backend.
+afresh, and the kernel zero-fills each 4 KiB page on first touch: for the SD 1.4 UNet
+on a 2-core CPU that was 23% of a call's CPU time, and what made the PyTorch PIE loop
+slower than diffusers' (ONNX Runtime's CPU arena keeps its blocks and does not pay
+it). The page faults, the CPU seconds and the heap growth measured with these settings:
+`benchmarks/results/cpu-2core/cpu_memory.md`. A caller that allocates and frees one
+large tensor in a loop (which grows the heap) should pass ``retain_cpu_memory=False``.
 
 The settings are process-wide, applied once, and only where the C library is glibc
 (``mallopt`` is looked up through ctypes; elsewhere nothing changes and the report says

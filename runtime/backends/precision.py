@@ -3,10 +3,9 @@
 PyTorch runs FP32 convolutions on Ampere and newer GPUs as TF32 by default
 (``torch.backends.cudnn.allow_tf32`` is True; matmuls default to FP32). TF32 keeps
 10 mantissa bits, so an "FP32" run silently computes with ~1e-3 relative rounding per
-product: on an H200 the graphed and eager PIE rounds of the tiny model (the same
-math, different kernel choices) were 6.5e-3 apart with TF32 on and 1.1e-5 apart with
-it off, which fails ``mvg-rt check``'s FP32 tolerance (1e-4). So TF32 is off unless
-``--tf32`` asks for it, and the policy that ran goes into ``run.json``.
+product, enough to fail ``mvg-rt check``'s FP32 tolerance (1e-4; the H200 figures:
+`benchmarks/results/gpu-notes.md`). So TF32 is off unless ``--tf32`` asks for it, and
+the policy that ran goes into ``run.json``.
 
 The flags are process-wide and settable without a GPU (they only take effect in CUDA
 kernels), so the policy is applied once when a runtime opens.

@@ -5,16 +5,14 @@ CUDA device is the GPU baseline the TensorRT path has to beat.
 
 ``channels_last`` (off by default) stores the 2D convolutional components (UNet,
 VAE encoder/decoder) and their image inputs in NHWC, the layout cuDNN's tensor-core
-convolutions use natively, which saves the NCHW<->NHWC transposes around every conv:
-on an H200 the FP16 UNet step with a CUDA graph went from 11.9 ms to 10.1 ms. The
+convolutions use natively, which saves the NCHW<->NHWC transposes around every conv
+(H200: `benchmarks/results/gpu-notes.md`). The
 result is the same computation (equal on CPU to float rounding, tests/test_torch_backend.py);
 text encoder and SEINE (5D video tensors) are left as they are.
 
 On a CPU the backend makes glibc keep freed memory (``retain_cpu_memory``, on by
 default, see :mod:`mvg_rt.runtime.backends.cpu_memory`): without it every UNet call
-page-faults its activations back in, which cost 23% of the SD 1.4 UNet's CPU time at
-256x256 and made the PyTorch PIE loop slower than diffusers' img2img running the same
-UNet class.
+page-faults its activations back in.
 """
 
 from __future__ import annotations
