@@ -36,7 +36,7 @@ is loaded again or released, the shared activation buffer is regrown (every engi
 address it), or the context's input shapes change: a TensorRT context holds per-shape state
 (the kernels and launch parameters ``set_input_shape`` set up), so a graph captured at other
 shapes would replay the old shapes' work. ``graph_generation(component)`` changes exactly then
-(:class:`EnginePool`), and whole-step graphs (``graphed_loops``) capture again when it does.
+(:class:`EnginePool`), and whole-step graphs (:mod:`mvg_rt.runtime.pipelines.steps.loop`) capture again when it does.
 ``cuda_graphs=True`` adds per-component graphs through :class:`GraphCache`, one per component
 (the context holds one set of shapes), dropped on the same events.
 
