@@ -42,8 +42,7 @@ from mvg_rt.models.builders import build_models
 from mvg_rt.models.component_modules import component_modules
 from mvg_rt.runtime.backends.torch_backend import TorchBackend
 from mvg_rt.runtime.pipelines.model_info import ModelInfo
-from mvg_rt.runtime.pipelines.pie import PieSettings
-from mvg_rt.runtime.pipelines.pie import pie_session
+from mvg_rt.runtime.pipelines.pie import PieSettings, pie_session
 
 
 class UNetCallMeter:

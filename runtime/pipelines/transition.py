@@ -57,9 +57,8 @@ ClipStepCallback = Callable[[int, int, int], None]  # (clip index from 1, step f
 #: ``--transitions`` presets: (sampler, steps). "paper" is SEINE's own sampler. "fast" is to be the fastest
 #: setting whose clips all meet the transition standard (mvg_rt/eval/transition_quality.py). On the demo model
 #: none does yet, DDPM-250 included (benchmarks/results/cpu-2core/transition_samplers.md), so "fast" is the
-#: setting closest to it at about 20x less work: DDIM-10 passes 6 of 15 clips, on the path ratio only; the
-#: multistep solvers at 10 steps pass none and also fail the heart-size criterion. Every sampler runs in the
-#: CUDA-graph clip loop.
+#: setting closest to it at about 20x less work: DDIM-10 passes 13 of 15 clips (as many as DDIM-25), failing on
+#: the path ratio only; the multistep solvers at 10 steps pass none. Every sampler runs in the CUDA-graph loop.
 TRANSITION_PRESETS: dict[str, tuple[str, int]] = {"paper": ("ddpm", 250), "fast": ("ddim", 10)}
 
 
