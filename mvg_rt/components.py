@@ -8,6 +8,13 @@ Axis names are symbolic: ``batch``, ``height``/``width`` (pixels), ``latent_heig
 ``latent_width`` (pixels / 8), ``frames`` vary at run time; ``hidden`` (the text width,
 768 for SD 1.x) is fixed per model but differs between models. Integer axes are fixed
 by the architecture.
+
+The segmenter (MedSAM, a SAM ViT-B fine-tuned on medical images; the paper's ROI source) is two
+components, so one image embedding serves every box drawn on that image: its encoder's
+``segmenter_size`` (1024 for SAM), ``segmenter_width`` (256) and ``embedding_size`` (64) and its
+decoder's ``mask_size`` (256) are fixed per model too. They live apart from :data:`COMPONENTS`
+(the generation networks that SD model folders and engines folders hold) in
+:data:`SEGMENTER_COMPONENTS`, so export, check and bench never ask an SD folder for a segmenter.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 Axis = str | int
-MODEL_FIXED_AXES = frozenset({"hidden"})
+MODEL_FIXED_AXES = frozenset({"hidden", "segmenter_size", "segmenter_width", "embedding_size", "mask_size"})
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,21 @@ SEINE = ComponentSpec(
 COMPONENTS: dict[str, ComponentSpec] = {
     c.name: c for c in (TEXT_ENCODER, VAE_ENCODER, VAE_DECODER, UNET, SEINE)
 }
+_EMBEDDINGS = TensorSpec("image_embeddings", torch.float32, ("batch", "segmenter_width", "embedding_size", "embedding_size"))
+SEGMENTER_ENCODER = ComponentSpec(
+    "segmenter_encoder",
+    inputs=(TensorSpec("pixel_values", torch.float32, ("batch", 3, "segmenter_size", "segmenter_size")),),
+    outputs=(_EMBEDDINGS,),
+)
+# Boxes are x0, y0, x1, y1 in the encoder's input pixel frame (0..segmenter_size); one box per image embedding.
+SEGMENTER_DECODER = ComponentSpec(
+    "segmenter_decoder",
+    inputs=(_EMBEDDINGS, TensorSpec("input_boxes", torch.float32, ("batch", 1, 4))),
+    outputs=(TensorSpec("mask_logits", torch.float32, ("batch", 1, "mask_size", "mask_size")),
+             TensorSpec("iou_scores", torch.float32, ("batch", 1))),
+)
+SEGMENTER_COMPONENTS: dict[str, ComponentSpec] = {c.name: c for c in (SEGMENTER_ENCODER, SEGMENTER_DECODER)}
+
 PIE_COMPONENTS = ("text_encoder", "vae_encoder", "vae_decoder", "unet")
 #: What a denoiser's ``noise_pred`` holds: the noise itself, or v = sqrt(abar) eps - sqrt(1 - abar) x0 (the demo SEINE).
 PREDICTION_TYPES = ("epsilon", "v_prediction")

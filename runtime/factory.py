@@ -132,7 +132,7 @@ class RuntimeSpec:
                                f"--device {self.device}), or use --backend ort on this device")
 
 
-PATH_KEYS = frozenset({"model_dir", "unet_dir", "seine", "engines_dir", "engines"})  # spec, backend, provenance
+PATH_KEYS = frozenset({"model_dir", "unet_dir", "seine", "engines_dir", "engines", "segmenter"})  # spec, backend, provenance
 
 
 def without_paths(described: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +249,42 @@ def _open_torch(spec: RuntimeSpec) -> Runtime:
         "resolution": int(models.unet.config.sample_size) * models.vae_scale_factor,
     }
     return Runtime(backend, info, provenance, spec)
+
+
+@dataclass
+class SegmenterRuntime:
+    """A segmenter ready to run (box -> mask), and what identifies it. Close it (or use ``with``)."""
+
+    backend: Backend
+    image_size: int  # the encoder's square input side (SamConfig.vision_config.image_size; 1024 for MedSAM)
+    provenance: dict[str, Any]  # segmenter_sha256 (the folder's fingerprint) and its path (dropped unless asked)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> SegmenterRuntime:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def open_segmenter(folder: Path, device: str = "cpu", option: str = "--segment") -> SegmenterRuntime:
+    """The segmenter of a SamModel folder (or of a model folder's ``segmenter/``) on the PyTorch backend."""
+    from mvg_rt.artifacts.hashing import fingerprint
+    from mvg_rt.models.component_modules import segmenter_modules
+    from mvg_rt.models.segmenter_folder import load_segmenter
+    from mvg_rt.runtime.backends.torch_backend import TorchBackend
+
+    spec = RuntimeSpec(device=device)
+    if not (spec.device == "cpu" or spec.cuda):
+        raise MvgError(f"--device {device} is not supported: use cpu or cuda[:N]")
+    _require_device(spec)
+    sam, root = load_segmenter(folder, option)
+    backend = TorchBackend(segmenter_modules(sam), torch.device(device))
+    return SegmenterRuntime(backend, int(sam.config.vision_config.image_size),
+                            {"segmenter_sha256": fingerprint([root]), "segmenter": str(root)})
 
 
 # ------------------------------------------------------------------ engines folders

@@ -66,6 +66,36 @@ class SeineModule(nn.Module):
         return self.seine(sample, timestep, encoder_hidden_states)
 
 
+class SegmenterEncoderModule(nn.Module):
+    """SamModel's ViT image encoder: (B, 3, S, S) pixels -> (B, width, e, e) image embeddings."""
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.sam.get_image_embeddings(pixel_values)
+
+
+class SegmenterDecoderModule(nn.Module):
+    """SamModel's prompt encoder + mask decoder on one box per embedding: the single best mask
+    (``multimask_output=False``, as MedSAM is trained and run) as low-res logits and its IoU score."""
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, image_embeddings: Tensor, input_boxes: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.sam(image_embeddings=image_embeddings, input_boxes=input_boxes, multimask_output=False)
+        return out.pred_masks[:, 0], out.iou_scores[:, 0]  # (B, 1, m, m), (B, 1): the one box's mask
+
+
+def segmenter_modules(sam: nn.Module) -> dict[str, nn.Module]:
+    """The two segmenter components over one loaded ``SamModel`` (they share its weights)."""
+    return {"segmenter_encoder": SegmenterEncoderModule(sam).eval(),
+            "segmenter_decoder": SegmenterDecoderModule(sam).eval()}
+
+
 def component_modules(models: Any, seine: nn.Module | None = None) -> dict[str, nn.Module]:
     """One module per component name, from loaded :class:`DiffusersModels` and an optional SEINE."""
     modules: dict[str, nn.Module] = {

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mvg_rt.components import SEINE, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
+from mvg_rt.components import (SEGMENTER_DECODER, SEGMENTER_ENCODER, SEINE, TEXT_ENCODER, UNET, VAE_DECODER,
+                               VAE_ENCODER, ComponentSpec)
 from mvg_rt.errors import MvgError
 from mvg_rt.runtime.backends.declarations import InputMetadata
 from mvg_rt.runtime.graphs.capture import CaptureFn, torch_capture
@@ -177,3 +178,14 @@ class Backend(ABC):
     def predict_video_noise(self, sample: Tensor, timestep: Tensor, text_embeddings: Tensor) -> Tensor:
         """SEINE epsilon prediction for a (B, 9, F, h, w) sample -> (B, 4, F, h, w)."""
         return self._run(SEINE, sample, timestep, text_embeddings)
+
+    def embed_image_for_segmentation(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, S, S) segmenter input in [0, 1] -> (B, width, e, e) image embeddings, once per image."""
+        return self._run(SEGMENTER_ENCODER, pixel_values)
+
+    def segment_boxes(self, image_embeddings: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, width, e, e) embeddings and (B, 1, 4) boxes in the encoder's pixel frame -> (B, 1, m, m) mask
+        logits and (B, 1) IoU scores (the decoder's own estimate of its mask's quality)."""
+        feeds = dict(zip(SEGMENTER_DECODER.input_names, (image_embeddings, boxes), strict=True))
+        outputs = self.infer(SEGMENTER_DECODER, feeds)
+        return outputs["mask_logits"], outputs["iou_scores"]

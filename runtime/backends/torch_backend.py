@@ -82,8 +82,9 @@ class TorchBackend(Backend):
         nhwc = self.channels_last and component.name in CHANNELS_LAST_COMPONENTS
         inputs = [self._cast_in(feeds[name], nhwc) for name in component.input_names]
         output = self.modules[component.name](*inputs)
+        outputs = output if isinstance(output, tuple) else (output,)  # the segmenter decoder returns two
         # Callers get the contract's layout back (pipelines slice and view outputs).
-        return {component.output_names[0]: output.float().contiguous()}
+        return {name: tensor.float().contiguous() for name, tensor in zip(component.output_names, outputs, strict=True)}
 
     def _cast_in(self, tensor: Tensor, nhwc: bool = False) -> Tensor:
         tensor = tensor.to(self.device)
