@@ -51,6 +51,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--roi-ellipse", help="ROI ellipse cx,cy,rx,ry in input-image pixels.")
 @click.option("--feather", type=FLOAT, default=default_of("RoiRequest", "feather"), show_default=True,
               help="Soft ROI edge width in pixels.")
+@click.option("--segment", type=click.Path(file_okay=False),
+              help="Segment the --roi-box with this segmenter (a SamModel folder such as MedSAM's, or a model folder "
+              "with segmenter/): the ROI is the organ inside the box, not the box.")
+@click.option("--segment-grow", type=FLOAT, default=default_of("RoiRequest", "grow"), show_default=True,
+              help="With --segment: widen the segmented ROI by this many pixels (where a disease enlarges the organ).")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Diffusers-format SD 1.x folder. Default: embedded demo model.")
 @click.option("--unet", "unet_dir", type=click.Path(file_okay=False), help="Domain-fine-tuned UNet folder.")
 @click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default=default_of("RuntimeSpec", "backend"),
@@ -115,6 +120,28 @@ def simulate(**opts: object) -> None:
     context = click.get_current_context()
     explicit = {name for name in opts if context.get_parameter_source(name) != ParameterSource.DEFAULT}
     run(explicit=explicit, **opts)
+
+
+@cli.command("segment")
+@click.option("--segmenter", "--model-dir", "segmenter", type=click.Path(file_okay=False),
+              help="A SamModel folder (MedSAM: wanglab/medsam-vit-base), or a model folder with segmenter/. "
+              "Default: the demo segmenter (phantom hearts).")
+@click.option("--image", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Input PNG/JPEG/DICOM.")
+@click.option("--box", required=True, help="Box around the organ, x0,y0,x1,y1 in input-image pixels.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Mask PNG to write (0/255, the image's size): review and edit it, then simulate --mask.")
+@click.option("--device", type=DEVICE, default=default_of("SegmentRequest", "device"), show_default=True,
+              help="cpu or cuda[:N].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write what made the mask (segmenter fingerprint, box, IoU score, area) as JSON.")
+@click.option("--record-paths", is_flag=True, help="Store the segmenter's path in --json (off: paths may identify "
+              "a site).")
+def segment(**opts: object) -> None:
+    """Segment the organ inside a box with a SAM-architecture segmenter (MedSAM), as the paper makes its ROI;
+    writes the mask for a person to review and edit."""
+    from mvg_rt.commands.segment import run
+
+    run(**opts)
 
 
 @cli.command("export")
@@ -305,7 +332,8 @@ def bench(**opts: object) -> None:
     run(**opts)
 
 # Options of simulate that batch does not share: each worklist row gives its own inputs and folder.
-_PER_CASE = {"image", "prompt", "mask_path", "roi_box", "roi_ellipse", "out", "overwrite"}
+# The worklist has no segmenter column yet, so --segment and --segment-grow stay simulate's.
+_PER_CASE = {"image", "prompt", "mask_path", "roi_box", "roi_ellipse", "out", "overwrite", "segment", "segment_grow"}
 
 
 @cli.command("batch")

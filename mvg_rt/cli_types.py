@@ -93,6 +93,7 @@ SETTINGS = {
     "SimulationOptions": "mvg_rt.simulation",
     "SimulationRequest": "mvg_rt.simulation",
     "RoiRequest": "mvg_rt.io.masks",
+    "SegmentRequest": "mvg_rt.segmentation",
     "BatchRequest": "mvg_rt.batch.job",
     "ExportRequest": "mvg_rt.export.export_job",
     "CalibrationSettings": "mvg_rt.calibration",

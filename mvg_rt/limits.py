@@ -65,6 +65,7 @@ LIMITS: dict[str, Limit] = {
     "--beta2": Limit(0, 1),
     "--seed": _SEED,
     "--feather": Limit(0, 10_000),
+    "--segment-grow": Limit(0, 10_000),
     "--resolution": Limit(32, 4096, integer=True, multiple_of=8, hint="e.g. 512; below 32 px the identity metrics "
                           "(7x7 SSIM windows) and the ROI are meaningless"),
     "--frames": _FRAMES,

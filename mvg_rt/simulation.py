@@ -32,6 +32,7 @@ from mvg_rt.io.images import MIN_IMAGE_SIDE, LoadedImage, check_resolution, read
 from mvg_rt.io.jsonio import finite_json
 from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
 from mvg_rt.io.output_dir import claim_output_dir, staged_output_dir
+from mvg_rt.segmentation import segment_roi
 from mvg_rt.io.video import write_gif, write_mp4
 from mvg_rt.versions import package_versions
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime, without_paths
@@ -110,7 +111,7 @@ def resolve_demo(request: SimulationRequest) -> tuple[SimulationRequest, str | N
     spec, notice = resolve_demo_model(request.runtime)
     if request.image is not None:
         return replace(request, runtime=spec), notice
-    roi = request.roi if request.roi.given else RoiRequest(str(DEMO_CASE.mask), feather=request.roi.feather)
+    roi = request.roi if request.roi.given else DEMO_CASE.roi(request.roi.feather)
     return replace(request, runtime=spec, image=str(DEMO_CASE.image), prompt=request.prompt or DEMO_CASE.prompt,
                    roi=roi), notice
 
@@ -124,7 +125,7 @@ def runtime_inputs(spec: RuntimeSpec) -> dict[str, str | Path | None]:
 def request_inputs(request: SimulationRequest) -> dict[str, str | Path | None]:
     """What the run reads, by the option that names it: its ``--out`` may be none of these nor hold one."""
     return {"the image (--image)": request.image, "the mask (--mask)": request.roi.mask_path,
-            **runtime_inputs(request.runtime)}
+            "the segmenter (--segment)": request.roi.segment, **runtime_inputs(request.runtime)}
 
 
 def run_simulation(request: SimulationRequest, on_step: StepCallback | None = None,
@@ -140,9 +141,9 @@ def run_simulation(request: SimulationRequest, on_step: StepCallback | None = No
     # a second run on this --out, or an --out that is or holds an input, fails here, at once
     with claim_output_dir(options.out, options.overwrite, inputs=request_inputs(request)):
         inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
-        inputs.roi = request.roi
-        if options.resolution is not None and request.roi.given:  # a bad mask fails before the model loads
-            inputs.roi = request.roi.resolve(inputs.image.pixels.shape, options.resolution)
+        roi = inputs.roi = segment_roi(request.roi, inputs.image, request.runtime.device)  # before the model loads
+        if options.resolution is not None and roi.given:  # a bad mask fails before the model loads
+            inputs.roi = roi.resolve(inputs.image.pixels.shape, options.resolution)
         with open_runtime(request.runtime) as runtime:
             runtime.notice = notice
             resolution = options.resolution or runtime.default_resolution
@@ -267,7 +268,8 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
         "prompt_truncated": prompt_truncation(runtime.model.tokenizer, inputs.prompt),
         "negative_prompt": inputs.negative_prompt,
         **({"demo_settings": {**options.demo_settings, "resolution": resolution}} if options.demo_settings else {}),
-        "roi": {"source": roi.source, "coverage": round(roi.coverage, 4)},
+        "roi": {"source": roi.source, "coverage": round(roi.coverage, 4),
+                **(roi.record if record_paths else without_paths(roi.record))},
         "resolution": resolution,
         "seed": options.seed,
         "pie": options.pie.to_dict(),

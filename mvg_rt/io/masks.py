@@ -14,11 +14,13 @@ mask file becomes gray by :func:`mask_gray`'s rule first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy.ndimage import distance_transform_edt
 
 from mvg_rt.errors import MvgError
 from mvg_rt.limits import LIMITS, check
@@ -36,7 +38,8 @@ class RoiMask:
     """The mask actually used: (R, R) uint8 gray at model resolution, and where it came from."""
 
     pixels: np.ndarray  # (R, R) uint8, the one channel every consumer reads
-    source: str  # "full image", "mask file", "box x0,y0,x1,y1", ...
+    source: str  # "full image", "mask file", "box x0,y0,x1,y1", "segmenter", ...
+    record: dict[str, Any] = field(default_factory=dict)  # more of run.json's roi section (a segmentation's)
 
     @property
     def weight(self) -> np.ndarray:
@@ -136,7 +139,8 @@ def _parse_numbers(text: str, count: int, option: str, example: str) -> list[flo
     return [check(option, value, LIMITS["--roi"]) for value in values]
 
 
-def _finish(drawn: np.ndarray, image_shape: tuple[int, ...], resolution: int, source: str) -> RoiMask:
+def _finish(drawn: np.ndarray, image_shape: tuple[int, ...], resolution: int, source: str,
+            record: dict[str, Any] | None = None) -> RoiMask:
     if drawn.shape[:2] != image_shape[:2]:
         image_ratio = image_shape[1] / image_shape[0]
         mask_ratio = drawn.shape[1] / drawn.shape[0]
@@ -149,7 +153,7 @@ def _finish(drawn: np.ndarray, image_shape: tuple[int, ...], resolution: int, so
     if pixels.max() == 0:
         raise MvgError(f"the ROI ({source}) is empty at {resolution}x{resolution}: nothing would change; "
                        "draw a larger ROI, or omit the ROI options to edit the whole image")
-    return RoiMask(pixels, source)
+    return RoiMask(pixels, source, record or {})
 
 
 def _feathered(canvas: Image.Image, feather: float) -> np.ndarray:
@@ -164,11 +168,11 @@ def mask_from_file(path: str, image_shape: tuple[int, ...], resolution: int, fea
                    "mask file")
 
 
-def parse_box(box: str) -> list[float]:
+def parse_box(box: str, option: str = "--roi-box") -> list[float]:
     """``x0,y0,x1,y1`` as numbers, checked (also used to validate worklists before anything runs)."""
-    x0, y0, x1, y1 = _parse_numbers(box, 4, "--roi-box", "100,120,400,380")
+    x0, y0, x1, y1 = _parse_numbers(box, 4, option, "100,120,400,380")
     if x1 <= x0 or y1 <= y0:
-        raise MvgError(f"--roi-box {box}: x1 must exceed x0 and y1 must exceed y0")
+        raise MvgError(f"{option} {box}: x1 must exceed x0 and y1 must exceed y0")
     return [x0, y0, x1, y1]
 
 
@@ -194,6 +198,32 @@ def mask_from_ellipse(ellipse: str, image_shape: tuple[int, ...], resolution: in
     return _finish(_feathered(canvas, feather), image_shape, resolution, f"ellipse {ellipse}")
 
 
+@dataclass(frozen=True)
+class SegmentedBox:
+    """A box's segmentation at the input image's size, made by the job that ran the segmenter."""
+
+    pixels: np.ndarray  # (H, W) uint8, 0 or 255
+    record: dict[str, Any]  # run.json's roi entries: segmenter fingerprint (and path), box, iou_score, area
+
+
+def grown(mask: np.ndarray, pixels: float) -> np.ndarray:
+    """``mask`` (0/255) with every pixel within ``pixels`` (Euclidean) of it added: a disc dilation.
+
+    A segmenter outlines the organ as it is; a disease that enlarges it (cardiomegaly) needs an ROI
+    reaching where it will grow, the edit the paper's clinician makes to MedSAM's mask.
+    """
+    if pixels <= 0:
+        return mask
+    return np.where(distance_transform_edt(mask == 0) <= pixels, 255, 0).astype(np.uint8)
+
+
+def mask_from_segmentation(segmented: SegmentedBox, image_shape: tuple[int, ...], resolution: int,
+                           grow: float = 0, feather: float = 0) -> RoiMask:
+    """A segmented box as the run's ROI: grown by ``grow`` px, feathered, then resized as the image is."""
+    drawn = _feathered(Image.fromarray(grown(segmented.pixels, grow)), feather)
+    return _finish(drawn, image_shape, resolution, "segmenter", {**segmented.record, "grow": grow})
+
+
 def full_mask(resolution: int) -> RoiMask:
     """No ROI given: the whole image may change (M = 1 everywhere)."""
     return RoiMask(np.full((resolution, resolution), 255, np.uint8), "full image")
@@ -217,16 +247,39 @@ def choose_mask(image_shape: tuple[int, ...], resolution: int, mask_path: str | 
 
 @dataclass(frozen=True)
 class RoiRequest:
-    """The ROI as the user gave it (at most one of file, box, ellipse); resolved once the resolution is known."""
+    """The ROI as the user gave it (at most one of file, box, ellipse); resolved once the resolution is known.
+
+    With ``segment`` (a segmenter folder) the box is segmented, not drawn: the job that opens the
+    segmenter fills in ``segmented`` (:class:`SegmentedBox`), and ``grow`` widens that mask.
+    """
 
     mask_path: str | None = None
     box: str | None = None
     ellipse: str | None = None
     feather: float = 0.0
+    segment: str | None = None
+    grow: float = 0.0
+    segmented: SegmentedBox | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        check("--segment-grow", self.grow)
+        if self.segment and not self.box:
+            raise MvgError("--segment segments the box of --roi-box: add --roi-box x0,y0,x1,y1 (the box around "
+                           "the organ), or drop --segment")
+        if self.grow and not self.segment:
+            raise MvgError("--segment-grow widens a segmented ROI: add --segment DIR, or drop --segment-grow")
 
     @property
     def given(self) -> bool:
         return bool(self.mask_path or self.box or self.ellipse)
 
     def resolve(self, image_shape: tuple[int, ...], resolution: int) -> RoiMask:
+        if self.segment:
+            if self.segmented is None:
+                raise ValueError("a --segment ROI is resolved after the job has segmented its box")
+            given = [name for name, value in (("--mask", self.mask_path), ("--roi-ellipse", self.ellipse)) if value]
+            if given:
+                raise MvgError(f"give one ROI, not --roi-box and {' and '.join(given)}")
+            check("--feather", self.feather)
+            return mask_from_segmentation(self.segmented, image_shape, resolution, self.grow, self.feather)
         return choose_mask(image_shape, resolution, self.mask_path, self.box, self.ellipse, self.feather)
