@@ -14,13 +14,14 @@ from mvg_rt.errors import MvgError
 from mvg_rt.models.seine_checkpoint import stored_config
 
 WEIGHT_FILES = ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
-                "seine/seine.safetensors")
+                "seine/seine.safetensors", "segmenter/model.safetensors")
 
 
 def _small_config() -> DemoTrainingConfig:
     budget = StageBudget(steps=3, batch=2, lr=1e-3)
     return DemoTrainingConfig(train_images=8, train_clips=4, vae=budget, unet=budget, seine=budget,
-                              seine_v=budget, seine_v_fine=budget)
+                              seine_v=budget, seine_v_fine=budget, segmenter=budget, segmenter_images=8,
+                              segmenter_held_out=2)
 
 
 def _weights(folder: Path) -> dict[str, dict]:

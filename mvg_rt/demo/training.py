@@ -26,6 +26,8 @@ disease state. Stages, each seeded and with a step budget:
    not learnt to use them at all: it drew the prompt's prior instead of a transition.
    Two more phases then retrain SEINE's output as v prediction (see
    :func:`seine_phases`), so that sampling from pure noise does not drift.
+4. The segmenter (``segmenter/``, a SAM-architecture ``SamModel``) that outlines the heart
+   inside a box, as MedSAM makes the paper's ROI (:mod:`mvg_rt.demo.segmenter_training`).
 
 Every stage checkpoints (:mod:`mvg_rt.demo.checkpoints`): a stopped training resumes.
 """
@@ -91,6 +93,11 @@ class DemoTrainingConfig:
     seine_v_high_noise_fraction: float = 0.5  # as the main phase: half of the levels from [500, 1000)
     seine_v_fine: StageBudget = StageBudget(steps=1500, batch=8, lr=1e-4)  # the v phase again, at a lower rate
     seine_v_fine_new_layer_lr: float = 2.5e-4
+    segmenter: StageBudget = StageBudget(steps=2500, batch=16, lr=1e-3)  # see demo.segmenter_training
+    segmenter_images: int = 2000
+    segmenter_held_out: int = 100
+    segmenter_box_jitter: float = 0.03  # each box side moves by up to this share of the image
+    segmenter_config: dict[str, Any] = field(default_factory=lambda: config_json("demo_segmenter"))
     threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,7 +106,7 @@ class DemoTrainingConfig:
         scale = lambda b: StageBudget(max(1, int(b.steps * factor)), b.batch, b.lr)  # noqa: E731
         return DemoTrainingConfig(**{**asdict(self), "vae": scale(self.vae), "unet": scale(self.unet),
                                      "seine": scale(self.seine), "seine_v": scale(self.seine_v),
-                                     "seine_v_fine": scale(self.seine_v_fine)})
+                                     "seine_v_fine": scale(self.seine_v_fine), "segmenter": scale(self.segmenter)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +121,8 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
               "extra"),
     "seine_v": ("seine_v", "seine_v_new_layer_lr", "seine_v_high_noise_fraction"),
     "seine_v_fine": ("seine_v_fine", "seine_v_fine_new_layer_lr"),
+    # last, so adding it kept every earlier stage's key (and checkpoints) as they were
+    "segmenter": ("segmenter", "segmenter_images", "segmenter_held_out", "segmenter_box_jitter", "segmenter_config"),
 }
 
 
@@ -159,7 +168,7 @@ class Ema:
         self.updates = int(state["updates"])
 
 
-def _cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -168,7 +177,7 @@ def _cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100) 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _every(step: int, steps: int, count: int = 10) -> bool:
+def every(step: int, steps: int, count: int = 10) -> bool:
     return step == steps - 1 or step % max(1, steps // count) == 0
 
 
@@ -228,7 +237,7 @@ def train_vae(images: np.ndarray, config: DemoTrainingConfig, checkpoints: Stage
     vae = _demo_vae()
     budget, crop = config.vae, config.vae_crop
     optimizer = torch.optim.AdamW(vae.parameters(), lr=budget.lr, weight_decay=0.0)
-    schedule = _cosine_lr(optimizer, budget.steps)
+    schedule = cosine_lr(optimizer, budget.steps)
     generator = torch.Generator().manual_seed(config.seed)
     data = to_model_range(images)
     started = time.perf_counter()
@@ -244,7 +253,7 @@ def train_vae(images: np.ndarray, config: DemoTrainingConfig, checkpoints: Stage
         loss.backward()
         optimizer.step()
         schedule.step()
-        if _every(step, budget.steps):
+        if every(step, budget.steps):
             log(f"vae step {step + 1}/{budget.steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
     vae.eval()
     with torch.no_grad():
@@ -309,7 +318,7 @@ def train_text_unet(images: np.ndarray, captions: list[str], vae: Any, tokenizer
     parameters = list(text_encoder.parameters()) + list(unet.parameters())
     budget = config.unet
     optimizer = torch.optim.AdamW(parameters, lr=budget.lr, weight_decay=1e-2)
-    schedule = _cosine_lr(optimizer, budget.steps)
+    schedule = cosine_lr(optimizer, budget.steps)
     ema_text, ema_unet = Ema(text_encoder, config.ema_decay), Ema(unet, config.ema_decay)
     generator = torch.Generator().manual_seed(config.seed + 3)
     started = time.perf_counter()
@@ -331,7 +340,7 @@ def train_text_unet(images: np.ndarray, captions: list[str], vae: Any, tokenizer
         schedule.step()
         ema_text.update(text_encoder)
         ema_unet.update(unet)
-        if _every(step, budget.steps):
+        if every(step, budget.steps):
             log(f"unet step {step + 1}/{budget.steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
     checkpoints.finish("unet", {"text_encoder": ema_text.module.state_dict(), "unet": ema_unet.module.state_dict()})
     return ema_text.module, ema_unet.module
@@ -424,7 +433,7 @@ def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTra
     old = [p for name, p in seine.named_parameters() if not any(p is q for q in new)]
     optimizer = torch.optim.AdamW([{"params": old}, {"params": new, "lr": phase.new_layer_lr}],
                                   lr=budget.lr, weight_decay=1e-2)
-    schedule = _cosine_lr(optimizer, budget.steps)
+    schedule = cosine_lr(optimizer, budget.steps)
     ema = Ema(seine, config.seine_ema_decay)
     generator = torch.Generator().manual_seed(config.seed + phase.seed_offset)
     started = time.perf_counter()
@@ -453,7 +462,7 @@ def _seine_phase(seine: Any, data: _ClipData, phase: SeinePhase, config: DemoTra
         optimizer.step()
         schedule.step()
         ema.update(seine)
-        if _every(step, budget.steps, count=30):
+        if every(step, budget.steps, count=30):
             log(f"{phase.stage} step {step + 1}/{budget.steps} loss {loss.item():.4f} "
                 f"({time.perf_counter() - started:.0f}s)")
     checkpoints.finish(phase.stage, {"seine": ema.module.state_dict()})
@@ -499,6 +508,7 @@ def train_demo(config: DemoTrainingConfig, out_dir: Path, checkpoint_dir: Path, 
 
     from mvg_rt.models.builders import SHIPPED_TOKENIZER, builtin_config, write_model_folder
     from mvg_rt.models.diffusers_folder import DiffusersModels
+    from mvg_rt.models.segmenter_folder import SEGMENTER_SUBFOLDER
 
     torch.set_num_threads(config.threads)
     checkpoints = StageCheckpoints(checkpoint_dir, stage_keys(config), log, save_every_seconds)
@@ -517,13 +527,17 @@ def train_demo(config: DemoTrainingConfig, out_dir: Path, checkpoint_dir: Path, 
     timings["clip_render_seconds"] = time.perf_counter() - clock
     log(f"{len(clips)} clips of {config.clip_frames} frames ({timings['clip_render_seconds']:.0f}s)")
     seine = train_seine(clips, clip_captions, vae, text_encoder, unet, tokenizer, config, checkpoints, log)
+    from mvg_rt.demo.segmenter_training import train_segmenter  # it imports this module's helpers
+
+    segmenter, segmenter_metrics = train_segmenter(config, checkpoints, log)
 
     models = DiffusersModels(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
                              scheduler_config=builtin_config("sd14_scheduler"))
     write_model_folder(models, out_dir, seine=seine)
+    segmenter.save_pretrained(out_dir / SEGMENTER_SUBFOLDER)  # a SamModel folder, as MedSAM ships
     # Each stage's seconds of work over every run that contributed to it (kept in its checkpoints).
     timings |= {f"{stage}_seconds": checkpoints.seconds.get(stage) for stage in STAGE_SETTINGS}
     timings["total_seconds"] = sum(v for v in timings.values() if v is not None)
     (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     return {"timings": {k: None if v is None else round(v, 1) for k, v in timings.items()},
-            "vae_scaling_factor": scale}
+            "vae_scaling_factor": scale, "segmenter": segmenter_metrics}
