@@ -111,7 +111,7 @@ def resolve_demo(request: SimulationRequest) -> tuple[SimulationRequest, str | N
     spec, notice = resolve_demo_model(request.runtime)
     if request.image is not None:
         return replace(request, runtime=spec), notice
-    roi = request.roi if request.roi.given else DEMO_CASE.roi(request.roi.feather)
+    roi = request.roi if request.roi.given else RoiRequest(str(DEMO_CASE.mask), feather=request.roi.feather)
     return replace(request, runtime=spec, image=str(DEMO_CASE.image), prompt=request.prompt or DEMO_CASE.prompt,
                    roi=roi), notice
 

@@ -17,11 +17,11 @@ from mvg_rt.eval.ctr import noise_jitter
 from mvg_rt.eval.metrics import psnr
 from mvg_rt.eval.progression import evaluate_states, is_monotone
 from mvg_rt.io.images import read_image, resize_and_crop
+from mvg_rt.io.masks import choose_mask
 from mvg_rt.runtime.pipelines.latents import images_to_model_range, model_range_to_images
 from mvg_rt.runtime.pipelines.pie import PieSession, PieSettings, run_pie
 from mvg_rt.runtime.pipelines.roi import latent_mask
 from mvg_rt.runtime.pipelines.transition import TransitionSampler, TransitionSettings
-from mvg_rt.segmentation import segment_roi
 
 pytestmark = pytest.mark.skipif(not (DEMO_WEIGHTS / "model_index.json").is_file(),
                                 reason="the demo weights are not installed (mvg-rt train-demo writes them)")
@@ -37,11 +37,10 @@ def demo_runtime():
 
 @pytest.fixture(scope="module")
 def case() -> tuple[np.ndarray, np.ndarray]:
-    """The case at model resolution: (image (R, R, 3) uint8, ROI mask pixels (R, R) uint8 gray), the ROI as
-    ``mvg-rt simulate`` makes it (the demo segmenter's mask of the case's box, grown)."""
-    image = read_image(DEMO_CASE.image)
-    roi = segment_roi(DEMO_CASE.roi(), image).resolve(image.pixels.shape, RESOLUTION)
-    return resize_and_crop(image.pixels, RESOLUTION), roi.pixels
+    """The case at model resolution: (image (R, R, 3) uint8, ROI mask pixels (R, R) uint8 gray)."""
+    image = read_image(DEMO_CASE.image).pixels
+    roi = choose_mask(image.shape, RESOLUTION, mask_path=str(DEMO_CASE.mask))
+    return resize_and_crop(image, RESOLUTION), roi.pixels
 
 
 def _pie(runtime, case, settings: PieSettings, seed: int = 0) -> list[np.ndarray]:
