@@ -58,8 +58,8 @@ def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -
     options = SimulationOptions(pie=pie, transition=transition, resolution=opts["resolution"], seed=opts["seed"],
                                 fps=opts["fps"], out=opts["out"] or Path("runs") / time.strftime("mvg-%Y%m%d-%H%M%S"),
                                 overwrite=opts["overwrite"], demo_settings=demo)
-    roi = RoiRequest(opts["mask_path"], opts["roi_box"], opts["roi_ellipse"], opts["feather"], opts["segment"],
-                     opts["segment_grow"])
+    roi = RoiRequest(opts["mask_path"], opts["roi_box"], opts["roi_ellipse"], opts["feather"],
+                     opts.get("segment"), opts.get("segment_grow", RoiRequest.grow))  # batch has no --segment yet
     return SimulationRequest(runtime=runtime_spec(opts), options=options, image=opts["image"], prompt=opts["prompt"],
                              negative_prompt=opts["negative_prompt"], roi=roi, record_paths=opts["record_paths"])
 
