@@ -33,6 +33,7 @@ from mvg_rt.io.jsonio import finite_json
 from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
 from mvg_rt.io.output_dir import claim_output_dir, staged_output_dir
 from mvg_rt.io.video import write_gif, write_mp4
+from mvg_rt.prompts.tokens import prompt_truncation
 from mvg_rt.versions import package_versions
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime, without_paths
 from mvg_rt.runtime.pipelines.latents import images_to_model_range
@@ -166,19 +167,6 @@ def describe_demo_settings(applied: dict[str, Any], resolution: int) -> str:
              for name, value in applied.items()]
     return (f"demo settings apply: {', '.join(parts)}, at {resolution} px (the demo model's resolution); "
             "options you pass override them (--help shows the paper's defaults)")
-
-
-def prompt_truncation(tokenizer: Any, prompt: str) -> dict[str, Any] | None:
-    """None if CLIP's text encoder reads the whole prompt, else how many tokens it has and what is kept.
-
-    CLIP reads ``model_max_length`` tokens (77) including its start and end tokens; the pipelines
-    truncate there, so the words past it never reach the model.
-    """
-    limit = int(tokenizer.model_max_length)
-    ids = tokenizer(prompt, truncation=False).input_ids
-    if len(ids) <= limit:
-        return None
-    return {"tokens": len(ids), "limit": limit, "kept": tokenizer.decode(ids[1 : limit - 1]).strip()}
 
 
 @dataclass
