@@ -41,6 +41,38 @@ def cli(ctx: click.Context, debug: bool) -> None:
     _quiet_libraries()
 
 
+_REPORT_HELP = "Clinical report (UTF-8 text) of the expected terminal state: the disease prompt is made from it."
+_LLM_OPTIONS = (
+    click.option("--llm-url", help="Re-caption the report with an OpenAI-compatible LLM server on this machine "
+                 "(llama.cpp, vLLM, Ollama), e.g. http://127.0.0.1:8080/v1; the rules' prompt is the fallback. "
+                 "Default: the rules only."),
+    click.option("--llm-model", help="Model to ask --llm-url for. Default: the first the server lists."),
+    click.option("--llm-timeout", type=FLOAT, default=default_of("RecaptionSettings", "llm_timeout"),
+                 show_default=True, help="Seconds to wait for each answer of --llm-url; then the rules' prompt is used."),
+    click.option("--llm-allow-remote", is_flag=True,
+                 help="Let --llm-url be another machine: the report (PHI) is sent there. Off: loopback only."),
+)
+
+
+def llm_options(command: click.Command) -> click.Command:
+    """The --llm-* options of every verb that makes a prompt from a report (prompt, simulate, hence batch)."""
+    for option in reversed(_LLM_OPTIONS):
+        command = option(command)
+    return command
+
+
+@cli.command("prompt")
+@click.option("--report", required=True, type=click.Path(dir_okay=False), help=_REPORT_HELP)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: the prompt, how it was made, the findings kept and dropped and why.")
+@llm_options
+def prompt(**opts: object) -> None:
+    """Print the disease prompt that simulate --report would use (on stderr: the findings kept and dropped)."""
+    from mvg_rt.commands.prompt import run
+
+    run(**opts)
+
+
 @cli.command()
 @click.option("--image", type=click.Path(dir_okay=False), help="Input PNG/JPEG/DICOM. Default: the bundled demo image.")
 @click.option("--prompt", type=TEXT, help="Disease-state prompt, e.g. 'severe cardiomegaly'.")

@@ -94,6 +94,7 @@ SETTINGS = {
     "SimulationRequest": "mvg_rt.simulation",
     "RoiRequest": "mvg_rt.io.masks",
     "BatchRequest": "mvg_rt.batch.job",
+    "RecaptionSettings": "mvg_rt.prompts.report",
     "ExportRequest": "mvg_rt.export.export_job",
     "CalibrationSettings": "mvg_rt.calibration",
     "CheckRequest": "mvg_rt.check.job",
