@@ -76,6 +76,8 @@ def prompt(**opts: object) -> None:
 @cli.command()
 @click.option("--image", type=click.Path(dir_okay=False), help="Input PNG/JPEG/DICOM. Default: the bundled demo image.")
 @click.option("--prompt", type=TEXT, help="Disease-state prompt, e.g. 'severe cardiomegaly'.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help=f"{_REPORT_HELP} Instead of --prompt (mvg-rt prompt --report shows the prompt).")
 @click.option("--negative-prompt", type=TEXT, default=default_of("SimulationRequest", "negative_prompt"),
               show_default=True, help="Unconditional prompt for CFG.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="ROI mask image (same aspect ratio).")
@@ -129,6 +131,8 @@ def prompt(**opts: object) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder. Default: runs/mvg-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
 @click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
+@click.option("--record-report", is_flag=True,
+              help="Store the text of --report in run.json (off: run.json holds its SHA-256 only; a report is PHI).")
 @click.option("--cuda-graphs", is_flag=True,
               help="CUDA only: every denoising step after the first is a CUDA-graph replay (torch/trt: the whole step; "
               "ort: its own per-call graphs). Any scheduler that draws no noise, any transition sampler.")
@@ -139,6 +143,7 @@ def prompt(**opts: object) -> None:
               "relative). Off: --precision fp32 means FP32. Recorded in run.json.")
 @click.option("--channels-last", is_flag=True,
               help="CUDA, --backend torch: run UNet and VAE in NHWC (cuDNN's native layout; same results).")
+@llm_options
 def simulate(**opts: object) -> None:
     """Simulate disease progression: N PIE rounds from IMAGE towards PROMPT inside the ROI, then SEINE
     transition clips between consecutive states, written as a video plus the state images."""
@@ -337,7 +342,7 @@ def bench(**opts: object) -> None:
     run(**opts)
 
 # Options of simulate that batch does not share: each worklist row gives its own inputs and folder.
-_PER_CASE = {"image", "prompt", "mask_path", "roi_box", "roi_ellipse", "out", "overwrite"}
+_PER_CASE = {"image", "prompt", "report", "mask_path", "roi_box", "roi_ellipse", "out", "overwrite"}
 
 
 @cli.command("batch")

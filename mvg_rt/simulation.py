@@ -52,6 +52,7 @@ class SimulationInputs:
     negative_prompt: str = ""
     roi: RoiMask | RoiRequest | None = None  # a request is resolved at the run's resolution; None: whole image
     image_path: str | None = None  # recorded only with record_paths
+    prompt_source: dict[str, Any] | None = None  # how the prompt was made (run.json); None: given as text
 
 
 @dataclass
@@ -92,6 +93,8 @@ class SimulationRequest:
     negative_prompt: str = ""
     roi: RoiRequest = RoiRequest()
     record_paths: bool = False
+    report: str | None = None  # the report file the prompt was made of (mvg_rt.prompts.report)
+    prompt_source: dict[str, Any] | None = None
 
 
 def resolve_demo_model(spec: RuntimeSpec) -> tuple[RuntimeSpec, str | None]:
@@ -112,8 +115,8 @@ def resolve_demo(request: SimulationRequest) -> tuple[SimulationRequest, str | N
     if request.image is not None:
         return replace(request, runtime=spec), notice
     roi = request.roi if request.roi.given else RoiRequest(str(DEMO_CASE.mask), feather=request.roi.feather)
-    return replace(request, runtime=spec, image=str(DEMO_CASE.image), prompt=request.prompt or DEMO_CASE.prompt,
-                   roi=roi), notice
+    demo_prompt = {} if request.prompt else {"prompt": DEMO_CASE.prompt, "prompt_source": {"kind": "demo"}}
+    return replace(request, runtime=spec, image=str(DEMO_CASE.image), roi=roi, **demo_prompt), notice
 
 
 def runtime_inputs(spec: RuntimeSpec) -> dict[str, str | Path | None]:
@@ -125,7 +128,7 @@ def runtime_inputs(spec: RuntimeSpec) -> dict[str, str | Path | None]:
 def request_inputs(request: SimulationRequest) -> dict[str, str | Path | None]:
     """What the run reads, by the option that names it: its ``--out`` may be none of these nor hold one."""
     return {"the image (--image)": request.image, "the mask (--mask)": request.roi.mask_path,
-            **runtime_inputs(request.runtime)}
+            "the report (--report)": request.report, **runtime_inputs(request.runtime)}
 
 
 def run_simulation(request: SimulationRequest, on_step: StepCallback | None = None,
@@ -135,13 +138,14 @@ def run_simulation(request: SimulationRequest, on_step: StepCallback | None = No
     """Open the runtime, read the inputs, simulate, close: the ``mvg-rt simulate`` job."""
     request, notice = resolve_demo(request)
     if request.prompt is None:
-        raise MvgError("--prompt is required with --image: describe the disease state, e.g. 'severe cardiomegaly'")
+        raise MvgError("--prompt or --report is required with --image: describe the disease state, e.g. 'severe "
+                       "cardiomegaly', or give the report of the expected terminal state")
     assert request.image is not None
     options = request.options
     # a second run on this --out, or an --out that is or holds an input, fails here, at once
     with claim_output_dir(options.out, options.overwrite, inputs=request_inputs(request)):
         inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
-        inputs.roi = request.roi
+        inputs.roi, inputs.prompt_source = request.roi, request.prompt_source
         if options.resolution is not None and request.roi.given:  # a bad mask fails before the model loads
             inputs.roi = request.roi.resolve(inputs.image.pixels.shape, options.resolution)
         with open_runtime(request.runtime) as runtime:
@@ -252,6 +256,7 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
             **({"path": inputs.image_path} if inputs.image_path else {}),
         },
         "prompt": inputs.prompt,
+        "prompt_source": inputs.prompt_source or {"kind": "prompt"},
         "prompt_truncated": prompt_truncation(runtime.model.tokenizer, inputs.prompt),
         "negative_prompt": inputs.negative_prompt,
         **({"demo_settings": {**options.demo_settings, "resolution": resolution}} if options.demo_settings else {}),
