@@ -132,7 +132,8 @@ def prompt(**opts: object) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
 @click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
 @click.option("--record-report", is_flag=True,
-              help="Store the text of --report in run.json (off: run.json holds its SHA-256 only; a report is PHI).")
+              help="Store the report's text (--report; batch: the report column) in run.json (off: its SHA-256 "
+              "only; a report is PHI).")
 @click.option("--cuda-graphs", is_flag=True,
               help="CUDA only: every denoising step after the first is a CUDA-graph replay (torch/trt: the whole step; "
               "ort: its own per-call graphs). Any scheduler that draws no noise, any transition sampler.")

@@ -24,6 +24,7 @@ Only the table's words leave this module (a finding's phrase, a cue's label): ne
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -56,8 +57,9 @@ class _Match:
     severity: str | None = None  # a {severity} group inside a finding's own pattern
 
 
-def _alternation(words: object) -> str:
-    return "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))  # type: ignore[arg-type]
+def _alternation(words: Iterable[str]) -> str:
+    """A regex alternation of ``words``, longest first (``very large`` before ``large``)."""
+    return "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
 
 
 SEVERITY = _alternation(SEVERITY_LEVELS)
