@@ -41,9 +41,43 @@ def cli(ctx: click.Context, debug: bool) -> None:
     _quiet_libraries()
 
 
+_REPORT_HELP = "Clinical report (UTF-8 text) of the expected terminal state: the disease prompt is made from it."
+_LLM_OPTIONS = (
+    click.option("--llm-url", help="Re-caption the report with an OpenAI-compatible LLM server on this machine "
+                 "(llama.cpp, vLLM, Ollama), e.g. http://127.0.0.1:8080/v1; the rules' prompt is the fallback. "
+                 "Default: the rules only."),
+    click.option("--llm-model", help="Model to ask --llm-url for. Default: the first the server lists."),
+    click.option("--llm-timeout", type=FLOAT, default=default_of("RecaptionSettings", "llm_timeout"),
+                 show_default=True, help="Seconds to wait for each answer of --llm-url; then the rules' prompt is used."),
+    click.option("--llm-allow-remote", is_flag=True,
+                 help="Let --llm-url be another machine: the report (PHI) is sent there. Off: loopback only."),
+)
+
+
+def llm_options(command: click.Command) -> click.Command:
+    """The --llm-* options of every verb that makes a prompt from a report (prompt, simulate, hence batch)."""
+    for option in reversed(_LLM_OPTIONS):
+        command = option(command)
+    return command
+
+
+@cli.command("prompt")
+@click.option("--report", required=True, type=click.Path(dir_okay=False), help=_REPORT_HELP)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: the prompt, how it was made, the findings kept and dropped and why.")
+@llm_options
+def prompt(**opts: object) -> None:
+    """Print the disease prompt that simulate --report would use (on stderr: the findings kept and dropped)."""
+    from mvg_rt.commands.prompt import run
+
+    run(**opts)
+
+
 @cli.command()
 @click.option("--image", type=click.Path(dir_okay=False), help="Input PNG/JPEG/DICOM. Default: the bundled demo image.")
 @click.option("--prompt", type=TEXT, help="Disease-state prompt, e.g. 'severe cardiomegaly'.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help=f"{_REPORT_HELP} Instead of --prompt (mvg-rt prompt --report shows the prompt).")
 @click.option("--negative-prompt", type=TEXT, default=default_of("SimulationRequest", "negative_prompt"),
               show_default=True, help="Unconditional prompt for CFG.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), help="ROI mask image (same aspect ratio).")
@@ -102,6 +136,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder. Default: runs/mvg-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (only once the new run succeeded).")
 @click.option("--record-paths", is_flag=True, help="Store input file paths in run.json (off: paths may identify patients).")
+@click.option("--record-report", is_flag=True,
+              help="Store the report's text (--report; batch: the report column) in run.json (off: its SHA-256 "
+              "only; a report is PHI).")
 @click.option("--cuda-graphs", is_flag=True,
               help="CUDA only: every denoising step after the first is a CUDA-graph replay (torch/trt: the whole step; "
               "ort: its own per-call graphs). Any scheduler that draws no noise, any transition sampler.")
@@ -112,6 +149,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
               "relative). Off: --precision fp32 means FP32. Recorded in run.json.")
 @click.option("--channels-last", is_flag=True,
               help="CUDA, --backend torch: run UNet and VAE in NHWC (cuDNN's native layout; same results).")
+@llm_options
 def simulate(**opts: object) -> None:
     """Simulate disease progression: N PIE rounds from IMAGE towards PROMPT inside the ROI, then SEINE
     transition clips between consecutive states, written as a video plus the state images."""
@@ -333,7 +371,8 @@ def bench(**opts: object) -> None:
 
 # Options of simulate that batch does not share: each worklist row gives its own inputs and folder.
 # The worklist has no segmenter column yet, so --segment and --segment-grow stay simulate's.
-_PER_CASE = {"image", "prompt", "mask_path", "roi_box", "roi_ellipse", "out", "overwrite", "segment", "segment_grow"}
+_PER_CASE = {"image", "prompt", "report", "mask_path", "roi_box", "roi_ellipse", "out", "overwrite", "segment",
+             "segment_grow"}
 
 
 @cli.command("batch")

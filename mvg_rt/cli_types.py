@@ -95,6 +95,7 @@ SETTINGS = {
     "RoiRequest": "mvg_rt.io.masks",
     "SegmentRequest": "mvg_rt.segmentation",
     "BatchRequest": "mvg_rt.batch.job",
+    "RecaptionSettings": "mvg_rt.prompts.report",
     "ExportRequest": "mvg_rt.export.export_job",
     "CalibrationSettings": "mvg_rt.calibration",
     "CheckRequest": "mvg_rt.check.job",

@@ -84,6 +84,7 @@ LIMITS: dict[str, Limit] = {
     "--workers": Limit(1, 4096, integer=True),
     "--retries": Limit(0, 100, integer=True),
     "--case-timeout": Limit(0, 30 * 24 * 3600, low_open=True, hint="seconds"),
+    "--llm-timeout": Limit(0, 3600, low_open=True, hint="seconds for each request to the LLM server"),
     "--scale": Limit(0, 100, low_open=True),
     "--repeat": _REPEAT,
     "--warmup": Limit(0, 10_000, integer=True),

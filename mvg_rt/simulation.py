@@ -34,6 +34,7 @@ from mvg_rt.io.masks import RoiMask, RoiRequest, full_mask
 from mvg_rt.io.output_dir import claim_output_dir, staged_output_dir
 from mvg_rt.segmentation import segment_roi
 from mvg_rt.io.video import write_gif, write_mp4
+from mvg_rt.prompts.tokens import prompt_truncation
 from mvg_rt.versions import package_versions
 from mvg_rt.runtime.factory import Runtime, RuntimeSpec, open_runtime, without_paths
 from mvg_rt.runtime.pipelines.latents import images_to_model_range
@@ -52,6 +53,7 @@ class SimulationInputs:
     negative_prompt: str = ""
     roi: RoiMask | RoiRequest | None = None  # a request is resolved at the run's resolution; None: whole image
     image_path: str | None = None  # recorded only with record_paths
+    prompt_source: dict[str, Any] | None = None  # how the prompt was made (run.json); None: given as text
 
 
 @dataclass
@@ -92,6 +94,8 @@ class SimulationRequest:
     negative_prompt: str = ""
     roi: RoiRequest = RoiRequest()
     record_paths: bool = False
+    report: str | None = None  # the report file the prompt was made of (mvg_rt.prompts.report)
+    prompt_source: dict[str, Any] | None = None
 
 
 def resolve_demo_model(spec: RuntimeSpec) -> tuple[RuntimeSpec, str | None]:
@@ -112,8 +116,8 @@ def resolve_demo(request: SimulationRequest) -> tuple[SimulationRequest, str | N
     if request.image is not None:
         return replace(request, runtime=spec), notice
     roi = request.roi if request.roi.given else RoiRequest(str(DEMO_CASE.mask), feather=request.roi.feather)
-    return replace(request, runtime=spec, image=str(DEMO_CASE.image), prompt=request.prompt or DEMO_CASE.prompt,
-                   roi=roi), notice
+    demo_prompt = {} if request.prompt else {"prompt": DEMO_CASE.prompt, "prompt_source": {"kind": "demo"}}
+    return replace(request, runtime=spec, image=str(DEMO_CASE.image), roi=roi, **demo_prompt), notice
 
 
 def runtime_inputs(spec: RuntimeSpec) -> dict[str, str | Path | None]:
@@ -125,7 +129,8 @@ def runtime_inputs(spec: RuntimeSpec) -> dict[str, str | Path | None]:
 def request_inputs(request: SimulationRequest) -> dict[str, str | Path | None]:
     """What the run reads, by the option that names it: its ``--out`` may be none of these nor hold one."""
     return {"the image (--image)": request.image, "the mask (--mask)": request.roi.mask_path,
-            "the segmenter (--segment)": request.roi.segment, **runtime_inputs(request.runtime)}
+            "the segmenter (--segment)": request.roi.segment, "the report (--report)": request.report,
+            **runtime_inputs(request.runtime)}
 
 
 def run_simulation(request: SimulationRequest, on_step: StepCallback | None = None,
@@ -135,13 +140,15 @@ def run_simulation(request: SimulationRequest, on_step: StepCallback | None = No
     """Open the runtime, read the inputs, simulate, close: the ``mvg-rt simulate`` job."""
     request, notice = resolve_demo(request)
     if request.prompt is None:
-        raise MvgError("--prompt is required with --image: describe the disease state, e.g. 'severe cardiomegaly'")
+        raise MvgError("--prompt or --report is required with --image: describe the disease state, e.g. 'severe "
+                       "cardiomegaly', or give the report of the expected terminal state")
     assert request.image is not None
     options = request.options
     # a second run on this --out, or an --out that is or holds an input, fails here, at once
     with claim_output_dir(options.out, options.overwrite, inputs=request_inputs(request)):
         inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
         roi = inputs.roi = segment_roi(request.roi, inputs.image, request.runtime.device)  # before the model loads
+        inputs.prompt_source = request.prompt_source
         if options.resolution is not None and roi.given:  # a bad mask fails before the model loads
             inputs.roi = roi.resolve(inputs.image.pixels.shape, options.resolution)
         with open_runtime(request.runtime) as runtime:
@@ -167,19 +174,6 @@ def describe_demo_settings(applied: dict[str, Any], resolution: int) -> str:
              for name, value in applied.items()]
     return (f"demo settings apply: {', '.join(parts)}, at {resolution} px (the demo model's resolution); "
             "options you pass override them (--help shows the paper's defaults)")
-
-
-def prompt_truncation(tokenizer: Any, prompt: str) -> dict[str, Any] | None:
-    """None if CLIP's text encoder reads the whole prompt, else how many tokens it has and what is kept.
-
-    CLIP reads ``model_max_length`` tokens (77) including its start and end tokens; the pipelines
-    truncate there, so the words past it never reach the model.
-    """
-    limit = int(tokenizer.model_max_length)
-    ids = tokenizer(prompt, truncation=False).input_ids
-    if len(ids) <= limit:
-        return None
-    return {"tokens": len(ids), "limit": limit, "kept": tokenizer.decode(ids[1 : limit - 1]).strip()}
 
 
 @dataclass
@@ -265,6 +259,7 @@ def _record(runtime: Runtime, inputs: SimulationInputs, options: SimulationOptio
             **({"path": inputs.image_path} if inputs.image_path else {}),
         },
         "prompt": inputs.prompt,
+        "prompt_source": inputs.prompt_source or {"kind": "prompt"},
         "prompt_truncated": prompt_truncation(runtime.model.tokenizer, inputs.prompt),
         "negative_prompt": inputs.negative_prompt,
         **({"demo_settings": {**options.demo_settings, "resolution": resolution}} if options.demo_settings else {}),

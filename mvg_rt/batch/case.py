@@ -110,7 +110,7 @@ class CaseRunner:
         request = case.request
         assert request.image is not None and request.prompt is not None  # every worklist row has both
         inputs = load_inputs(request.image, request.prompt, request.negative_prompt, request.record_paths)
-        inputs.roi = request.roi
+        inputs.roi, inputs.prompt_source = request.roi, request.prompt_source
         options = dataclasses.replace(request.options, annotations={
             "batch": {"case_id": case.case_id, "settings_sha256": case.settings_sha256}})
         folder = simulate(self.runtime, inputs, options, on_round=lambda _: _kill_hook(case.case_id))

@@ -7,7 +7,9 @@ everything that determines the outputs, resolved (shared settings with the row's
     sha256(json({"prompt", "negative_prompt", "image_sha256",
                  "roi" (box / ellipse text, feather, or the mask file's sha256),
                  "options" (PIE and transition settings, seed, resolution, fps), "record_paths",
-                 "runtime" (the runtime spec: backend, precision, device type, switches, model locations)}))
+                 "runtime" (the runtime spec: backend, precision, device type, switches, model locations),
+                 "prompt_source" (a prompt made of a report: its sha256, recaptioner, findings, not its path; absent
+                 otherwise)}))
 
 Input paths are not hashed (moving a worklist keeps its results valid); input bytes are. A complete
 folder with another hash, or a case folder of mvg-rt's without batch's hash, is a *changed* case: refused
@@ -86,6 +88,8 @@ def settings_sha256(request: SimulationRequest, runtime: dict[str, Any]) -> str:
         "options": options,
         "record_paths": request.record_paths,
         "runtime": runtime,
+        **({"prompt_source": {k: v for k, v in request.prompt_source.items() if k != "path"}}
+           if request.prompt_source else {}),
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 

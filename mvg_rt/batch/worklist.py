@@ -7,7 +7,9 @@ Columns (CSV header / JSON keys):
   are one folder on a case-insensitive file system). Ids are the user's choice and are the only case
   identity that reaches the outputs, so a worklist may use pseudonyms.
 - ``image`` (required): PNG/JPEG/DICOM path, relative to the worklist file (or absolute).
-- ``prompt`` (required): the disease state to simulate.
+- ``prompt`` or ``report`` (one of them): the disease state to simulate, or a text file of the report of the
+  expected terminal state (a path relative like ``image``), made into the prompt as ``simulate --report`` makes
+  it (:mod:`mvg_rt.prompts.report`) when the worklist is read.
 - ROI, at most one of: ``mask`` (a mask file path, relative like ``image``), ``roi_box`` ``x0,y0,x1,y1``,
   ``roi_ellipse`` ``cx,cy,rx,ry`` (input-image pixels). None: the whole image may change.
 - Optional per-case overrides of the shared ``simulate`` settings: the fixed allow-list :data:`OVERRIDES`.
@@ -37,8 +39,9 @@ from mvg_rt.io.masks import parse_box, parse_ellipse
 
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 RESERVED_IDS = frozenset({"summary.csv", "summary.json"})  # the batch's own files in --out (any case)
-INPUT_COLUMNS = ("case_id", "image", "prompt", "mask", "roi_box", "roi_ellipse")
-REQUIRED_COLUMNS = ("case_id", "image", "prompt")
+INPUT_COLUMNS = ("case_id", "image", "prompt", "report", "mask", "roi_box", "roi_ellipse")
+REQUIRED_COLUMNS = ("case_id", "image")
+PROMPT_COLUMNS = ("prompt", "report")  # the header names at least one, a row gives exactly one
 ROI_COLUMNS = ("mask", "roi_box", "roi_ellipse")
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 LISTED_PROBLEMS = 20  # named in full in the error line; the rest are counted
@@ -60,13 +63,15 @@ Problem = tuple[int, str]  # (line number, text naming the line); 0: the file as
 class CaseRow:
     """One row as read: resolved input paths, the ROI as given, the overrides it sets, and its problems.
 
-    ``image`` is None only in a row with problems (a missing or absent image file).
+    ``image`` is None only in a row with problems (a missing or absent image file); ``prompt`` is "" in a row
+    that gives a ``report`` instead.
     """
 
     case_id: str
     row: int  # 1-based line number in the worklist file (where the row starts)
     image: Path | None
     prompt: str
+    report: Path | None = None
     mask: Path | None = None
     roi_box: str | None = None
     roi_ellipse: str | None = None
@@ -170,6 +175,8 @@ class _Rows:
                                       for name in sorted({n for n in header if header.count(n) > 1})]
                     self.problems += [(line, f"header: missing column {name!r}") for name in REQUIRED_COLUMNS
                                       if name not in header]
+                    if not set(PROMPT_COLUMNS) & set(header):
+                        self.problems.append((line, "header: missing column 'prompt' (or 'report')"))
                     continue
                 if len(cells) > len(header):
                     self.problems.append((line, f"line {line}: {len(cells)} cells but the header has "
@@ -281,7 +288,10 @@ def _case(number: int, raw: dict[str, Any], base: Path, seen: dict[str, tuple[st
     if "image" not in raw:
         problems.append(f"{where}: image is empty")
     prompt = _text(raw, "prompt", where, problems)
-    if "prompt" not in raw or (prompt is not None and not prompt.strip()):
+    report = _input_path(base, raw["report"], "report", where, problems) if "report" in raw else None
+    if "prompt" in raw and "report" in raw:
+        problems.append(f"{where}: give a prompt or a report, not both")
+    elif "report" not in raw and ("prompt" not in raw or (prompt is not None and not prompt.strip())):
         problems.append(f"{where}: prompt is empty")
     given = [name for name in ROI_COLUMNS if name in raw]
     if len(given) > 1:
@@ -296,8 +306,8 @@ def _case(number: int, raw: dict[str, Any], base: Path, seen: dict[str, tuple[st
             except MvgError as err:
                 problems.append(f"{where}: {err}")
     overrides = {name: raw[name] for name in OVERRIDES if name in raw}
-    return CaseRow(shown, number, image, prompt or "", mask, shapes["roi_box"], shapes["roi_ellipse"], overrides,
-                   tuple(problems))
+    return CaseRow(shown, number, image, prompt or "", report, mask, shapes["roi_box"], shapes["roi_ellipse"],
+                   overrides, tuple(problems))
 
 
 def read_worklist(path: str | Path) -> Worklist:

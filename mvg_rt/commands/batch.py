@@ -13,12 +13,14 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from mvg_rt.batch.job import BatchRequest, run_batch
 from mvg_rt.batch.plan import CaseRequest
 from mvg_rt.batch.worklist import CaseRow, Problem, Worklist, WorklistInvalid, read_worklist
 from mvg_rt.commands.simulate import runtime_spec, simulation_request
 from mvg_rt.errors import MvgError
+from mvg_rt.prompts.report import fallback_notice
 from mvg_rt.runtime.pipelines.schedulers import check_scheduler
 from mvg_rt.simulation import resolve_demo_model
 
@@ -76,7 +78,8 @@ def case_requests(worklist: Worklist, opts: dict[str, Any], out: Path, params: d
         overrides = _overrides(row, params, problems)
         if len(problems) > before:
             continue
-        case_opts = {**opts, **overrides, "image": str(row.image or ""), "prompt": row.prompt,
+        case_opts = {**opts, **overrides, "image": str(row.image or ""), "prompt": row.prompt or None,
+                     "report": str(row.report) if row.report else None,
                      "mask_path": str(row.mask) if row.mask else None, "roi_box": row.roi_box,
                      "roi_ellipse": row.roi_ellipse, "out": out / row.case_id, "overwrite": False}
         try:
@@ -105,12 +108,17 @@ def run(params: dict[str, click.Parameter], explicit: set[str] | None = None, **
         require_ray()
     worklist = read_worklist(opts["worklist"])
     cases = case_requests(worklist, opts, opts["out"], params, explicit)
+    console = Console(stderr=True)
+    for case in cases:  # an LLM that gave no usable prompt for a case's report: said once, before anything runs
+        fallback = fallback_notice(case.request.prompt_source)
+        if fallback:
+            console.print(f"[yellow]note:[/yellow] case {case.case_id}: {escape(fallback)}", highlight=False)
     spec, notice = resolve_demo_model(runtime_spec(opts))
     spec.validate()  # a bad backend combination stops the batch before any case
     request = BatchRequest(cases, opts["out"], spec, notice, redo=opts["redo"], ray=opts["ray"],
                            workers=opts["workers"], retries=opts["retries"], case_timeout=opts["case_timeout"],
                            worklist=worklist.path)
-    report = run_batch(request, Console(stderr=True))
+    report = run_batch(request, console)
     counts = report.counts
     click.echo(f"{counts['ok']} of {len(cases)} cases complete ({report.resumed} from earlier runs), "
                f"{counts['failed']} failed; per-case results in {opts['out']}/summary.csv")

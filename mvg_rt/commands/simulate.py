@@ -13,7 +13,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mvg_rt.commands.prompt import recaption_settings
+from mvg_rt.errors import MvgError
 from mvg_rt.io.masks import RoiRequest
+from mvg_rt.prompts.report import fallback_notice, prompt_from_report
 from mvg_rt.runtime.factory import RuntimeSpec
 from mvg_rt.runtime.pipelines.pie import PieSettings
 from mvg_rt.runtime.pipelines.transition import TransitionSettings
@@ -44,6 +47,17 @@ def runtime_spec(opts: dict[str, Any]) -> RuntimeSpec:
                        seine=opts["seine"], engines_dir=opts["engines_dir"], with_seine=not opts["no_transition"])
 
 
+def request_prompt(opts: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """``--prompt`` as given, or the prompt made of ``--report`` and how it was made (run.json's prompt_source)."""
+    if opts["report"] is None:
+        return opts["prompt"], None
+    if opts["prompt"] is not None:
+        raise MvgError("give --prompt or --report, not both: --report makes the prompt from the report")
+    made = prompt_from_report(opts["report"], recaption_settings(opts), record_text=opts["record_report"],
+                              record_path=opts["record_paths"])
+    return made.prompt, made.source
+
+
 def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -> SimulationRequest:
     """Every ``simulate`` option, once, as typed settings (the settings validate themselves)."""
     demo = demo_settings(explicit or set()) if uses_demo_model(opts) else {}
@@ -60,8 +74,10 @@ def simulation_request(opts: dict[str, Any], explicit: set[str] | None = None) -
                                 overwrite=opts["overwrite"], demo_settings=demo)
     roi = RoiRequest(opts["mask_path"], opts["roi_box"], opts["roi_ellipse"], opts["feather"],
                      opts.get("segment"), opts.get("segment_grow", RoiRequest.grow))  # batch has no --segment yet
-    return SimulationRequest(runtime=runtime_spec(opts), options=options, image=opts["image"], prompt=opts["prompt"],
-                             negative_prompt=opts["negative_prompt"], roi=roi, record_paths=opts["record_paths"])
+    prompt, prompt_source = request_prompt(opts)
+    return SimulationRequest(runtime=runtime_spec(opts), options=options, image=opts["image"], prompt=prompt,
+                             negative_prompt=opts["negative_prompt"], roi=roi, record_paths=opts["record_paths"],
+                             report=opts["report"], prompt_source=prompt_source)
 
 
 class _Progress:
@@ -118,8 +134,13 @@ def _transition_warning(folder: Path) -> str | None:
 
 
 def run(explicit: set[str] | None = None, **opts: Any) -> None:
+    if opts["llm_url"] and opts["report"] is None:
+        raise MvgError("--llm-url re-captions a --report: add --report FILE, or drop --llm-url")
     request = simulation_request(opts, explicit)
     console = Console(stderr=True, soft_wrap=True)
+    notice = fallback_notice(request.prompt_source)
+    if notice:
+        console.print(f"[yellow]note:[/yellow] {escape(notice)}", highlight=False)
     pie, transition = request.options.pie, request.options.transition
     progress = _Progress(console, pie.rounds, pie.rounds if transition else 0)
     try:
